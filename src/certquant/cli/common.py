@@ -1,0 +1,37 @@
+"""What every command shares: the error-handling command group and the option parsers."""
+
+from __future__ import annotations
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from certquant.utils.errors import CertquantError
+
+
+class CertquantGroup(TyperGroup):
+    """Turns a ``CertquantError`` anywhere below into ``error: <message>`` on stderr and exit status 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CertquantError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise click.exceptions.Exit(2) from None
+
+
+def new_app(help_text: str) -> typer.Typer:
+    """A Typer app (or sub-app) that reports ``CertquantError`` as one line."""
+    return typer.Typer(cls=CertquantGroup, help=help_text, no_args_is_help=True, add_completion=False,
+                       pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]})
+
+
+def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
+    """A GitHub-markdown table; floats printed with 4 significant decimals."""
+
+    def cell(value: object) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

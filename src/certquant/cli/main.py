@@ -1,0 +1,22 @@
+"""``certquant``: every command, one line of help each. Commands live in modules by concern; this file wires them."""
+
+from __future__ import annotations
+
+from certquant.cli.common import new_app
+from certquant.cli import foundation
+
+app = new_app("certquant: certifiably robust mixed-precision quantization (ARQ) of noise-trained classifiers.")
+
+app.add_typer(foundation.data_app, name="data", help="Datasets: list them, fetch one.")
+app.command("models", help="List the model architectures.")(foundation.models_cmd)
+app.command("train", help="Train a model with Gaussian noise augmentation (resumable).")(foundation.train_cmd)
+app.command("evaluate", help="Clean and noisy test accuracy of checkpoints (default: the zoo).")(foundation.evaluate_cmd)
+app.command("zoo", help="List the shipped noise-trained checkpoints.")(foundation.zoo_cmd)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

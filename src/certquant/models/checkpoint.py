@@ -1,0 +1,134 @@
+"""Checkpoints: one self-describing file (architecture, dataset, input shape, normalization, sigma, training
+arguments, metrics, state_dict), loaded with ``weights_only=True`` and checked before use.
+
+Other kinds of checkpoint (e.g. quantized models) register a loader with ``register_checkpoint_kind``; the file names
+the module that registers it (``loader_module``), so this layer never imports the layers above it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from certquant.models.registry import build
+from certquant.utils.errors import CertquantError
+from certquant.utils.io import atomic_torch_save, file_sha256
+
+CHECKPOINT_FORMAT = "certquant-checkpoint"
+CHECKPOINT_VERSION = 1
+ARCH_KEYS = ("arch", "num_classes", "in_channels", "input_size", "mean", "std")
+
+KindLoader = Callable[[dict[str, Any]], nn.Module]
+_KIND_LOADERS: dict[str, KindLoader] = {}
+
+
+def register_checkpoint_kind(kind: str, loader: KindLoader) -> None:
+    """Register how to rebuild a model from a checkpoint of ``kind`` (the payload holds ``state_dict``)."""
+    _KIND_LOADERS[kind] = loader
+
+
+def build_from_info(info: dict[str, Any]) -> nn.Sequential:
+    """The bare architecture a checkpoint describes (weights not loaded)."""
+    return build(
+        info["arch"],
+        num_classes=info["num_classes"],
+        in_channels=info["in_channels"],
+        input_size=info["input_size"],
+        mean=info["mean"],
+        std=info["std"],
+    )
+
+
+def _load_plain(payload: dict[str, Any]) -> nn.Module:
+    model = build_from_info(payload)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "shape mismatch"
+        raise CertquantError(f"checkpoint weights do not fit architecture '{payload['arch']}' ({first})") from None
+    return model
+
+
+register_checkpoint_kind("model", _load_plain)
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, info: dict[str, Any]) -> Path:
+    """Write ``info`` plus the model's state_dict atomically. ``info`` must hold the ``ARCH_KEYS``, dataset and sigma."""
+    missing = [k for k in ARCH_KEYS + ("dataset", "sigma") if k not in info]
+    if missing:
+        raise CertquantError(f"checkpoint info lacks {', '.join(missing)}")
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "kind": "model", **info}
+    payload["mean"], payload["std"] = list(payload["mean"]), list(payload["std"])
+    payload["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_torch_save(payload, path)
+    return Path(path)
+
+
+def read_payload(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a checkpoint file without building the model."""
+    path = Path(path)
+    if not path.is_file():
+        raise CertquantError(f"checkpoint '{path}' not found: give a file path or a zoo name (see 'certquant zoo')")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise CertquantError(f"checkpoint '{path}' is corrupt or not a certquant checkpoint ({reason}); re-create it") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CertquantError(f"'{path}' is not a certquant checkpoint (no '{CHECKPOINT_FORMAT}' header)")
+    if payload.get("version", 0) > CHECKPOINT_VERSION:
+        raise CertquantError(f"checkpoint '{path}' has format version {payload['version']}; upgrade certquant")
+    return payload
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    expect_arch: str | None = None,
+    expect_dataset: str | None = None,
+    expect_sigma: float | None = None,
+    map_location: str | torch.device = "cpu",
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Return ``(model in eval mode, info)``; info is the payload without weights plus ``path`` and ``sha256``.
+
+    ``expect_*`` refuse a checkpoint made for another architecture, dataset or noise level.
+    """
+    path = Path(resolve_checkpoint(path))
+    payload = read_payload(path)
+    if expect_arch is not None and payload["arch"] != expect_arch:
+        raise CertquantError(f"checkpoint '{path}' is a {payload['arch']}, not a {expect_arch}: pick a matching checkpoint")
+    if expect_dataset is not None and payload["dataset"] != expect_dataset:
+        raise CertquantError(
+            f"checkpoint '{path}' was trained on {payload['dataset']}, not {expect_dataset}: use --dataset {payload['dataset']}"
+        )
+    if expect_sigma is not None and abs(float(payload["sigma"]) - float(expect_sigma)) > 1e-9:
+        raise CertquantError(
+            f"checkpoint '{path}' was trained at sigma {payload['sigma']}, not {expect_sigma}: certify at the training sigma"
+        )
+    kind = payload.get("kind", "model")
+    if kind not in _KIND_LOADERS and payload.get("loader_module"):
+        importlib.import_module(payload["loader_module"])
+    if kind not in _KIND_LOADERS:
+        raise CertquantError(f"checkpoint '{path}' has unknown kind '{kind}'")
+    model = _KIND_LOADERS[kind](payload).to(map_location).eval()
+    info = {k: v for k, v in payload.items() if k != "state_dict"}
+    info.update(path=str(path), sha256=file_sha256(path))
+    return model, info
+
+
+def resolve_checkpoint(ref: str | os.PathLike) -> str:
+    """A path as given if it exists, else the file of the zoo entry with that name."""
+    if os.path.exists(ref):
+        return str(ref)
+    from certquant.models.zoo import zoo_entries
+
+    for entry in zoo_entries():
+        if entry["name"] == str(ref):
+            return entry["path"]
+    return str(ref)
