@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -12,12 +11,12 @@ from certquant.utils.errors import CertquantError
 class CertquantGroup(TyperGroup):
     """Turns a ``CertquantError`` anywhere below into ``error: <message>`` on stderr and exit status 2."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except CertquantError as exc:
             typer.echo(f"error: {exc}", err=True)
-            raise click.exceptions.Exit(2) from None
+            raise typer.Exit(2) from None
 
 
 def new_app(help_text: str) -> typer.Typer:

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from certquant.data import dataset_info, load_dataset, train_val_split
-from certquant.models import build, save_checkpoint
+from certquant.models import build, model_spec, save_checkpoint
 from certquant.train.evaluate import accuracy, resolve_device
 from certquant.utils.errors import CertquantError
 from certquant.utils.io import atomic_torch_save
@@ -45,6 +45,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         dataset_info(self.dataset)
+        model_spec(self.model)
         if self.sigma <= 0:
             raise CertquantError(f"sigma must be > 0 for noise training, got {self.sigma}")
         if self.epochs < 1 or self.batch_size < 1:
