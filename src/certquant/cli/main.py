@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from certquant.cli.common import new_app
 from certquant.cli import foundation
+from certquant.cli import quant as quant_cli
 
 app = new_app("certquant: certifiably robust mixed-precision quantization (ARQ) of noise-trained classifiers.")
 
@@ -12,6 +13,8 @@ app.command("models", help="List the model architectures.")(foundation.models_cm
 app.command("train", help="Train a model with Gaussian noise augmentation (resumable).")(foundation.train_cmd)
 app.command("evaluate", help="Clean and noisy test accuracy of checkpoints (default: the zoo).")(foundation.evaluate_cmd)
 app.command("zoo", help="List the shipped noise-trained checkpoints.")(foundation.zoo_cmd)
+app.command("quantize", help="Quantize a checkpoint with a bit policy (noisy calibration, optional fine-tune).")(quant_cli.quantize_cmd)
+app.command("cost", help="Per-layer bits, MACs and BitOPs of a policy on a checkpoint.")(quant_cli.cost_cmd)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ architecture is refused by another instead of being applied to whatever layers h
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -24,7 +25,7 @@ FULL_PRECISION = 32  # a layer at 32 bits is left unquantized
 
 def _check_bits(name: str, w_bits: Any, a_bits: Any) -> tuple[int, int]:
     for label, value in (("weight", w_bits), ("activation", a_bits)):
-        if isinstance(value, bool) or not isinstance(value, int) or not MIN_BITS <= value <= MAX_BITS:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not MIN_BITS <= value <= MAX_BITS:
             raise CertquantError(
                 f"layer '{name}': {label} bits must be an integer in [{MIN_BITS}, {MAX_BITS}], got {value!r}"
             )
@@ -66,7 +67,7 @@ class Policy:
         names = [layer if isinstance(layer, str) else layer.name for layer in layers]
         if not len(names) == len(w_bits) == len(a_bits):
             raise CertquantError(f"{len(names)} layers but {len(w_bits)} weight and {len(a_bits)} activation bit-widths")
-        return cls({n: (int(w), int(a)) for n, w, a in zip(names, w_bits, a_bits)}, arch=arch)
+        return cls({n: (w, a) for n, w, a in zip(names, w_bits, a_bits)}, arch=arch)
 
     # access ----------------------------------------------------------------------------------------------------
     @property

@@ -1,0 +1,140 @@
+"""Quantized checkpoints: kind "quantized", loadable with ``certquant.models.load_checkpoint`` like any other.
+
+The file holds the base checkpoint's info (arch, num_classes, in_channels, input_size, mean, std, dataset, sigma),
+the base checkpoint's path and sha256, the policy, the calibration settings and ranges, and the state_dict (float
+latent weights plus the quantizers' scale buffers). Loading rebuilds the architecture, wraps the policy's layers
+(``prepare``) and loads the state_dict, so no calibration data is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from certquant.data import load_dataset, train_val_split
+from certquant.models import load_checkpoint, register_checkpoint_kind
+from certquant.models.checkpoint import ARCH_KEYS, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, build_from_info
+from certquant.quant.cost import bitops, bitops_fraction, model_size_bits
+from certquant.quant.finetuning import finetune
+from certquant.quant.layers import quantizable_layers
+from certquant.quant.policy import Policy
+from certquant.quant.quantize import activation_ranges, noisy_calibration_batch, prepare, quantize
+from certquant.train.evaluate import resolve_device
+from certquant.utils.errors import CertquantError
+from certquant.utils.io import atomic_torch_save
+
+KIND = "quantized"
+LOADER_MODULE = "certquant.quant.checkpoint"
+BASE_KEYS = ARCH_KEYS + ("dataset", "sigma")
+
+
+def _load_quantized(payload: dict[str, Any]) -> nn.Module:
+    model = build_from_info(payload)
+    prepare(model, Policy.from_dict(payload["policy"]))
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "shape mismatch"
+        raise CertquantError(f"quantized checkpoint does not fit its architecture and policy ({first})") from None
+    return model
+
+
+register_checkpoint_kind(KIND, _load_quantized)
+
+
+def input_shape(info: dict[str, Any]) -> tuple[int, int, int]:
+    """(C, H, W) of a checkpoint's inputs."""
+    return (int(info["in_channels"]), int(info["input_size"]), int(info["input_size"]))
+
+
+def save_quantized(path: str | os.PathLike, qmodel: nn.Module, policy: Policy, base_info: dict[str, Any],
+                   calibration: dict[str, Any], finetune_info: dict[str, Any] | None = None,
+                   metrics: dict[str, Any] | None = None) -> Path:
+    """Write a quantized checkpoint atomically. ``base_info`` is the info ``load_checkpoint`` returned for the base."""
+    missing = [k for k in BASE_KEYS if k not in base_info]
+    if missing:
+        raise CertquantError(f"base checkpoint info lacks {', '.join(missing)}")
+    layers = quantizable_layers(qmodel, input_shape(base_info))
+    policy.validate(layers, base_info["arch"])
+    stored_policy = Policy(dict(policy.items()), arch=policy.arch or base_info["arch"], meta=policy.meta)
+    payload: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "kind": KIND,
+                               "loader_module": LOADER_MODULE}
+    payload.update({k: base_info[k] for k in BASE_KEYS})
+    payload["mean"], payload["std"] = list(payload["mean"]), list(payload["std"])
+    payload.update(
+        train_args=base_info.get("train_args", {}),
+        base_checkpoint={"path": str(base_info.get("path", "")), "sha256": base_info.get("sha256", ""),
+                         "kind": base_info.get("kind", "model"), "metrics": base_info.get("metrics", {})},
+        policy=stored_policy.to_dict(),
+        cost={"bitops": bitops(layers, policy), "bitops_fraction": bitops_fraction(layers, policy),
+              "model_size_bits": model_size_bits(layers, policy)},
+        calibration=calibration,
+        ranges=activation_ranges(qmodel),
+        finetune=finetune_info,
+        metrics=metrics or {},
+        created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+    payload["state_dict"] = {k: v.detach().cpu() for k, v in qmodel.state_dict().items()}
+    atomic_torch_save(payload, path)
+    return Path(path)
+
+
+def _train_images(info: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The base model's own training images (its validation split held out when the checkpoint records one)."""
+    images, labels = load_dataset(info["dataset"], "train")
+    args = info.get("train_args") or {}
+    if args.get("val_size"):
+        train_idx, _ = train_val_split(len(images), int(args["val_size"]), int(args.get("seed", 0)))
+        images, labels = images[train_idx], labels[train_idx]
+    return images, labels
+
+
+def quantize_checkpoint(
+    checkpoint: str | os.PathLike,
+    policy: Policy,
+    out: str | os.PathLike,
+    calib_images: int = 512,
+    calib_seed: int = 0,
+    act_clip: str = "auto",
+    weight_clip: str = "auto",
+    finetune_epochs: int = 0,
+    finetune_images: int | None = None,
+    lr: float = 0.01,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: str = "auto",
+    resume: bool = False,
+) -> tuple[nn.Module, Path]:
+    """Quantize a checkpoint with ``policy``, calibrated on ``calib_images`` training images carrying the base
+    model's noise sigma; optionally fine-tune (noise-aware, resumable state in ``<out>.finetune/``); write ``out``."""
+    base, info = load_checkpoint(checkpoint)
+    layers = quantizable_layers(base, input_shape(info))
+    policy.validate(layers, info["arch"])
+    if calib_images < 1:
+        raise CertquantError(f"--calib-images must be >= 1, got {calib_images}")
+    sigma = float(info["sigma"])
+    images, labels = _train_images(info)
+    calib = noisy_calibration_batch(images, sigma, calib_images, calib_seed)
+    dev = resolve_device(device)
+    qmodel = quantize(base.to(dev), policy, calib, arch=info["arch"], act_clip=act_clip, weight_clip=weight_clip)
+    calibration = {"images": calib_images, "seed": calib_seed, "sigma": sigma, "split": "train",
+                   "act_clip": act_clip, "weight_clip": weight_clip}
+    finetune_info = None
+    if finetune_epochs > 0:
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+        if finetune_images:
+            order = order[:finetune_images]
+        out_path = Path(out)
+        state_dir = out_path.parent / f"{out_path.stem}.finetune"
+        started = time.time()
+        finetune(qmodel, images[order], labels[order], sigma, finetune_epochs, lr=lr, batch_size=batch_size, seed=seed,
+                 out=state_dir, resume=resume, device=dev)
+        finetune_info = {"epochs": finetune_epochs, "images": len(order), "lr": lr, "batch_size": batch_size,
+                         "seed": seed, "sigma": sigma, "seconds": time.time() - started, "state_dir": str(state_dir)}
+    path = save_quantized(out, qmodel.cpu(), policy, info, calibration, finetune_info)
+    return qmodel.eval(), path
