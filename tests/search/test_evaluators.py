@@ -1,0 +1,92 @@
+"""Candidate evaluation: quantize + noisy calibration, score on the search set, every reward term logged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from certquant.quant import Policy, quantizable_layers
+from certquant.search.evaluators import ESTIMATORS, EvalConfig, PolicyEvaluator, ScratchEstimator, register_estimator
+from certquant.utils.errors import CertquantError
+
+from conftest import SIGMA
+
+TINY = dict(n0=20, n_p=100, batch_size=120, calib_images=64)
+
+
+def evaluator(model, search_set, **kwargs) -> PolicyEvaluator:
+    images, labels, idx = search_set
+    return PolicyEvaluator(model, SIGMA, images, labels, idx, EvalConfig(**{**TINY, **kwargs}), arch="small-cnn")
+
+
+def test_arq_reward_terms_and_determinism(trained_cnn, search_set):
+    ev = evaluator(trained_cnn, search_set)
+    layers = ev.layers
+    ref = ev.reference()
+    assert ref["acr"] > 0.3 and ref["clean_accuracy"] > 0.8  # the trained CNN certifies the easy synthetic images
+    w8 = ev(Policy.uniform(layers, 8, arch="small-cnn"))
+    w2 = ev(Policy.uniform(layers, 2, arch="small-cnn"))
+    for key in ("reward", "acr", "acr_fp32", "clean_accuracy", "clean_accuracy_fp32", "abstain_rate", "lambda",
+                "bitops_fraction", "seconds_quantize", "seconds_score"):
+        assert key in w8
+    assert w8["reward"] == pytest.approx(0.1 * (w8["acr"] - ref["acr"]))
+    assert abs(w8["acr"] - ref["acr"]) < 0.1  # 8 bits with noisy calibration barely changes the certificates
+    assert w2["reward"] < w8["reward"]  # 2-bit everything hurts
+    again = ev(Policy.uniform(layers, 8, arch="small-cnn"))
+    assert {k: v for k, v in again.items() if not k.startswith("seconds")} == \
+        {k: v for k, v in w8.items() if not k.startswith("seconds")}
+
+
+def test_haq_reward_and_clean_term(trained_cnn, search_set):
+    ev = evaluator(trained_cnn, search_set, reward="haq", noise_copies=4)
+    layers = ev.layers
+    terms = ev(Policy.uniform(layers, 2, arch="small-cnn"))
+    assert terms["reward"] == pytest.approx(0.1 * (terms["noisy_accuracy"] - terms["noisy_accuracy_fp32"]))
+    assert "acr" not in terms
+
+    ev = evaluator(trained_cnn, search_set, clean_weight=0.5)
+    terms = ev(Policy.uniform(layers, 3, arch="small-cnn"))
+    expected = 0.1 * (terms["acr"] - terms["acr_fp32"]) + 0.5 * (terms["clean_accuracy"] - terms["clean_accuracy_fp32"])
+    assert terms["reward"] == pytest.approx(expected)
+
+
+def test_finetune_steps_run(trained_cnn, search_set):
+    ev = evaluator(trained_cnn, search_set, reward="haq", noise_copies=2, finetune_steps=2, finetune_batch=8)
+    before = [p.clone() for p in trained_cnn.parameters()]
+    terms = ev(Policy.uniform(ev.layers, 4, arch="small-cnn"))
+    assert 0 <= terms["noisy_accuracy"] <= 1
+    assert all(torch.equal(a, b) for a, b in zip(before, trained_cnn.parameters()))  # the base model is untouched
+
+
+def test_estimator_is_a_strategy(trained_cnn, search_set):
+    calls = []
+
+    @register_estimator
+    class Counting(ScratchEstimator):
+        name = "counting-test"
+
+        def certify_image(self, model, k, x, seed):
+            calls.append(k)
+            return super().certify_image(model, k, x, seed)
+
+    try:
+        ev = evaluator(trained_cnn, search_set, estimator="counting-test")
+        ev(Policy.uniform(ev.layers, 8, arch="small-cnn"))
+        assert len(calls) == 2 * len(search_set[0])  # FP32 reference, then the candidate
+    finally:
+        ESTIMATORS.pop("counting-test")
+
+
+def test_bad_evaluator_settings(trained_cnn, search_set):
+    with pytest.raises(CertquantError, match="unknown reward"):
+        evaluator(trained_cnn, search_set, reward="accuracy")
+    with pytest.raises(CertquantError, match="unknown ACR estimator"):
+        evaluator(trained_cnn, search_set, estimator="magic")
+    with pytest.raises(CertquantError, match="scratch"):
+        evaluator(trained_cnn, search_set, estimator="irs")  # until certify_incremental exists
+    images, labels, idx = search_set
+    with pytest.raises(CertquantError, match="search set"):
+        PolicyEvaluator(trained_cnn, SIGMA, images, labels[:3], idx, EvalConfig(**TINY))
+    layers = quantizable_layers(trained_cnn, (1, 28, 28))
+    with pytest.raises(CertquantError):
+        evaluator(trained_cnn, search_set)(Policy.uniform(layers[:2], 4))  # a policy for other layers
