@@ -5,6 +5,7 @@ from __future__ import annotations
 from certquant.cli.common import new_app
 from certquant.cli import foundation
 from certquant.cli import quant as quant_cli
+from certquant.cli import search as search_cli
 
 app = new_app("certquant: certifiably robust mixed-precision quantization (ARQ) of noise-trained classifiers.")
 
@@ -15,6 +16,7 @@ app.command("evaluate", help="Clean and noisy test accuracy of checkpoints (defa
 app.command("zoo", help="List the shipped noise-trained checkpoints.")(foundation.zoo_cmd)
 app.command("quantize", help="Quantize a checkpoint with a bit policy (noisy calibration, optional fine-tune).")(quant_cli.quantize_cmd)
 app.command("cost", help="Per-layer bits, MACs and BitOPs of a policy on a checkpoint.")(quant_cli.cost_cmd)
+app.command("search", help="Search per-layer bit-widths under a BitOPs budget: ARQ, HAQ, random, uniform (resumable).")(search_cli.search_cmd)
 
 
 def main() -> None:

@@ -120,6 +120,7 @@ class Search:
         self.best: dict[str, Any] | None = None  # {"reward", "episode", "policy" (dict)}
         self.cache: dict[str, dict[str, Any]] = {}
         self.seconds = 0.0
+        self.opened = False
 
     @property
     def total_episodes(self) -> int:
@@ -139,7 +140,9 @@ class Search:
         atomic_torch_save(self._state(), self.out / STATE_FILE)
 
     def open(self, resume: bool) -> None:
-        """Create the run folder, or (``resume``) load its state; a finished episode is never re-run."""
+        """Create the run folder, or (``resume``) load its state; a finished episode is never re-run. Call it before
+        expensive set-up (``run`` calls it when nobody did) so that a wrong --out fails at once."""
+        self.opened = True
         state_path, config_path = self.out / STATE_FILE, self.out / CONFIG_FILE
         if state_path.exists() and not resume:
             raise CertquantError(f"{self.out} already holds a search: pass --resume to continue it or choose another --out")
@@ -225,7 +228,8 @@ class Search:
 
     def run(self, resume: bool = False, progress: bool = True, reference: dict[str, Any] | None = None) -> SearchResult:
         """Run (or continue) every remaining episode and write ``summary.json``."""
-        self.open(resume)
+        if not self.opened:
+            self.open(resume)
         total = self.total_episodes
         bar = tqdm(total=total, initial=min(self.episode, total), desc=f"search {self.config.method}", unit="episode",
                    disable=not progress)

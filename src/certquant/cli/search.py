@@ -1,0 +1,136 @@
+"""``certquant search``: the ARQ / HAQ bit-width search of a checkpoint under a BitOPs budget (resumable)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import typer
+
+from certquant.data import every_kth, load_dataset, train_val_split
+from certquant.models import load_checkpoint
+from certquant.quant import format_cost_table
+from certquant.search import DDPGConfig, EnvConfig, EvalConfig, PolicyEvaluator, Search, SearchConfig
+from certquant.search.runner import BEST_FILE, METHODS
+from certquant.train import resolve_device
+from certquant.utils.errors import CertquantError
+
+
+def search_indices(info: dict, split: str, count: int, seed: int, start: int, skip: int,
+                   test_subset: list[int]) -> list[int]:
+    """Indices of the search set in ``split``: from train, a seeded draw from the checkpoint's held-out validation
+    images (all training images when it has none); from test, every ``skip``-th image from ``start``, refused when it
+    meets the test subset that final certification uses."""
+    if count < 1:
+        raise CertquantError(f"--search-images must be >= 1, got {count}")
+    images, _ = load_dataset(info["dataset"], split)
+    if split == "test":
+        indices = every_kth(len(images), skip, count, start)
+        overlap = sorted(set(indices) & set(test_subset))
+        if overlap:
+            raise CertquantError(f"the search set shares {len(overlap)} test image(s) with the test subset (first: "
+                                 f"{overlap[0]}): choose --search-start/--search-skip, --test-skip/--test-max that are "
+                                 "disjoint, or search on --search-split train")
+    else:
+        args = info.get("train_args") or {}
+        if args.get("val_size"):
+            _, pool = train_val_split(len(images), int(args["val_size"]), int(args.get("seed", 0)))
+        else:
+            pool = torch.arange(len(images))
+        pool = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))]
+        indices = sorted(int(i) for i in pool[:count])
+    if len(indices) < count:
+        raise CertquantError(f"only {len(indices)} {split} images are available for the search set, "
+                             f"--search-images asks for {count}")
+    return indices
+
+
+def search_cmd(
+    checkpoint: str = typer.Option(..., help="noise-trained checkpoint file or zoo name (see 'certquant zoo')"),
+    dataset: Optional[str] = typer.Option(None, help="dataset (default: the checkpoint's; another one is refused)"),
+    sigma: Optional[float] = typer.Option(None, help="noise std (default: the checkpoint's training sigma)"),
+    budget: float = typer.Option(..., help="BitOPs budget as a fraction of FP32 in (0, 1]; 0.015625 = uniform W4A4"),
+    method: str = typer.Option("arq", help=f"{', '.join(METHODS)}: DDPG with ARQ's certified-radius or HAQ's accuracy "
+                                           "reward, random policies repaired to the budget, largest uniform W=A"),
+    episodes: int = typer.Option(600, help="candidates to evaluate (HAQ: 600; uniform evaluates one)"),
+    search_images: int = typer.Option(100, help="size K of the search set (disjoint from the test subset)"),
+    search_split: str = typer.Option("train", help="train (held-out validation images) or test (a disjoint part)"),
+    search_start: int = typer.Option(0, help="with --search-split test: first test index of the search set"),
+    search_skip: int = typer.Option(1, help="with --search-split test: take every SKIP-th test image"),
+    test_skip: int = typer.Option(1, help="the test subset final certification uses: every SKIP-th test image"),
+    test_max: Optional[int] = typer.Option(None, help="the test subset final certification uses: at most M images"),
+    reward: Optional[str] = typer.Option(None, help="reward of random / uniform candidates: arq (default) or haq"),
+    estimator: str = typer.Option("scratch", help="ACR estimator of the arq reward: scratch, irs, irs-one-sided"),
+    n0: int = typer.Option(100, "--n0", help="selection samples per certificate"),
+    n_p: int = typer.Option(1000, "--n-p", help="estimation samples per search image and candidate"),
+    n_fp: int = typer.Option(10_000, "--n-fp", help="IRS: samples of the one-time FP32 certification"),
+    alpha: float = typer.Option(0.001, help="failure probability of each certificate"),
+    batch: int = typer.Option(1000, "--batch", help="noisy samples per forward pass (part of the noise seeding)"),
+    lam: float = typer.Option(0.1, "--lambda", help="reward scale lambda"),
+    clean_weight: float = typer.Option(0.0, help="arq: weight of the clean smoothed accuracy difference in the reward"),
+    noise_copies: int = typer.Option(16, help="haq: noisy copies per search image"),
+    calib_images: int = typer.Option(256, help="noisy calibration inputs (search images + certification noise)"),
+    finetune_steps: int = typer.Option(0, help="noisy fine-tuning steps per candidate (0: none)"),
+    finetune_batch: int = typer.Option(64, help="fine-tuning minibatch"),
+    finetune_lr: float = typer.Option(0.01, help="fine-tuning learning rate"),
+    min_bits: int = typer.Option(2, help="lowest bit-width"),
+    max_bits: int = typer.Option(8, help="highest bit-width"),
+    pin_first_last: bool = typer.Option(True, help="keep the first and last layer at --pin-bits (HAQ)"),
+    pin_bits: int = typer.Option(8, help="bits of pinned layers"),
+    tie: bool = typer.Option(False, help="one action per layer: weight bits = activation bits"),
+    warmup: int = typer.Option(20, help="DDPG warm-up episodes of random actions"),
+    seed: int = typer.Option(0, help="seed of the agent, the search set draw, the noise and the calibration"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda (part of the noise seeding)"),
+    out: Path = typer.Option(..., help="run folder: history.jsonl, best_policy.json, state.pt, summary.json"),
+    resume: bool = typer.Option(False, help="continue the search in --out exactly where it stopped"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Search per-layer weight/activation bit-widths under a BitOPs budget (ARQ; HAQ, random, uniform baselines)."""
+    if method not in METHODS:
+        raise CertquantError(f"unknown search method '{method}': use one of {', '.join(METHODS)}")
+    if reward is not None and method in ("arq", "haq") and reward != method:
+        raise CertquantError(f"--method {method} uses the {method} reward: drop --reward (it is for random and uniform)")
+    if search_split not in ("train", "test"):
+        raise CertquantError(f"--search-split must be train or test, got '{search_split}'")
+    if sigma is not None and sigma <= 0:
+        raise CertquantError(f"--sigma must be > 0 (noise std in [0,1] pixel units), got {sigma}")
+    env = EnvConfig(budget, min_bits, max_bits, pin_first_last, pin_bits, tie)
+    env.validate()
+    dev = resolve_device(device)
+    model, info = load_checkpoint(checkpoint, expect_dataset=dataset, map_location=dev)
+    sigma = float(info["sigma"]) if sigma is None else sigma
+
+    test_images, _ = load_dataset(info["dataset"], "test")
+    test_subset = every_kth(len(test_images), test_skip, test_max)
+    indices = search_indices(info, search_split, search_images, seed, search_start, search_skip, test_subset)
+    images, labels = load_dataset(info["dataset"], search_split)
+    ft_images = ft_labels = None
+    if finetune_steps > 0 and search_split == "train":  # fine-tune on training images outside the search set
+        keep = torch.ones(len(images), dtype=torch.bool)
+        keep[indices] = False
+        ft_images, ft_labels = images[keep], labels[keep]
+
+    eval_config = EvalConfig(reward=reward or ("haq" if method == "haq" else "arq"), lam=lam, clean_weight=clean_weight,
+                        estimator=estimator, n0=n0, n_p=n_p, n_fp=n_fp, alpha=alpha, batch_size=batch,
+                        noise_copies=noise_copies, calib_images=calib_images, finetune_steps=finetune_steps,
+                        finetune_batch=finetune_batch, finetune_lr=finetune_lr, seed=seed)
+    evaluator = PolicyEvaluator(model, sigma, images[indices], labels[indices], indices, eval_config, arch=info["arch"],
+                                finetune_images=ft_images, finetune_labels=ft_labels, device=dev)
+    config = SearchConfig(env, method, episodes, DDPGConfig(warmup_episodes=warmup), seed)
+    extra = {"checkpoint_sha256": info["sha256"], "dataset": info["dataset"], "search_split": search_split,
+             "evaluator": evaluator.describe(), "device": dev.type}
+    search = Search(evaluator.layers, evaluator, config, out, arch=info["arch"], extra=extra)
+    search.open(resume)  # refuse a used --out or changed arguments before the FP32 reference work
+
+    started = time.time()
+    reference = evaluator.reference()
+    shown = {k: round(v, 4) for k, v in reference.items() if k != "seconds"}
+    typer.echo(f"FP32 on {len(indices)} {search_split} images at sigma {sigma}: {shown} ({reference['seconds']:.1f}s)")
+    result = search.run(progress=progress, reference=reference)
+    typer.echo(format_cost_table(evaluator.layers, result.best_policy))
+    evaluations = len({(tuple(r["w_bits"]), tuple(r["a_bits"])) for r in result.history})
+    typer.echo(f"best reward {result.best_reward:.4f} at episode {result.best_episode} of {len(result.history)} "
+               f"({evaluations} distinct policies); {time.time() - started:.1f}s this run; "
+               f"wrote {Path(out) / BEST_FILE} (use: certquant quantize --policy)")
