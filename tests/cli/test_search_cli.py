@@ -107,3 +107,11 @@ def test_search_set_overlapping_the_test_subset(checkpoint, tmp_path):
     result = _search(checkpoint, tmp_path, "--budget", "0.03", "--search-split", "test", "--test-skip", "20",
                      "--search-start", "1", "--search-skip", "2", "--method", "uniform")
     assert result.exit_code == 0, result.output
+
+
+def test_candidates_can_be_fine_tuned(checkpoint, tmp_path):
+    result = _search(checkpoint, tmp_path, "--budget", "0.03", "--method", "uniform", "--reward", "haq",
+                     "--noise-copies", "2", "--finetune-steps", "2", "--finetune-batch", "8")
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["evaluator"]["finetune_steps"] == 2

@@ -107,10 +107,12 @@ def search_cmd(
     indices = search_indices(info, search_split, search_images, seed, search_start, search_skip, test_subset)
     images, labels = load_dataset(info["dataset"], search_split)
     ft_images = ft_labels = None
-    if finetune_steps > 0 and search_split == "train":  # fine-tune on training images outside the search set
-        keep = torch.ones(len(images), dtype=torch.bool)
-        keep[indices] = False
-        ft_images, ft_labels = images[keep], labels[keep]
+    if finetune_steps > 0:  # fine-tune on training images outside the search set
+        ft_images, ft_labels = load_dataset(info["dataset"], "train")
+        if search_split == "train":
+            keep = torch.ones(len(ft_images), dtype=torch.bool)
+            keep[indices] = False
+            ft_images, ft_labels = ft_images[keep], ft_labels[keep]
 
     eval_config = EvalConfig(reward=reward or ("haq" if method == "haq" else "arq"), lam=lam, clean_weight=clean_weight,
                         estimator=estimator, n0=n0, n_p=n_p, n_fp=n_fp, alpha=alpha, batch_size=batch,
