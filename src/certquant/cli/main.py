@@ -6,6 +6,7 @@ from certquant.cli.common import new_app
 from certquant.cli import foundation
 from certquant.cli import quant as quant_cli
 from certquant.cli import search as search_cli
+from certquant.cli import smoothing as smoothing_cli
 
 app = new_app("certquant: certifiably robust mixed-precision quantization (ARQ) of noise-trained classifiers.")
 
@@ -17,6 +18,9 @@ app.command("zoo", help="List the shipped noise-trained checkpoints.")(foundatio
 app.command("quantize", help="Quantize a checkpoint with a bit policy (noisy calibration, optional fine-tune).")(quant_cli.quantize_cmd)
 app.command("cost", help="Per-layer bits, MACs and BitOPs of a policy on a checkpoint.")(quant_cli.cost_cmd)
 app.command("search", help="Search per-layer bit-widths under a BitOPs budget: ARQ, HAQ, random, uniform (resumable).")(search_cli.search_cmd)
+app.command("certify", help="Certify test images with randomized smoothing (resumable).")(smoothing_cli.certify_cmd)
+app.command("predict", help="Smoothed-classifier predictions with abstention (resumable).")(smoothing_cli.predict_cmd)
+app.command("analyze", help="Certified-accuracy table and plot of certify runs.")(smoothing_cli.analyze_cmd)
 
 
 def main() -> None:

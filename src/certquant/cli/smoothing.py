@@ -1,0 +1,122 @@
+"""Commands of randomized smoothing: certify and predict a test subset, analyze certify runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from certquant.data import every_kth, load_dataset
+from certquant.models import load_checkpoint
+from certquant.report.certified import certified_accuracy_table, load_certify_run, plot_certified_accuracy
+from certquant.smoothing import certify_dataset, predict_dataset, validate_smoothing_args
+from certquant.train import resolve_device
+from certquant.utils.errors import CertquantError
+
+CHECKPOINT_HELP = "checkpoint file or zoo name (see 'certquant zoo')"
+DATASET_HELP = "dataset (default: the checkpoint's; another one is refused)"
+SIGMA_HELP = "noise std in [0,1] pixel units (default: the checkpoint's training sigma)"
+
+
+def _prepare(checkpoint: str, dataset: Optional[str], sigma: Optional[float], skip: int, max_images: Optional[int],
+             device: str) -> tuple[Any, dict, float, Any, Any, list[int], dict]:
+    """Load the checkpoint and its test set; return model, info, sigma, images, labels, indices, identity."""
+    if sigma is not None and sigma <= 0:
+        raise CertquantError(f"--sigma must be > 0 (noise std in [0,1] pixel units), got {sigma}")
+    dev = resolve_device(device)
+    model, info = load_checkpoint(checkpoint, expect_dataset=dataset, map_location=dev)
+    sigma = float(info["sigma"]) if sigma is None else sigma
+    if abs(sigma - float(info["sigma"])) > 1e-9:
+        typer.echo(f"note: certifying at sigma {sigma}, the checkpoint was trained at {info['sigma']}", err=True)
+    images, labels = load_dataset(info["dataset"], "test")
+    indices = every_kth(len(images), skip, max_images)
+    identity = {"dataset": info["dataset"], "checkpoint_sha256": info["sha256"], "skip": skip}
+    return model, info, sigma, images, labels, indices, identity
+
+
+def _input_shape(info: dict) -> tuple[int, int, int]:
+    return (int(info["in_channels"]), int(info["input_size"]), int(info["input_size"]))
+
+
+def certify_cmd(
+    checkpoint: str = typer.Option(..., help=CHECKPOINT_HELP),
+    dataset: Optional[str] = typer.Option(None, help=DATASET_HELP),
+    sigma: Optional[float] = typer.Option(None, help=SIGMA_HELP),
+    n0: int = typer.Option(100, "--n0", help="selection samples (choose the top class c_A)"),
+    n: int = typer.Option(100_000, "--n", help="estimation samples (bound pA)"),
+    alpha: float = typer.Option(0.001, help="failure probability of each certificate"),
+    skip: int = typer.Option(1, help="certify every SKIP-th test image (Cohen et al.: 20 on CIFAR-10)"),
+    max_images: Optional[int] = typer.Option(None, "--max", help="certify at most M images"),
+    batch: int = typer.Option(1000, "--batch", help="noisy samples per forward pass (part of the noise seeding)"),
+    seed: int = typer.Option(0, help="run seed; image i uses a seed derived from (seed, i)"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda (part of the noise seeding)"),
+    out: Path = typer.Option(..., help="run folder: certificates.jsonl, summary.json, certify.tsv; re-run to resume"),
+    channels_last: bool = typer.Option(False, help="run the model in torch.channels_last (often faster convolutions on "
+                                                   "CPU; float results may differ in the last bits from the default)"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """CERTIFY (Cohen et al.) every SKIP-th test image; resumable; writes certificates, summary and a Cohen TSV."""
+    validate_smoothing_args(sigma if sigma is not None else 1.0, alpha, batch, seed, n0=n0, n=n)
+    model, info, sigma, images, labels, indices, identity = _prepare(checkpoint, dataset, sigma, skip, max_images, device)
+    arguments = {"checkpoint": checkpoint, "dataset": info["dataset"], "sigma": sigma, "n0": n0, "n": n, "alpha": alpha,
+                 "skip": skip, "max": max_images, "batch": batch, "seed": seed, "device": device,
+                 "channels_last": channels_last, "out": str(out)}
+    summary = certify_dataset(model, images, labels, indices, out, sigma, n0, n, alpha, batch, seed,
+                              identity=identity, arguments=arguments,
+                              provenance={"checkpoint_sha256": info["sha256"], "checkpoint_path": info["path"]},
+                              input_shape=_input_shape(info), progress=progress, channels_last=channels_last)
+    accs = ", ".join(f"{r}: {a:.3f}" for r, a in summary["certified_accuracy"].items())
+    typer.echo(f"{summary['num_images']} images: clean accuracy {summary['clean_accuracy']:.4f}, "
+               f"ACR {summary['acr']:.4f}, abstain {summary['abstain_rate']:.3f}")
+    typer.echo(f"certified accuracy at radius {accs}")
+    typer.echo(f"wrote {out}/certificates.jsonl, summary.json, certify.tsv")
+
+
+def predict_cmd(
+    checkpoint: str = typer.Option(..., help=CHECKPOINT_HELP),
+    dataset: Optional[str] = typer.Option(None, help=DATASET_HELP),
+    sigma: Optional[float] = typer.Option(None, help=SIGMA_HELP),
+    n: int = typer.Option(100_000, "--n", help="noise samples per image"),
+    alpha: float = typer.Option(0.001, help="abstain unless the binomial test's p-value is <= alpha"),
+    skip: int = typer.Option(1, help="predict every SKIP-th test image"),
+    max_images: Optional[int] = typer.Option(None, "--max", help="predict at most M images"),
+    batch: int = typer.Option(1000, "--batch", help="noisy samples per forward pass (part of the noise seeding)"),
+    seed: int = typer.Option(0, help="run seed; image i uses a seed derived from (seed, i)"),
+    device: str = typer.Option("auto", help="auto, cpu or cuda (part of the noise seeding)"),
+    out: Path = typer.Option(..., help="run folder: predictions.jsonl, summary.json, predict.tsv; re-run to resume"),
+    channels_last: bool = typer.Option(False, help="run the model in torch.channels_last (often faster convolutions on "
+                                                   "CPU; float results may differ in the last bits from the default)"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """PREDICT (Cohen et al.) every SKIP-th test image with the smoothed classifier; resumable."""
+    validate_smoothing_args(sigma if sigma is not None else 1.0, alpha, batch, seed, n=n)
+    model, info, sigma, images, labels, indices, identity = _prepare(checkpoint, dataset, sigma, skip, max_images, device)
+    arguments = {"checkpoint": checkpoint, "dataset": info["dataset"], "sigma": sigma, "n": n, "alpha": alpha,
+                 "skip": skip, "max": max_images, "batch": batch, "seed": seed, "device": device,
+                 "channels_last": channels_last, "out": str(out)}
+    summary = predict_dataset(model, images, labels, indices, out, sigma, n, alpha, batch, seed,
+                              identity=identity, arguments=arguments,
+                              provenance={"checkpoint_sha256": info["sha256"], "checkpoint_path": info["path"]},
+                              input_shape=_input_shape(info), progress=progress, channels_last=channels_last)
+    typer.echo(f"{summary['num_images']} images: smoothed accuracy {summary['accuracy']:.4f}, "
+               f"abstain {summary['abstain_rate']:.3f}")
+    typer.echo(f"wrote {out}/predictions.jsonl, summary.json, predict.tsv")
+
+
+def analyze_cmd(
+    runs: list[Path] = typer.Argument(..., help="run folders of 'certquant certify'"),
+    plot: Optional[Path] = typer.Option(None, help="PNG to draw (default: RUN/certified_accuracy.png for one run, "
+                                                   "./certified_accuracy.png for several)"),
+    step: float = typer.Option(0.25, help="radius step of the table"),
+) -> None:
+    """Certified accuracy of one or several certify runs side by side (markdown) and as a PNG curve."""
+    if step <= 0:
+        raise CertquantError(f"--step must be > 0, got {step}")
+    names = [p.name for p in runs]
+    if len(set(names)) < len(names):
+        names = [str(p) for p in runs]
+    loaded = [load_certify_run(p, name) for p, name in zip(runs, names)]
+    typer.echo(certified_accuracy_table(loaded, step))
+    target = plot or (runs[0] / "certified_accuracy.png" if len(runs) == 1 else Path("certified_accuracy.png"))
+    typer.echo(f"wrote {plot_certified_accuracy(loaded, target)}")

@@ -1,0 +1,237 @@
+"""CERTIFY and PREDICT of randomized smoothing (Cohen, Rosenfeld, Kolter, ICML 2019), for one image.
+
+The smoothed classifier is g(x) = argmax_c P[f(x + e) = c], e ~ N(0, sigma^2 I), with x in [0, 1] pixel space (the
+model normalizes in its first layer). Noise comes from ``noise.noisy_batches`` (seeded per batch), so a certificate
+is a deterministic function of (model, x, sigma, n0, n, alpha, batch_size, seed, device type).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+from scipy.stats import binomtest
+from torch import nn
+
+from certquant.smoothing.bounds import certified_radius, clopper_pearson_lower
+from certquant.smoothing.noise import ESTIMATION, PREDICTION, SELECTION, batch_counts, batch_seed, noisy_batches
+from certquant.utils.errors import CertquantError
+
+ABSTAIN = -1
+
+
+@dataclass
+class CertificationCache:
+    """What IRS needs to re-use a certification of f: c_A, pA_lower and f's class for every estimation sample.
+
+    Sample j of the estimation stage is regenerated bit-identically by
+    ``noisy_batches(x, sigma, seed, stage, n, batch_size)`` on a device of type ``device`` (see ``noise``);
+    ``batch_seeds[b]`` is the explicit seed of estimation batch b (= ``noise.batch_seed(seed, stage, b)``).
+    """
+
+    c_a: int  # top class chosen from the n0 selection samples
+    n_a: int  # estimation samples classified as c_A
+    pa_lower: float  # one-sided Clopper-Pearson lower bound on pA at level 1 - alpha
+    n: int
+    sigma: float
+    alpha: float
+    seed: int  # the image's seed
+    stage: int  # noise.ESTIMATION
+    batch_size: int
+    batch_seeds: list[int]
+    device: str  # device type the noise was drawn on ("cpu" or "cuda")
+    predictions: torch.Tensor  # (n,) f's predicted class per estimation sample, uint8 (<= 256 classes) or int16, CPU
+
+    def noisy_batches(self, x: torch.Tensor, limit: int | None = None) -> Iterator[torch.Tensor]:
+        """Regenerate the first ``limit`` (default n) noisy estimation samples of ``x``, batch by batch."""
+        if x.device.type != self.device:
+            raise CertquantError(f"noise was drawn on {self.device}, x is on {x.device.type}: regenerate on {self.device}")
+        return noisy_batches(x, self.sigma, self.seed, self.stage, self.n, self.batch_size, limit)
+
+
+@dataclass
+class Certificate:
+    """The result of CERTIFY for one image: ``label`` = c_A or -1 (abstain), ``radius`` = sigma * Phi^-1(pA_lower)."""
+
+    label: int
+    radius: float
+    pa_lower: float
+    counts: list[int]  # per-class counts of the n estimation samples
+    seconds: float
+    c_a: int = ABSTAIN  # the top class of the selection samples (kept even when abstaining)
+    n_a: int = 0
+    seed: int = 0
+    cache: CertificationCache | None = field(default=None, repr=False)
+
+
+def validate_smoothing_args(sigma: float, alpha: float, batch_size: int, seed: int = 0, **counts: int) -> None:
+    """Refuse sigma <= 0, alpha outside (0, 1), a negative seed, a batch size or sample count below 1."""
+    if not sigma > 0:
+        raise CertquantError(f"sigma must be > 0 (noise std in [0,1] pixel units), got {sigma}")
+    if not 0.0 < alpha < 1.0:
+        raise CertquantError(f"alpha must be in (0, 1), e.g. 0.001, got {alpha}")
+    if batch_size < 1:
+        raise CertquantError(f"batch size must be >= 1, got {batch_size}")
+    if seed < 0:
+        raise CertquantError(f"seed must be >= 0, got {seed}")
+    for name, value in counts.items():
+        if value < 1:
+            raise CertquantError(f"{name} must be >= 1 (number of noise samples), got {value}")
+
+
+def _check_image(x: torch.Tensor, input_shape: Sequence[int] | None) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise CertquantError(f"expected one image of shape (C, H, W), got {shape}: pass images[i], not a batch")
+    if input_shape is not None and tuple(x.shape) != tuple(input_shape):
+        raise CertquantError(f"image of shape {tuple(x.shape)} does not fit the model's input {tuple(input_shape)}: "
+                             "use the dataset the model was trained on")
+    if x.numel() and (x.min().item() < -1e-6 or x.max().item() > 1 + 1e-6):
+        raise CertquantError("image values lie outside [0, 1]: pass raw pixels (the model normalizes in its first layer)")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a model without any)."""
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def _as_model_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` on the model's device, in the model's floating dtype (float32 for a model without parameters)."""
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    dtype = tensor.dtype if tensor is not None and tensor.is_floating_point() else torch.float32
+    return x.to(device=model_device(model), dtype=dtype)
+
+
+@contextlib.contextmanager
+def _evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode under inference_mode for the duration; the model's previous train/eval mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _first_forward(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """The first forward pass, turning a shape mismatch into a one-line error."""
+    try:
+        logits = model(batch)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise CertquantError(f"image of shape {tuple(batch.shape[1:])} does not fit the model ({first}): "
+                             "pass images of the model's input shape (C, H, W)") from None
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise CertquantError(f"model output has shape {tuple(logits.shape)}, expected (batch, classes >= 2) logits")
+    return logits
+
+
+def sample_counts(
+    model: nn.Module,
+    x: torch.Tensor,
+    sigma: float,
+    total: int,
+    batch_size: int,
+    seed: int,
+    stage: int,
+    keep_predictions: bool = False,
+    limit: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Class counts of f over the first ``limit`` (default ``total``) noisy samples of ``stage``, counted on the device.
+
+    Hot loop: draw noise with the batch's generator, add x, forward, argmax, bincount; no per-sample Python work.
+    Returns ``(counts (classes,) int64 on the model's device, predictions (limit,) on CPU or None)``.
+    Must run in eval mode under inference_mode (``certify`` and ``predict`` do that).
+    """
+    counts: torch.Tensor | None = None
+    kept: list[torch.Tensor] = []
+    for b, batch in enumerate(noisy_batches(x, sigma, seed, stage, total, batch_size, limit)):
+        logits = model(batch) if b else _first_forward(model, batch)
+        classes = logits.argmax(1)
+        if counts is None:
+            counts = torch.zeros(logits.shape[1], dtype=torch.int64, device=classes.device)
+        counts += torch.bincount(classes, minlength=logits.shape[1])
+        if keep_predictions:
+            kept.append(classes.to(torch.uint8 if logits.shape[1] <= 256 else torch.int16))
+    if counts is None:
+        raise CertquantError(f"no noise samples drawn (total {total}, limit {limit}): both must be >= 1")
+    return counts, (torch.cat(kept).cpu() if keep_predictions else None)
+
+
+def certify(
+    model: nn.Module,
+    x: torch.Tensor,
+    sigma: float,
+    n0: int = 100,
+    n: int = 100_000,
+    alpha: float = 0.001,
+    batch_size: int = 1000,
+    seed: int = 0,
+    keep_cache: bool = False,
+    input_shape: Sequence[int] | None = None,
+) -> Certificate:
+    """CERTIFY(f, sigma, x, n0, n, alpha) of Cohen et al.: with probability >= 1 - alpha over the noise, a returned
+    (c_A, R) means the smoothed classifier predicts c_A on the whole L2 ball of radius R around x.
+
+    ``x`` is one image (C, H, W) in [0, 1]; ``input_shape`` (C, H, W), when given, is checked against it (otherwise a
+    failing first forward pass reports the mismatch). ``keep_cache`` adds ``Certificate.cache`` for IRS.
+    """
+    validate_smoothing_args(sigma, alpha, batch_size, seed, n0=n0, n=n)
+    _check_image(x, input_shape)
+    started = time.perf_counter()
+    x = _as_model_input(model, x)
+    with _evaluating(model):
+        # 1. selection: c_A = the most frequent class among n0 noisy copies
+        counts0, _ = sample_counts(model, x, sigma, n0, batch_size, seed, SELECTION)
+        c_a = int(counts0.argmax().item())
+        # 2. estimation: n fresh noisy copies, n_A = how many are c_A
+        counts, predictions = sample_counts(model, x, sigma, n, batch_size, seed, ESTIMATION, keep_predictions=keep_cache)
+    counts_list = counts.tolist()
+    n_a = int(counts_list[c_a])
+    # 3. pA_lower: one-sided Clopper-Pearson lower bound at level 1 - alpha
+    pa_lower = clopper_pearson_lower(n_a, n, alpha)
+    # 4. certify c_A with radius sigma * Phi^-1(pA_lower) if pA_lower > 1/2, else abstain
+    label = c_a if pa_lower > 0.5 else ABSTAIN
+    radius = certified_radius(pa_lower, sigma)
+    cache = None
+    if keep_cache:
+        assert predictions is not None
+        cache = CertificationCache(
+            c_a=c_a, n_a=n_a, pa_lower=pa_lower, n=n, sigma=float(sigma), alpha=float(alpha), seed=seed,
+            stage=ESTIMATION, batch_size=batch_size,
+            batch_seeds=[batch_seed(seed, ESTIMATION, b) for b in range(len(batch_counts(n, batch_size)))],
+            device=x.device.type, predictions=predictions,
+        )
+    return Certificate(label, radius, pa_lower, counts_list, time.perf_counter() - started, c_a, n_a, seed, cache)
+
+
+def predict(
+    model: nn.Module,
+    x: torch.Tensor,
+    sigma: float,
+    n: int = 100_000,
+    alpha: float = 0.001,
+    batch_size: int = 1000,
+    seed: int = 0,
+    input_shape: Sequence[int] | None = None,
+) -> int:
+    """PREDICT(f, sigma, x, n, alpha) of Cohen et al.: the top class of n noisy copies, or -1 (abstain) unless a
+    two-sided binomial test of the top count n1 against the runner-up n2 (p = 1/2) has p-value <= alpha.
+    With probability >= 1 - alpha a non-abstaining answer equals the smoothed classifier's prediction g(x).
+    """
+    validate_smoothing_args(sigma, alpha, batch_size, seed, n=n)
+    _check_image(x, input_shape)
+    x = _as_model_input(model, x)
+    with _evaluating(model):
+        counts, _ = sample_counts(model, x, sigma, n, batch_size, seed, PREDICTION)
+    top2 = counts.topk(2)
+    (n1, n2), (c1, _) = top2.values.tolist(), top2.indices.tolist()
+    if binomtest(n1, n1 + n2, p=0.5, alternative="two-sided").pvalue > alpha:
+        return ABSTAIN
+    return int(c1)

@@ -1,0 +1,234 @@
+"""Dataset-level CERTIFY / PREDICT runs: one JSONL line per image as soon as it is done, resumable after a kill.
+
+Layout of a run folder::
+
+    run.json            the run's identity (arguments that change results), written at start; a re-run with other
+                        identity arguments is refused
+    certificates.jsonl  (or predictions.jsonl) one line per finished image
+    summary.json        metrics over the requested images, indices, arguments, provenance, timing
+    certify.tsv         (or predict.tsv) the same per-image results in the TSV format of Cohen et al.'s code
+
+Each image's noise is seeded by ``noise.image_seed(seed, index)``, so a resumed run (or one over a subset, e.g. a
+smaller ``--max``) gives exactly the certificates an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from certquant.smoothing.core import certify, model_device, predict, validate_smoothing_args
+from certquant.smoothing.metrics import average_certified_radius, certify_metrics, predict_metrics
+from certquant.smoothing.noise import image_seed
+from certquant.utils.errors import CertquantError
+from certquant.utils.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from certquant.utils.provenance import software_versions
+
+RUN_FILE = "run.json"
+CERTIFY_FILES = {"jsonl": "certificates.jsonl", "tsv": "certify.tsv"}
+PREDICT_FILES = {"jsonl": "predictions.jsonl", "tsv": "predict.tsv"}
+
+
+def certify_dataset(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: Sequence[int],
+    out_dir: str | Path,
+    sigma: float,
+    n0: int = 100,
+    n: int = 100_000,
+    alpha: float = 0.001,
+    batch_size: int = 1000,
+    seed: int = 0,
+    identity: dict | None = None,
+    arguments: dict | None = None,
+    provenance: dict | None = None,
+    input_shape: Sequence[int] | None = None,
+    progress: bool = True,
+    channels_last: bool = False,
+) -> dict:
+    """CERTIFY ``images[i]`` for every i in ``indices``; write the run folder (see module docstring); return the summary.
+
+    ``identity`` adds caller arguments that must match on resume (e.g. dataset, checkpoint hash, --skip);
+    ``arguments`` (all command arguments) and ``provenance`` (e.g. checkpoint sha256) are recorded in the summary.
+    ``channels_last`` converts ``model`` in place to torch.channels_last (measured 1.3-1.7x faster convolutions on
+    CPU; float results may differ in the last bits, so it is part of the run's identity).
+    """
+    validate_smoothing_args(sigma, alpha, batch_size, seed, n0=n0, n=n)
+    params = {"sigma": float(sigma), "n0": n0, "n": n, "alpha": float(alpha), "batch_size": batch_size, "seed": seed,
+              "channels_last": channels_last}
+    _set_memory_format(model, channels_last)
+
+    def one(index: int) -> dict:
+        cert = certify(model, images[index], sigma, n0, n, alpha, batch_size, image_seed(seed, index),
+                       input_shape=input_shape)
+        label = int(labels[index])
+        return {"index": index, "label": label, "predicted": cert.label, "radius": cert.radius,
+                "pa_lower": cert.pa_lower, "correct": cert.label == label, "seconds": cert.seconds,
+                "c_a": cert.c_a, "n_a": cert.n_a}
+
+    def postfix(records: list[dict]) -> str:
+        return f"ACR {average_certified_radius(records):.3f}"
+
+    records, wall = _run("certify", CERTIFY_FILES, model, indices, out_dir, params, identity, one, postfix, progress)
+    summary = {
+        **certify_metrics(records),
+        "indices": list(indices),
+        **_timing(records, wall, n0 + n),
+        "arguments": arguments if arguments is not None else params,
+        **(provenance or {}),
+        "software": software_versions(),
+    }
+    atomic_write_json(Path(out_dir) / "summary.json", summary)
+    _write_tsv(Path(out_dir) / CERTIFY_FILES["tsv"], records, certify=True)
+    return summary
+
+
+def predict_dataset(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: Sequence[int],
+    out_dir: str | Path,
+    sigma: float,
+    n: int = 100_000,
+    alpha: float = 0.001,
+    batch_size: int = 1000,
+    seed: int = 0,
+    identity: dict | None = None,
+    arguments: dict | None = None,
+    provenance: dict | None = None,
+    input_shape: Sequence[int] | None = None,
+    progress: bool = True,
+    channels_last: bool = False,
+) -> dict:
+    """PREDICT ``images[i]`` for every i in ``indices``; writes predictions.jsonl, predict.tsv, summary.json."""
+    validate_smoothing_args(sigma, alpha, batch_size, seed, n=n)
+    params = {"sigma": float(sigma), "n": n, "alpha": float(alpha), "batch_size": batch_size, "seed": seed,
+              "channels_last": channels_last}
+    _set_memory_format(model, channels_last)
+
+    def one(index: int) -> dict:
+        started = time.perf_counter()
+        predicted = predict(model, images[index], sigma, n, alpha, batch_size, image_seed(seed, index),
+                            input_shape=input_shape)
+        label = int(labels[index])
+        return {"index": index, "label": label, "predicted": predicted, "correct": predicted == label,
+                "seconds": time.perf_counter() - started}
+
+    def postfix(records: list[dict]) -> str:
+        return f"acc {sum(r['correct'] for r in records) / max(1, len(records)):.3f}"
+
+    records, wall = _run("predict", PREDICT_FILES, model, indices, out_dir, params, identity, one, postfix, progress)
+    summary = {
+        **predict_metrics(records),
+        "indices": list(indices),
+        **_timing(records, wall, n),
+        "arguments": arguments if arguments is not None else params,
+        **(provenance or {}),
+        "software": software_versions(),
+    }
+    atomic_write_json(Path(out_dir) / "summary.json", summary)
+    _write_tsv(Path(out_dir) / PREDICT_FILES["tsv"], records, certify=False)
+    return summary
+
+
+def _run(
+    kind: str,
+    files: dict[str, str],
+    model: nn.Module,
+    indices: Sequence[int],
+    out_dir: str | Path,
+    params: dict,
+    identity: dict | None,
+    one: Callable[[int], dict],
+    postfix: Callable[[list[dict]], str],
+    progress: bool,
+) -> tuple[list[dict], float]:
+    """The resumable loop shared by certify and predict: returns (records of ``indices`` in order, wall seconds)."""
+    if not indices:
+        raise CertquantError("no images selected: check --skip and --max")
+    out_dir = Path(out_dir)
+    full_identity = {"kind": kind, **params, "device": model_device(model).type, **(identity or {})}
+    _claim_run_folder(out_dir, full_identity)
+    jsonl = out_dir / files["jsonl"]
+    _drop_torn_line(jsonl)
+    done = {int(r["index"]): r for r in read_jsonl(jsonl)}
+    wanted = set(indices)
+    records = [done[i] for i in indices if i in done]
+    todo = [i for i in indices if i not in done]
+    started = time.perf_counter()
+    bar = tqdm(total=len(indices), initial=len(records), desc=kind, unit="img", disable=not progress)
+    try:
+        for index in todo:
+            record = one(index)
+            append_jsonl(jsonl, record)
+            records.append(record)
+            bar.update(1)
+            bar.set_postfix_str(postfix(records))
+    finally:
+        bar.close()
+    by_index = {r["index"]: r for r in records if r["index"] in wanted}
+    return [by_index[i] for i in indices], time.perf_counter() - started
+
+
+def _set_memory_format(model: nn.Module, channels_last: bool) -> None:
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+
+
+def _claim_run_folder(out_dir: Path, identity: dict) -> None:
+    """Write ``run.json`` for a new run, or check that an existing run was made with the same identity."""
+    path = out_dir / RUN_FILE
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text()).get("identity", {})
+        except (json.JSONDecodeError, AttributeError):
+            raise CertquantError(f"{path} is corrupt: delete the folder {out_dir} or choose another --out") from None
+        diff = [f"{k}: {previous.get(k)!r} there, {identity.get(k)!r} now"
+                for k in sorted(set(previous) | set(identity)) if previous.get(k) != identity.get(k)]
+        if diff:
+            raise CertquantError(f"{out_dir} holds a run made with other arguments ({'; '.join(diff)}): "
+                                 "repeat its arguments to resume it or choose another --out")
+        return
+    atomic_write_json(path, {"identity": identity, "created": datetime.datetime.now().isoformat(timespec="seconds")})
+
+
+def _drop_torn_line(path: Path) -> None:
+    """Cut a half-written last line (a kill mid-write), so the next append starts on a fresh line."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        atomic_write_text(path, data[:cut].decode("utf-8"))
+
+
+def _timing(records: list[dict], wall: float, samples_per_image: int) -> dict:
+    seconds = sum(float(r["seconds"]) for r in records)
+    return {
+        "total_seconds": seconds,
+        "seconds_per_image": seconds / len(records) if records else 0.0,
+        "samples_per_second": samples_per_image * len(records) / seconds if seconds > 0 else 0.0,
+        "wall_seconds_this_invocation": wall,
+    }
+
+
+def _write_tsv(path: Path, records: list[dict], certify: bool) -> None:
+    """Cohen et al.'s format: ``idx label predict radius correct time`` (certify) or without radius (predict)."""
+    header = ["idx", "label", "predict"] + (["radius"] if certify else []) + ["correct", "time"]
+    lines = ["\t".join(header)]
+    for r in records:
+        row = [str(r["index"]), str(r["label"]), str(r["predicted"])]
+        row += [f"{r['radius']:.6g}"] if certify else []
+        row += [str(int(r["correct"])), str(datetime.timedelta(seconds=float(r["seconds"])))]
+        lines.append("\t".join(row))
+    atomic_write_text(path, "\n".join(lines) + "\n")

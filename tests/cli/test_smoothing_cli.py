@@ -1,0 +1,126 @@
+"""certquant certify / predict / analyze on a freshly built checkpoint of the synthetic dataset (tiny n)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from certquant.cli.main import app
+from certquant.data import dataset_info
+from certquant.models import build, save_checkpoint
+
+runner = CliRunner()
+FAST = ["--n0", "10", "--n", "60", "--alpha", "0.01", "--batch", "40", "--skip", "100", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    info = dataset_info("synthetic")
+    torch.manual_seed(0)
+    model = build("small-cnn", 10, 1, 28, info.mean, info.std)
+    meta = {"arch": "small-cnn", "num_classes": 10, "in_channels": 1, "input_size": 28, "mean": list(info.mean),
+            "std": list(info.std), "dataset": "synthetic", "sigma": 0.25}
+    return str(save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", model, meta))
+
+
+def _certify(checkpoint, out, *extra):
+    return runner.invoke(app, ["certify", "--checkpoint", checkpoint, *FAST, "--out", str(out), *extra])
+
+
+def _one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def _records(out):
+    lines = (out / "certificates.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+
+
+def test_certify_writes_results(checkpoint, tmp_path):
+    result = _certify(checkpoint, tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "5 images: clean accuracy" in result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["indices"] == [0, 100, 200, 300, 400]
+    assert summary["arguments"]["sigma"] == 0.25 and summary["arguments"]["dataset"] == "synthetic"
+    assert len(summary["checkpoint_sha256"]) == 64 and "torch" in summary["software"]
+    assert summary["certified_accuracy"]["0"] == summary["clean_accuracy"]
+    record = json.loads((tmp_path / "certificates.jsonl").read_text().splitlines()[0])
+    assert {"index", "label", "predicted", "radius", "pa_lower", "correct", "seconds"} <= set(record)
+    assert (tmp_path / "certify.tsv").read_text().startswith("idx\tlabel\tpredict\tradius\tcorrect\ttime\n")
+
+
+def test_interrupted_run_equals_uninterrupted(checkpoint, tmp_path):
+    assert _certify(checkpoint, tmp_path / "whole").exit_code == 0
+    # interrupted after 2 images (--max), then the full command
+    assert _certify(checkpoint, tmp_path / "parts", "--max", "2").exit_code == 0
+    assert len(_records(tmp_path / "parts")) == 2
+    assert _certify(checkpoint, tmp_path / "parts").exit_code == 0
+    assert _records(tmp_path / "parts") == _records(tmp_path / "whole")
+    # lose the last line (a kill), re-run: the same again
+    jsonl = tmp_path / "parts" / "certificates.jsonl"
+    jsonl.write_text("".join(jsonl.read_text().splitlines(keepends=True)[:-1]))
+    assert _certify(checkpoint, tmp_path / "parts").exit_code == 0
+    assert _records(tmp_path / "parts") == _records(tmp_path / "whole")
+    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    parts = json.loads((tmp_path / "parts" / "summary.json").read_text())
+    for key in ("clean_accuracy", "acr", "certified_accuracy", "abstain_rate", "indices"):
+        assert whole[key] == parts[key]
+    assert (tmp_path / "whole" / "certify.tsv").read_text().split("\n")[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime"
+
+
+def test_changed_arguments_refused(checkpoint, tmp_path):
+    assert _certify(checkpoint, tmp_path, "--max", "1").exit_code == 0
+    _one_line_error(_certify(checkpoint, tmp_path, "--max", "1", "--seed", "1"), "other arguments", "seed: 0 there, 1 now")
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--alpha", "1.5"], "alpha must be in (0, 1)"),
+    (["--alpha", "0"], "alpha must be in (0, 1)"),
+    (["--n", "0"], "n must be >= 1"),
+    (["--n0", "0"], "n0 must be >= 1"),
+    (["--sigma", "0"], "sigma must be > 0"),
+    (["--sigma", "-0.5"], "sigma must be > 0"),
+    (["--batch", "0"], "batch size must be >= 1"),
+    (["--skip", "0"], "--skip must be >= 1"),
+    (["--max", "0"], "--max must be >= 1"),
+    (["--dataset", "mnist"], "trained on synthetic, not mnist"),
+])
+def test_bad_inputs_one_line_exit_2(checkpoint, tmp_path, extra, fragment):
+    _one_line_error(_certify(checkpoint, tmp_path, *extra), fragment)
+
+
+def test_missing_checkpoint(tmp_path):
+    _one_line_error(_certify(str(tmp_path / "nope.pt"), tmp_path / "out"), "not found")
+
+
+def test_predict(checkpoint, tmp_path):
+    result = runner.invoke(app, ["predict", "--checkpoint", checkpoint, "--n", "60", "--alpha", "0.05", "--batch", "30",
+                                 "--skip", "100", "--max", "3", "--no-progress", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["num_images"] == 3 and {"accuracy", "abstain_rate", "accuracy_ci95"} <= set(summary)
+    assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 3
+    _one_line_error(runner.invoke(app, ["predict", "--checkpoint", checkpoint, "--alpha", "2", "--out", str(tmp_path)]),
+                    "alpha must be in (0, 1)")
+
+
+def test_analyze(checkpoint, tmp_path):
+    assert _certify(checkpoint, tmp_path / "s1", "--max", "3").exit_code == 0
+    assert _certify(checkpoint, tmp_path / "s2", "--max", "3", "--seed", "1").exit_code == 0
+    plot = tmp_path / "curve.png"
+    result = runner.invoke(app, ["analyze", str(tmp_path / "s1"), str(tmp_path / "s2"), "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    assert "| run | images | ACR | r=0 |" in result.output
+    assert "| s1 | 3 |" in result.output and "| s2 | 3 |" in result.output
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = runner.invoke(app, ["analyze", str(tmp_path / "s1")])
+    assert result.exit_code == 0 and (tmp_path / "s1" / "certified_accuracy.png").is_file()
+    _one_line_error(runner.invoke(app, ["analyze", str(tmp_path / "empty")]), "no certificates.jsonl")
