@@ -82,8 +82,8 @@ def test_bad_evaluator_settings(trained_cnn, search_set):
         evaluator(trained_cnn, search_set, reward="accuracy")
     with pytest.raises(CertquantError, match="unknown ACR estimator"):
         evaluator(trained_cnn, search_set, estimator="magic")
-    with pytest.raises(CertquantError, match="scratch"):
-        evaluator(trained_cnn, search_set, estimator="irs")  # until certify_incremental exists
+    with pytest.raises(CertquantError, match="n_p = 100 must be <= n_fp = 50"):
+        evaluator(trained_cnn, search_set, estimator="irs", n_fp=50)  # IRS reuses n_p of the n_fp FP32 samples
     images, labels, idx = search_set
     with pytest.raises(CertquantError, match="search set"):
         PolicyEvaluator(trained_cnn, SIGMA, images, labels[:3], idx, EvalConfig(**TINY))

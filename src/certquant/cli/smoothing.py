@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import typer
 
+from certquant.cli.irs import certify_incremental_cmd
 from certquant.data import every_kth, load_dataset
 from certquant.models import load_checkpoint
 from certquant.report.certified import certified_accuracy_table, load_certify_run, plot_certified_accuracy
@@ -40,6 +41,7 @@ def _input_shape(info: dict) -> tuple[int, int, int]:
 
 
 def certify_cmd(
+    ctx: typer.Context,
     checkpoint: str = typer.Option(..., help=CHECKPOINT_HELP),
     dataset: Optional[str] = typer.Option(None, help=DATASET_HELP),
     sigma: Optional[float] = typer.Option(None, help=SIGMA_HELP),
@@ -55,8 +57,27 @@ def certify_cmd(
     channels_last: bool = typer.Option(False, help="run the model in torch.channels_last (often faster convolutions on "
                                                    "CPU; float results may differ in the last bits from the default)"),
     progress: bool = typer.Option(True, help="show a progress bar"),
+    keep_cache: bool = typer.Option(False, "--keep-cache", help="also write the IRS cache (OUT/irs_cache: c_A, pA_lower, "
+                                                                "noise seeds, every sample's class) for --incremental-from"),
+    incremental_from: Optional[Path] = typer.Option(None, "--incremental-from", help="IRS: certify CHECKPOINT (e.g. "
+                                                    "quantized) from this base run's cache (certified with --keep-cache)"),
+    n_p: Optional[int] = typer.Option(None, "--np", help="IRS: noise samples reused per image (1 to 10 percent of the base n)"),
+    gamma: float = typer.Option(0.99, help="IRS: above this base pA_lower, certify directly with the n_p samples"),
+    alpha_zeta: float = typer.Option(0.001, "--alpha-zeta", help="IRS: failure probability of the disparity bound zeta"),
+    disparity: str = typer.Option("two-sided", help="IRS: two-sided (bounds f != f') or one-sided (bounds f = c_A, "
+                                                             "f' != c_A; never looser)"),
 ) -> None:
-    """CERTIFY (Cohen et al.) every SKIP-th test image; resumable; writes certificates, summary and a Cohen TSV."""
+    """CERTIFY (Cohen et al.) every SKIP-th test image; resumable; writes certificates, summary and a Cohen TSV.
+    With --incremental-from BASE_RUN --np N_P: incremental randomized smoothing (IRS) from the base run's cache."""
+    if incremental_from is not None:
+        if keep_cache:
+            raise CertquantError("--keep-cache applies to a full certification, not to --incremental-from")
+        certify_incremental_cmd(ctx, checkpoint, incremental_from, n_p, gamma, alpha_zeta, disparity, out, dataset, skip,
+                                max_images, device, channels_last, progress, sigma=sigma, n0=n0, n=n, alpha=alpha,
+                                batch=batch, seed=seed)
+        return
+    if n_p is not None:
+        raise CertquantError("--np is an IRS option: give --incremental-from BASE_RUN too")
     validate_smoothing_args(sigma if sigma is not None else 1.0, alpha, batch, seed, n0=n0, n=n)
     model, info, sigma, images, labels, indices, identity = _prepare(checkpoint, dataset, sigma, skip, max_images, device)
     arguments = {"checkpoint": checkpoint, "dataset": info["dataset"], "sigma": sigma, "n0": n0, "n": n, "alpha": alpha,
@@ -65,12 +86,13 @@ def certify_cmd(
     summary = certify_dataset(model, images, labels, indices, out, sigma, n0, n, alpha, batch, seed,
                               identity=identity, arguments=arguments,
                               provenance={"checkpoint_sha256": info["sha256"], "checkpoint_path": info["path"]},
-                              input_shape=_input_shape(info), progress=progress, channels_last=channels_last)
+                              input_shape=_input_shape(info), progress=progress, channels_last=channels_last,
+                              keep_cache=keep_cache)
     accs = ", ".join(f"{r}: {a:.3f}" for r, a in summary["certified_accuracy"].items())
     typer.echo(f"{summary['num_images']} images: clean accuracy {summary['clean_accuracy']:.4f}, "
                f"ACR {summary['acr']:.4f}, abstain {summary['abstain_rate']:.3f}")
     typer.echo(f"certified accuracy at radius {accs}")
-    typer.echo(f"wrote {out}/certificates.jsonl, summary.json, certify.tsv")
+    typer.echo(f"wrote {out}/certificates.jsonl, summary.json, certify.tsv" + (", irs_cache/" if keep_cache else ""))
 
 
 def predict_cmd(

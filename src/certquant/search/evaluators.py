@@ -10,8 +10,9 @@ search set (disjoint from the test subset, SPEC §5). Rewards, relative to the f
 
 The ACR is measured by an ``ACREstimator`` strategy, chosen by name: ``scratch`` certifies every search image from
 scratch with n_p samples and fixed per-image seeds (the same noise for every candidate, so candidates differ only by
-the model). ``irs`` / ``irs-one-sided`` (incremental randomized smoothing, SPEC §3) plug in as one subclass whose
-``prepare`` certifies FP32 with ``keep_cache=True`` and whose ``certify_image`` calls the IRS function.
+the model). ``irs`` / ``irs-one-sided`` (incremental randomized smoothing, SPEC §3) are one subclass whose
+``prepare`` certifies FP32 with ``keep_cache=True`` and whose ``certify_image`` calls
+``certquant.smoothing.certify_incremental`` (two-sided or one-sided disparity).
 
 Every call returns all its reward terms (and timings), which the runner logs per episode.
 """
@@ -26,7 +27,8 @@ import torch
 from torch import nn
 
 from certquant.quant import Policy, bitops_fraction, finetune, noisy_calibration_batch, quantizable_layers, quantize
-from certquant.smoothing import ABSTAIN, certify, image_seed, validate_smoothing_args
+from certquant.smoothing import ABSTAIN, certify, certify_incremental, image_seed, validate_smoothing_args
+from certquant.smoothing.incremental import ONE_SIDED, TWO_SIDED, validate_incremental_args
 from certquant.train import accuracy
 from certquant.utils.errors import CertquantError
 
@@ -54,6 +56,10 @@ class EvalConfig:
     """Estimation samples per search image and candidate (IRS: samples of the disparity estimate)."""
     n_fp: int = 10_000
     """IRS only: estimation samples of the one-time FP32 certification whose cache IRS reuses."""
+    gamma: float = 0.99
+    """IRS only: above this FP32 pA_lower a candidate is certified directly with its n_p samples (SPEC §3)."""
+    alpha_zeta: float = 0.001
+    """IRS only: failure probability of the disparity bound zeta (certificates hold at 1 - (alpha + alpha_zeta))."""
     alpha: float = 0.001
     """Failure probability of each certificate."""
     batch_size: int = 1000
@@ -85,6 +91,11 @@ class EvalConfig:
         if min(self.noise_copies, self.calib_images, self.finetune_batch) < 1 or self.finetune_steps < 0:
             raise CertquantError("noise copies, calibration images and fine-tuning batch must be >= 1, steps >= 0")
         validate_smoothing_args(0.5, self.alpha, self.batch_size, self.seed, n0=self.n0, n_p=self.n_p, n_fp=self.n_fp)
+        if self.estimator in ("irs", "irs-one-sided"):
+            validate_incremental_args(self.n_p, self.gamma, self.alpha_zeta, "two-sided", self.alpha)
+            if self.n_p > self.n_fp:
+                raise CertquantError(f"IRS reuses n_p of the n_fp FP32 samples: n_p = {self.n_p} must be <= n_fp = "
+                                     f"{self.n_fp}")
 
 
 # -- ACR estimators (strategy) ---------------------------------------------------------------------------------------
@@ -132,19 +143,13 @@ class ScratchEstimator(ACREstimator):
 
 class IRSEstimator(ACREstimator):
     """Incremental randomized smoothing (SPEC §3): certify FP32 once with ``keep_cache``, then each candidate with
-    n_p samples against the cache. Needs ``certquant.smoothing.certify_incremental``; ``_certify_incremental`` is
-    the one function to wire when it lands."""
+    n_p samples against the cache (``certquant.smoothing.certify_incremental``)."""
 
     name = "irs"
     one_sided: ClassVar[bool] = False
 
     def __init__(self, sigma: float, config: EvalConfig):
         super().__init__(sigma, config)
-        import certquant.smoothing as smoothing
-
-        if not hasattr(smoothing, "certify_incremental"):
-            raise CertquantError(f"ACR estimator '{self.name}' needs certquant.smoothing.certify_incremental, which this "
-                                 "build does not have yet: use --estimator scratch")
         self.caches: list[Any] = []
 
     def prepare(self, fp_model: nn.Module, images: torch.Tensor, seeds: Sequence[int]) -> None:
@@ -156,7 +161,10 @@ class IRSEstimator(ACREstimator):
         return self._certify_incremental(model, x, self.caches[k])
 
     def _certify_incremental(self, model: nn.Module, x: torch.Tensor, cache: Any) -> tuple[int, float]:
-        raise CertquantError(f"ACR estimator '{self.name}' is not wired to certify_incremental yet: use --estimator scratch")
+        cfg = self.config
+        cert = certify_incremental(model, cache, x, self.sigma, cfg.n_p, gamma=cfg.gamma, alpha_zeta=cfg.alpha_zeta,
+                                   disparity=ONE_SIDED if self.one_sided else TWO_SIDED)
+        return cert.label, cert.radius
 
 
 class OneSidedIRSEstimator(IRSEstimator):

@@ -1,0 +1,192 @@
+"""Incremental randomized smoothing (IRS; Ugare, Singh, Misailovic et al., ICLR 2024), for one image.
+
+Certify an approximation f' of a base classifier f (here: f quantized) by reusing f's certification instead of
+certifying f' from scratch. Symbols are the paper's (SPEC §3):
+
+    c_A, pA_lower  f's certificate at x (level 1 - alpha), read from the cache ``CertificationCache``
+    n_p            how many of the cached estimation samples are reused: the first n_p, regenerated bit-identically
+                   from their seeds through ``noise.noisy_batches`` (the generator certification itself used)
+    n_d            disagreements of f' with f's cached predictions on those n_p samples
+    zeta           one-sided Clopper-Pearson upper bound, level 1 - alpha_zeta, on the disparity of f and f'
+    gamma          above this pA_lower, f' is certified directly with the n_p samples instead
+
+``incremental_certificate`` is the algorithm (a pure function of the cache and f''s n_p predictions);
+``certify_incremental`` regenerates the noise, runs only f' and calls it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from certquant.smoothing.bounds import certified_radius, clopper_pearson_lower, clopper_pearson_upper
+from certquant.smoothing.core import (
+    ABSTAIN,
+    Certificate,
+    CertificationCache,
+    _check_image,
+    _evaluating,
+    model_device,
+    sample_counts,
+)
+from certquant.utils.errors import CertquantError
+
+TWO_SIDED = "two-sided"  # zeta bounds P[f(x+e) != f'(x+e)] (the paper)
+ONE_SIDED = "one-sided"  # zeta bounds P[f(x+e) = c_A and f'(x+e) != c_A] (never looser, see certify_incremental)
+DISPARITIES = (TWO_SIDED, ONE_SIDED)
+
+BRANCH_ZETA = "zeta"  # pA_lower < gamma: f' gets pA_lower - zeta
+BRANCH_DIRECT = "direct"  # pA_lower >= gamma: f' is certified directly with the n_p samples
+
+DEFAULT_GAMMA = 0.99  # SPEC §3: 0.99 at CIFAR scale, 0.995 on ImageNet
+DEFAULT_ALPHA_ZETA = 0.001
+
+
+@dataclass
+class IncrementalCertificate(Certificate):
+    """A ``Certificate`` of f' from IRS. ``pa_lower`` is the lower bound on P[f'(x+e) = c_A] behind ``radius``
+    (pA_lower - zeta, or the direct bound), ``counts`` / ``n_a`` count f''s classes on the n_p reused samples.
+    The guarantee holds with probability >= 1 - (alpha + alpha_zeta)."""
+
+    zeta: float = 1.0  # upper bound on the disparity (computed in both branches, used in the zeta branch)
+    branch: str = ""  # BRANCH_ZETA or BRANCH_DIRECT
+    n_p: int = 0
+    n_d: int = 0  # disagreements counted by the chosen disparity
+    disparity: str = TWO_SIDED
+    base_pa_lower: float = 0.0  # f's cached pA_lower
+
+
+def validate_incremental_args(n_p: int, gamma: float, alpha_zeta: float, disparity: str, alpha: float = 0.0) -> None:
+    """One line for a bad n_p, gamma, alpha_zeta (alpha + alpha_zeta must stay below 1) or an unknown disparity."""
+    if disparity not in DISPARITIES:
+        raise CertquantError(f"unknown disparity '{disparity}': use {' or '.join(DISPARITIES)}")
+    if isinstance(n_p, bool) or not isinstance(n_p, int) or n_p < 1:
+        raise CertquantError(f"n_p must be an integer >= 1 (reused noise samples), got {n_p!r}")
+    if not 0.0 < gamma <= 1.0:
+        raise CertquantError(f"gamma must be in (0, 1] (e.g. 0.99), got {gamma}")
+    if not 0.0 < alpha_zeta < 1.0 or not alpha + alpha_zeta < 1.0:
+        raise CertquantError(f"alpha_zeta must be in (0, 1) with alpha + alpha_zeta < 1 (e.g. 0.001), got {alpha_zeta}")
+
+
+def count_disagreements(base: torch.Tensor, approx: torch.Tensor, c_a: int, disparity: str = TWO_SIDED) -> int:
+    """n_d over paired samples: f != f' (two-sided), or f = c_A and f' != c_A (one-sided)."""
+    base, approx = base.long(), approx.long()
+    if disparity == TWO_SIDED:
+        return int((base != approx).sum())
+    if disparity == ONE_SIDED:
+        return int(((base == c_a) & (approx != c_a)).sum())
+    raise CertquantError(f"unknown disparity '{disparity}': use {' or '.join(DISPARITIES)}")
+
+
+def disparity_bound(n_d: int, n_p: int, alpha_zeta: float) -> float:
+    """zeta = one-sided Clopper-Pearson upper bound at level 1 - alpha_zeta after n_d of n_p samples:
+    ``beta.ppf(1 - alpha_zeta, n_d + 1, n_p - n_d)``, 1 when n_d = n_p. With n_d = 0: 1 - alpha_zeta^(1/n_p)."""
+    return clopper_pearson_upper(n_d, n_p, alpha_zeta)
+
+
+def incremental_certificate(
+    cache: CertificationCache,
+    approx_predictions: torch.Tensor,
+    num_classes: int,
+    gamma: float = DEFAULT_GAMMA,
+    alpha_zeta: float = DEFAULT_ALPHA_ZETA,
+    disparity: str = TWO_SIDED,
+) -> IncrementalCertificate:
+    """THE IRS algorithm (SPEC §3), given f''s predictions on the first n_p cached estimation samples.
+
+    if pA_lower < gamma:   zeta = CP upper bound (1 - alpha_zeta) on the disparity from n_d of n_p;
+                           certify c_A with sigma * Phi^-1(pA_lower - zeta) if pA_lower - zeta > 1/2, else abstain
+    else (>= gamma):       certify f' directly on the same n_p samples at level 1 - (alpha + alpha_zeta), selection
+                           class = the cached c_A
+    """
+    n_p = int(approx_predictions.numel())
+    validate_incremental_args(n_p, gamma, alpha_zeta, disparity, cache.alpha)
+    if n_p > cache.n:
+        raise CertquantError(f"n_p = {n_p} exceeds the {cache.n} cached estimation samples: use n_p <= {cache.n}")
+    c_a, pa_lower, sigma = cache.c_a, cache.pa_lower, cache.sigma
+    counts = torch.bincount(approx_predictions.long(), minlength=num_classes).tolist()
+    n_a = int(counts[c_a]) if c_a < len(counts) else 0
+    # n_d: disagreements of f' with the cached f on the same n_p samples (the union bound makes the reuse sound)
+    n_d = count_disagreements(cache.predictions[:n_p], approx_predictions, c_a, disparity)
+    zeta = disparity_bound(n_d, n_p, alpha_zeta)
+    if pa_lower < gamma:
+        branch, p_lower = BRANCH_ZETA, max(0.0, pa_lower - zeta)  # lower bound on P[f'(x+e) = c_A]
+    else:
+        branch, p_lower = BRANCH_DIRECT, clopper_pearson_lower(n_a, n_p, cache.alpha + alpha_zeta)
+    label = c_a if p_lower > 0.5 else ABSTAIN
+    radius = certified_radius(p_lower, sigma) if label != ABSTAIN else 0.0
+    return IncrementalCertificate(
+        label=label, radius=radius, pa_lower=p_lower, counts=counts, seconds=0.0, c_a=c_a, n_a=n_a, seed=cache.seed,
+        zeta=zeta, branch=branch, n_p=n_p, n_d=n_d, disparity=disparity, base_pa_lower=pa_lower,
+    )
+
+
+def certify_incremental(
+    approx_model: nn.Module,
+    cache_entry: CertificationCache,
+    x: torch.Tensor,
+    sigma: float,
+    n_p: int,
+    gamma: float = DEFAULT_GAMMA,
+    alpha_zeta: float = DEFAULT_ALPHA_ZETA,
+    disparity: str = TWO_SIDED,
+    input_shape: Sequence[int] | None = None,
+) -> IncrementalCertificate:
+    """IRS: certify ``approx_model`` (f') at ``x`` from the cache of f's certification at ``x``, running only f' on
+    the first ``n_p`` cached noise samples. A returned (c_A, R) holds for f''s smoothed classifier with probability
+    at least 1 - (alpha + alpha_zeta), alpha being the level f was certified at.
+
+    Soundness (zeta branch). Let p = P[f(x+e) = c_A] and p' = P[f'(x+e) = c_A]. With probability >= 1 - alpha,
+    pA_lower <= p (Clopper-Pearson on f's n samples); with probability >= 1 - alpha_zeta, zeta >= the disparity D
+    (Clopper-Pearson on n_d ~ Binomial(n_p, D): the n_p samples are i.i.d. and the same ones for f and f', which is
+    why reusing them is fine). By the union bound both hold with probability >= 1 - (alpha + alpha_zeta), and then
+    pA_lower - zeta <= p - D <= p' for either disparity:
+
+    - two-sided, D = P[f != f']: {f = c_A} is inside {f' = c_A} u {f != f'}, so p <= p' + D;
+    - one-sided, D = P[f = c_A, f' != c_A]: {f = c_A} is the disjoint union of {f = c_A, f' = c_A} (inside
+      {f' = c_A}) and {f = c_A, f' != c_A}, so p <= p' + D as well.
+
+    If pA_lower - zeta > 1/2, c_A is f''s smoothed prediction and Cohen et al.'s theorem (with p_B <= 1 - p_A) gives
+    the radius sigma * Phi^-1(pA_lower - zeta). The one-sided bound is never looser: on the same samples its count
+    {f = c_A, f' != c_A} is a subset of {f != f'}, so n_d(one) <= n_d(two), and the Clopper-Pearson upper bound
+    grows with n_d, so zeta(one) <= zeta(two) and its radius is >= the two-sided one, sample by sample.
+    Direct branch (pA_lower >= gamma): an ordinary Clopper-Pearson bound on p' at level 1 - (alpha + alpha_zeta)
+    from f''s counts on the n_p samples, for the class c_A chosen on f's independent selection samples.
+    (Each branch errs with probability <= alpha + alpha_zeta; the branch is chosen from f's counts, as in the paper.)
+
+    Noise is regenerated on the device type the cache was made on (``cache_entry.device``); run ``approx_model``
+    there. Errors (one line): unknown disparity, n_p above the cached samples, sigma other than the cache's, a
+    model with fewer classes than the cache holds, an image that does not fit ``input_shape``.
+    """
+    started = time.perf_counter()
+    validate_incremental_args(n_p, gamma, alpha_zeta, disparity, cache_entry.alpha)
+    if not math.isclose(float(sigma), cache_entry.sigma, rel_tol=0.0, abs_tol=1e-12):
+        raise CertquantError(f"the cache was made at sigma {cache_entry.sigma}, not {sigma}: certify at the cache's sigma "
+                             "or build a cache at this sigma")
+    if n_p > cache_entry.n:
+        raise CertquantError(f"n_p = {n_p} exceeds the {cache_entry.n} cached estimation samples: use n_p <= "
+                             f"{cache_entry.n} or certify the base model with a larger n")
+    _check_image(x, input_shape)
+    device = model_device(approx_model)
+    if device.type != cache_entry.device:
+        raise CertquantError(f"the cache's noise was drawn on {cache_entry.device}, the model is on {device.type}: "
+                             f"run the approximate model on {cache_entry.device} to regenerate it")
+    x = x.to(device)
+    with _evaluating(approx_model):
+        # f' on the first n_p estimation samples, regenerated bit-identically from the cached seeds
+        counts, predictions = sample_counts(approx_model, x, cache_entry.sigma, cache_entry.n, cache_entry.batch_size,
+                                            cache_entry.seed, cache_entry.stage, keep_predictions=True, limit=n_p)
+    assert predictions is not None
+    num_classes = int(counts.numel())
+    largest = int(cache_entry.predictions[:n_p].max()) if n_p else 0
+    if largest >= num_classes:
+        raise CertquantError(f"the cache holds class {largest} but the model has {num_classes} classes: the cache was "
+                             "made with another model")
+    cert = incremental_certificate(cache_entry, predictions, num_classes, gamma, alpha_zeta, disparity)
+    cert.seconds = time.perf_counter() - started
+    return cert

@@ -1,0 +1,120 @@
+"""Dataset-level IRS: certify an approximate model on the images of a base run's cache; resumable like CERTIFY.
+
+The run folder has the layout of ``runner.certify_dataset`` (run.json, certificates.jsonl, summary.json, certify.tsv);
+each record adds ``zeta``, ``n_d``, ``n_p``, ``branch`` and ``base_pa_lower``, and the summary adds an ``incremental``
+block (n_p, gamma, alpha_zeta, disparity, mean zeta, branch counts, the base run's ACR on the same images).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from certquant.smoothing.cache_store import CacheStore, tensor_sha256
+from certquant.smoothing.incremental import (
+    BRANCH_DIRECT,
+    BRANCH_ZETA,
+    DEFAULT_ALPHA_ZETA,
+    DEFAULT_GAMMA,
+    TWO_SIDED,
+    certify_incremental,
+    validate_incremental_args,
+)
+from certquant.smoothing.metrics import average_certified_radius, certify_metrics
+from certquant.smoothing.runner import CERTIFY_FILES, _run, _set_memory_format, _timing, _write_tsv
+from certquant.utils.errors import CertquantError
+from certquant.utils.io import atomic_write_json, read_jsonl
+from certquant.utils.provenance import software_versions
+
+
+def certify_dataset_incremental(
+    approx_model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: Sequence[int],
+    out_dir: str | Path,
+    store: CacheStore,
+    n_p: int,
+    gamma: float = DEFAULT_GAMMA,
+    alpha_zeta: float = DEFAULT_ALPHA_ZETA,
+    disparity: str = TWO_SIDED,
+    identity: dict | None = None,
+    arguments: dict | None = None,
+    provenance: dict | None = None,
+    input_shape: Sequence[int] | None = None,
+    progress: bool = True,
+    channels_last: bool = False,
+    base_run: str | Path | None = None,
+) -> dict:
+    """IRS (``certify_incremental``) of ``images[i]`` for every i in ``indices`` against ``store``'s entries; write the
+    run folder and return the summary. Each image's pixels must be those the cache was made for."""
+    key = store.key
+    validate_incremental_args(n_p, gamma, alpha_zeta, disparity, float(key["alpha"]))
+    if n_p > int(key["n"]):
+        raise CertquantError(f"n_p = {n_p} exceeds the {key['n']} cached estimation samples: use --np <= {key['n']}")
+    store.require(indices)
+    params = {"sigma": float(key["sigma"]), "n0": int(key["n0"]), "n": int(key["n"]), "alpha": float(key["alpha"]),
+              "batch_size": int(key["batch_size"]), "seed": int(key["seed"]), "n_p": n_p, "gamma": float(gamma),
+              "alpha_zeta": float(alpha_zeta), "disparity": disparity, "channels_last": channels_last,
+              "base_checkpoint_sha256": key.get("checkpoint_sha256"), "base_model_sha256": key.get("model_sha256")}
+    _set_memory_format(approx_model, channels_last)
+
+    def one(index: int) -> dict:
+        expected = store.image_sha256(index)
+        if expected is not None and expected != tensor_sha256(images[index]):
+            raise CertquantError(f"test image {index} differs from the image the IRS cache was made for: use the base "
+                                 "run's dataset")
+        cert = certify_incremental(approx_model, store.entry(index), images[index], float(key["sigma"]), n_p, gamma,
+                                   alpha_zeta, disparity, input_shape=input_shape)
+        label = int(labels[index])
+        return {"index": index, "label": label, "predicted": cert.label, "radius": cert.radius,
+                "pa_lower": cert.pa_lower, "correct": cert.label == label, "seconds": cert.seconds,
+                "c_a": cert.c_a, "n_a": cert.n_a, "zeta": cert.zeta, "n_d": cert.n_d, "n_p": cert.n_p,
+                "branch": cert.branch, "base_pa_lower": cert.base_pa_lower}
+
+    def postfix(records: list[dict]) -> str:
+        return f"ACR {average_certified_radius(records):.3f}"
+
+    records, wall = _run("certify-incremental", CERTIFY_FILES, approx_model, indices, out_dir, params, identity, one,
+                         postfix, progress)
+    summary = {
+        **certify_metrics(records),
+        "incremental": incremental_summary(records, params, base_run),
+        "indices": list(indices),
+        **_timing(records, wall, n_p),
+        "arguments": arguments if arguments is not None else params,
+        **(provenance or {}),
+        "software": software_versions(),
+    }
+    atomic_write_json(Path(out_dir) / "summary.json", summary)
+    _write_tsv(Path(out_dir) / CERTIFY_FILES["tsv"], records, certify=True)
+    return summary
+
+
+def incremental_summary(records: Sequence[dict], params: dict, base_run: str | Path | None = None) -> dict:
+    """n_p, gamma, alpha_zeta, disparity, the confidence, mean zeta, branch counts and (when the base run's
+    certificates are at hand) the base model's ACR on the same images."""
+    count = max(1, len(records))
+    out = {
+        "n_p": params["n_p"], "gamma": params["gamma"], "alpha_zeta": params["alpha_zeta"],
+        "disparity": params["disparity"], "confidence": 1.0 - (params["alpha"] + params["alpha_zeta"]),
+        "mean_zeta": sum(float(r["zeta"]) for r in records) / count,
+        "mean_zeta_zeta_branch": _mean([float(r["zeta"]) for r in records if r["branch"] == BRANCH_ZETA]),
+        "mean_disagreement_rate": sum(r["n_d"] / r["n_p"] for r in records) / count,
+        "branch_counts": {b: sum(1 for r in records if r["branch"] == b) for b in (BRANCH_ZETA, BRANCH_DIRECT)},
+        "base_run": str(base_run) if base_run is not None else None,
+    }
+    if base_run is not None:
+        base = {int(r["index"]): r for r in read_jsonl(Path(base_run) / CERTIFY_FILES["jsonl"])}
+        same = [base[int(r["index"])] for r in records if int(r["index"]) in base]
+        if len(same) == len(records) and records:
+            out["base_acr"] = average_certified_radius(same)
+            out["base_clean_accuracy"] = sum(1 for r in same if r["correct"]) / len(same)
+    return out
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
