@@ -76,6 +76,14 @@ def test_interrupted_run_equals_uninterrupted(checkpoint, tmp_path):
     assert (tmp_path / "whole" / "certify.tsv").read_text().split("\n")[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime"
 
 
+def test_channels_last_is_recorded_and_gives_the_same_certificates(checkpoint, tmp_path):
+    assert _certify(checkpoint, tmp_path / "cl", "--max", "3").exit_code == 0
+    assert _certify(checkpoint, tmp_path / "plain", "--max", "3", "--no-channels-last").exit_code == 0
+    assert json.loads((tmp_path / "cl" / "run.json").read_text())["identity"]["channels_last"] is True
+    assert json.loads((tmp_path / "plain" / "run.json").read_text())["identity"]["channels_last"] is False
+    assert _records(tmp_path / "cl") == _records(tmp_path / "plain")
+
+
 def test_changed_arguments_refused(checkpoint, tmp_path):
     assert _certify(checkpoint, tmp_path, "--max", "1").exit_code == 0
     _one_line_error(_certify(checkpoint, tmp_path, "--max", "1", "--seed", "1"), "other arguments", "seed: 0 there, 1 now")
