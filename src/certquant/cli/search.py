@@ -6,45 +6,16 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import torch
 import typer
 
-from certquant.data import every_kth, load_dataset, train_val_split
+from certquant.data import every_kth, load_dataset
 from certquant.models import load_checkpoint
 from certquant.quant import format_cost_table
-from certquant.search import DDPGConfig, EnvConfig, EvalConfig, PolicyEvaluator, Search, SearchConfig
+from certquant.search import EnvConfig, EvalConfig
+from certquant.search.job import build_search
 from certquant.search.runner import BEST_FILE, METHODS
 from certquant.train import resolve_device
 from certquant.utils.errors import CertquantError
-
-
-def search_indices(info: dict, split: str, count: int, seed: int, start: int, skip: int,
-                   test_subset: list[int]) -> list[int]:
-    """Indices of the search set in ``split``: from train, a seeded draw from the checkpoint's held-out validation
-    images (all training images when it has none); from test, every ``skip``-th image from ``start``, refused when it
-    meets the test subset that final certification uses."""
-    if count < 1:
-        raise CertquantError(f"--search-images must be >= 1, got {count}")
-    images, _ = load_dataset(info["dataset"], split)
-    if split == "test":
-        indices = every_kth(len(images), skip, count, start)
-        overlap = sorted(set(indices) & set(test_subset))
-        if overlap:
-            raise CertquantError(f"the search set shares {len(overlap)} test image(s) with the test subset (first: "
-                                 f"{overlap[0]}): choose --search-start/--search-skip, --test-skip/--test-max that are "
-                                 "disjoint, or search on --search-split train")
-    else:
-        args = info.get("train_args") or {}
-        if args.get("val_size"):
-            _, pool = train_val_split(len(images), int(args["val_size"]), int(args.get("seed", 0)))
-        else:
-            pool = torch.arange(len(images))
-        pool = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))]
-        indices = sorted(int(i) for i in pool[:count])
-    if len(indices) < count:
-        raise CertquantError(f"only {len(indices)} {split} images are available for the search set, "
-                             f"--search-images asks for {count}")
-    return indices
 
 
 def search_cmd(
@@ -104,26 +75,13 @@ def search_cmd(
 
     test_images, _ = load_dataset(info["dataset"], "test")
     test_subset = every_kth(len(test_images), test_skip, test_max)
-    indices = search_indices(info, search_split, search_images, seed, search_start, search_skip, test_subset)
-    images, labels = load_dataset(info["dataset"], search_split)
-    ft_images = ft_labels = None
-    if finetune_steps > 0:  # fine-tune on training images outside the search set
-        ft_images, ft_labels = load_dataset(info["dataset"], "train")
-        if search_split == "train":
-            keep = torch.ones(len(ft_images), dtype=torch.bool)
-            keep[indices] = False
-            ft_images, ft_labels = ft_images[keep], ft_labels[keep]
-
     eval_config = EvalConfig(reward=reward or ("haq" if method == "haq" else "arq"), lam=lam, clean_weight=clean_weight,
-                        estimator=estimator, n0=n0, n_p=n_p, n_fp=n_fp, alpha=alpha, batch_size=batch,
-                        noise_copies=noise_copies, calib_images=calib_images, finetune_steps=finetune_steps,
-                        finetune_batch=finetune_batch, finetune_lr=finetune_lr, seed=seed)
-    evaluator = PolicyEvaluator(model, sigma, images[indices], labels[indices], indices, eval_config, arch=info["arch"],
-                                finetune_images=ft_images, finetune_labels=ft_labels, device=dev)
-    config = SearchConfig(env, method, episodes, DDPGConfig(warmup_episodes=warmup), seed)
-    extra = {"checkpoint_sha256": info["sha256"], "dataset": info["dataset"], "search_split": search_split,
-             "evaluator": evaluator.describe(), "device": dev.type}
-    search = Search(evaluator.layers, evaluator, config, out, arch=info["arch"], extra=extra)
+                             estimator=estimator, n0=n0, n_p=n_p, n_fp=n_fp, alpha=alpha, batch_size=batch,
+                             noise_copies=noise_copies, calib_images=calib_images, finetune_steps=finetune_steps,
+                             finetune_batch=finetune_batch, finetune_lr=finetune_lr, seed=seed)
+    search, evaluator = build_search(model, info, sigma, env, eval_config, method, episodes, out, search_split,
+                                     search_images, search_start, search_skip, test_subset, warmup, seed, dev)
+    indices = evaluator.indices
     search.open(resume)  # refuse a used --out or changed arguments before the FP32 reference work
 
     started = time.time()
