@@ -59,18 +59,20 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool) ->
 
 
 @torch.no_grad()
-def mse_clip(x: torch.Tensor, bits: int, signed: bool, ratios: torch.Tensor = CLIP_RATIOS) -> torch.Tensor:
-    """Per-row clip value c (rows = output channels; pass a 1-row tensor for one value) minimising
-    ||fake_quant(x) - x||^2 over c = r * max|x_row| for the candidate ratios r (below ~5 bits clipping the few
-    largest values buys a finer grid for all the others)."""
+def mse_clip(x: torch.Tensor, bits: int, signed: bool, ratios: torch.Tensor = CLIP_RATIOS,
+             top: torch.Tensor | None = None, max_elements: int = 1 << 24) -> torch.Tensor:
+    """Per-row clip value c (rows = output channels; a 1-D tensor is one row) minimising ||fake_quant(x) - x||^2 over
+    c = r * top for the candidate ratios r (top defaults to max|x_row|). Below ~5 bits clipping the few largest
+    values buys a finer grid for all the others. Candidates are scored in vectorized chunks of at most
+    ``max_elements``; ties keep the larger clip."""
     rows = x.reshape(x.shape[0], -1) if x.dim() > 1 else x.reshape(1, -1)
-    top = rows.abs().amax(dim=1)
-    best_clip, best_err = top.clone(), torch.full_like(top, float("inf"))
-    for ratio in ratios.tolist():
-        clip = top * ratio
-        scale = scale_for(clip, bits, signed).unsqueeze(1)
-        err = (fake_quant(rows, scale, bits, signed) - rows).pow(2).sum(dim=1)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_clip = torch.where(better, clip, best_clip)
-    return best_clip
+    top = rows.abs().amax(dim=1) if top is None else top.reshape(-1).to(rows)
+    ratios = ratios.to(rows)
+    chunk = max(1, max_elements // max(1, rows.numel()))
+    errors = []
+    for start in range(0, len(ratios), chunk):
+        clip = ratios[start : start + chunk, None] * top[None, :]  # (R, C)
+        scale = scale_for(clip, bits, signed).unsqueeze(-1)  # (R, C, 1)
+        errors.append((fake_quant(rows.unsqueeze(0), scale, bits, signed) - rows).pow(2).sum(dim=-1))
+    best = torch.cat(errors).argmin(dim=0)  # first minimum = largest ratio among ties
+    return ratios[best] * top

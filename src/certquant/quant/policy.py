@@ -106,10 +106,12 @@ class Policy:
 
     # checks ----------------------------------------------------------------------------------------------------
     def validate(self, layers: Sequence[LayerInfo], arch: str | None = None) -> None:
-        """Refuse a policy that does not fit ``layers`` (of architecture ``arch``): another architecture, layer names
-        the model does not have, or layers it leaves out. Raises a one-line CertquantError."""
+        """Refuse a policy that does not fit ``layers`` (of architecture ``arch``): another architecture, bits outside
+        [1, 32], layer names the model does not have, or layers it leaves out. Raises a one-line CertquantError."""
         if arch is not None and self.arch is not None and arch != self.arch:
             raise CertquantError(f"the policy was made for architecture '{self.arch}', not '{arch}': use a policy for {arch}")
+        for name, (w, a) in self._bits.items():
+            _check_bits(name, w, a)
         model_names = [layer.name for layer in layers]
         unknown = [n for n in self._bits if n not in set(model_names)]
         missing = [n for n in model_names if n not in self._bits]

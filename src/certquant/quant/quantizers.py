@@ -145,19 +145,8 @@ class RangeObserver:
             sample = sample[torch.randint(sample.numel(), (self.max_samples,), generator=self.generator)]
         if method == "percentile":
             return float(torch.quantile(sample.abs(), ACT_PERCENTILE))
-        # MSE search over c = r * top; the sample's own max may be below top, so pin the candidates to top.
-        ratios = torch.linspace(1.0, 0.01, 100)
-        rows = sample.unsqueeze(0)
-        best, best_err = top, float("inf")
-        for ratio in ratios.tolist():
-            scale = scale_for(torch.tensor(top * ratio), bits, self.signed)
-            if self.signed:
-                err = float((fake_quant_signed(rows, scale, bits) - rows).pow(2).sum())
-            else:
-                err = float((torch.clamp(torch.round(rows / scale), 0, unsigned_qmax(bits)) * scale - rows).pow(2).sum())
-            if err < best_err:
-                best, best_err = top * ratio, err
-        return best
+        # MSE search over c = r * top, with top the exact max over all batches (the sample's own max may be lower)
+        return float(mse_clip(sample, bits, self.signed, top=torch.tensor([top]))[0])
 
 
 def _quant_extra(module: nn.Module) -> str:
