@@ -141,3 +141,16 @@ def test_dataset_irs_of_the_base_itself(setup, base_run, tmp_path):
                                     progress=False)
     with pytest.raises(CertquantError, match="exceeds the 60 cached"):
         certify_dataset_incremental(model, images, labels, INDICES, tmp_path / "x", store, n_p=61, progress=False)
+
+
+def test_model_fingerprint_of_quantized_and_channels_last_models(setup):
+    from certquant.quant import Policy, quantizable_layers, quantize
+
+    model, images, _ = setup
+    layers = quantizable_layers(model, (1, 28, 28))
+    qmodel = quantize(model, Policy.uniform(layers, 8), images[:32])  # holds 0-dim quantizer buffers
+    assert model_fingerprint(qmodel) == model_fingerprint(quantize(model, Policy.uniform(layers, 8), images[:32]))
+    assert model_fingerprint(qmodel) != model_fingerprint(quantize(model, Policy.uniform(layers, 4), images[:32]))
+    import copy
+
+    assert model_fingerprint(copy.deepcopy(model).to(memory_format=torch.channels_last)) == model_fingerprint(model)
