@@ -6,6 +6,7 @@ import typer
 from typer.core import TyperGroup
 
 from certquant.utils.errors import CertquantError
+from certquant.utils.tables import markdown_table  # noqa: F401  (re-exported for the commands)
 
 
 class CertquantGroup(TyperGroup):
@@ -23,14 +24,3 @@ def new_app(help_text: str) -> typer.Typer:
     """A Typer app (or sub-app) that reports ``CertquantError`` as one line."""
     return typer.Typer(cls=CertquantGroup, help=help_text, no_args_is_help=True, add_completion=False,
                        pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]})
-
-
-def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
-    """A GitHub-markdown table; floats printed with 4 significant decimals."""
-
-    def cell(value: object) -> str:
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)

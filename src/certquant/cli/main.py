@@ -5,10 +5,14 @@ from __future__ import annotations
 from certquant.cli.common import new_app
 from certquant.cli import foundation
 from certquant.cli import quant as quant_cli
+from certquant.cli import run as run_cli
 from certquant.cli import search as search_cli
 from certquant.cli import smoothing as smoothing_cli
 
 app = new_app("certquant: certifiably robust mixed-precision quantization (ARQ) of noise-trained classifiers.")
+
+app.command("run", help="The main job: certify FP32, search, fine-tune, certify each method, write the report.")(run_cli.run_cmd)
+app.command("report", help="Rebuild the report of a run folder from its files.")(run_cli.report_cmd)
 
 app.add_typer(foundation.data_app, name="data", help="Datasets: list them, fetch one.")
 app.command("models", help="List the model architectures.")(foundation.models_cmd)

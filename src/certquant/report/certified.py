@@ -10,6 +10,7 @@ from typing import Sequence
 from certquant.smoothing.metrics import average_certified_radius, certified_accuracy, radius_grid
 from certquant.utils.errors import CertquantError
 from certquant.utils.io import read_jsonl
+from certquant.utils.tables import markdown_table
 
 
 @dataclass
@@ -39,15 +40,6 @@ def load_certify_run(path: str | Path, name: str | None = None) -> CertifyRun:
     return CertifyRun(name or path.name, records, summary)
 
 
-def _cell(value: object) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def _markdown(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows])
-
-
 def certified_accuracy_table(runs: Sequence[CertifyRun], step: float = 0.25) -> str:
     """Markdown: one row per run (images, ACR, abstain rate, certified accuracy at 0, step, 2 step, ...)."""
     radii = radius_grid([r for run in runs for r in run.records], step)
@@ -57,7 +49,7 @@ def certified_accuracy_table(runs: Sequence[CertifyRun], step: float = 0.25) -> 
         abstain = sum(1 for r in run.records if r["predicted"] == -1) / len(run.records)
         rows.append([run.name, len(run.records), average_certified_radius(run.records)]
                     + [certified_accuracy(run.records, r) for r in radii] + [abstain])
-    return _markdown(headers, rows)
+    return markdown_table(headers, rows, digits=3)
 
 
 def plot_certified_accuracy(runs: Sequence[CertifyRun], path: str | Path, title: str | None = None) -> Path:
