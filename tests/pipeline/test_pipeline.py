@@ -1,0 +1,123 @@
+"""The main job end to end on a tiny synthetic setup: outputs, kill-and-resume equality, bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from certquant.cli.main import app
+from certquant.pipeline.config import config_from_dict, load_config
+from certquant.pipeline.run import run_pipeline
+from certquant.train import TrainConfig, train
+from certquant.utils.errors import CertquantError
+
+REPO = Path(__file__).resolve().parents[2]
+TIMING_KEYS = ("seconds", "started", "software")  # wall-clock fields
+PATH_KEYS = {"search", "checkpoint", "state_dir"}  # where each run lives
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    cfg = TrainConfig(dataset="synthetic", model="small-cnn", sigma=0.25, epochs=1, lr=0.05, val_size=200,
+                      train_limit=600, device="cpu")
+    return str(train(cfg, tmp_path_factory.mktemp("ckpt")))
+
+
+def tiny_config(checkpoint: str, **search):
+    return config_from_dict({
+        "dataset": "synthetic", "checkpoint": checkpoint, "device": "cpu",
+        "certify": {"n0": 10, "n": 100, "skip": 100, "max_images": 3, "batch": 50},
+        "search": {"budgets": [0.015625], "methods": ["arq", "uniform"], "episodes": 3, "warmup": 2,
+                   "search_images": 3, "n_p": 40, **search},
+        "finetune": {"epochs": 1, "images": 128, "calibration_images": 32, "batch": 64},
+    })
+
+
+def strip_timing(value):
+    """results.json without wall-clock fields and run paths (they differ between two runs of the same work)."""
+    if isinstance(value, dict):
+        return {k: strip_timing(v) for k, v in value.items()
+                if k not in PATH_KEYS and not any(t in k for t in TIMING_KEYS)}
+    if isinstance(value, list):
+        return [strip_timing(v) for v in value]
+    return value
+
+
+def test_killed_run_resumes_to_the_same_results(checkpoint, tmp_path, monkeypatch):
+    cfg = tiny_config(checkpoint)
+    straight = run_pipeline(cfg, tmp_path / "straight", progress=False)
+    for name in ("results.json", "report.md", "report.html", "certified_accuracy.png", "bitops_vs_acr.png"):
+        assert (tmp_path / "straight" / name).is_file(), name
+    assert [row["name"] for row in straight["rows"]] == ["FP32", "arq@0.015625", "uniform@0.015625"]
+    assert all(row["bitops_fraction"] <= 0.015625 for row in straight["rows"][1:])
+
+    import certquant.smoothing.runner as runner
+
+    original, calls = runner.certify, []
+
+    def killed_mid_stage(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # the second image of the arq model's certification
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "certify", killed_mid_stage)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, tmp_path / "killed", progress=False)
+    monkeypatch.setattr(runner, "certify", original)
+    assert not (tmp_path / "killed" / "results.json").exists()
+    with pytest.raises(CertquantError, match="--resume"):
+        run_pipeline(cfg, tmp_path / "killed", progress=False)
+    resumed = run_pipeline(cfg, tmp_path / "killed", resume=True, progress=False)
+    assert strip_timing(resumed) == strip_timing(straight)
+    saved = json.loads((tmp_path / "killed" / "results.json").read_text())
+    assert strip_timing(saved) == strip_timing(json.loads(json.dumps(straight)))
+
+
+def test_report_html_is_self_contained(checkpoint, tmp_path):
+    run_pipeline(tiny_config(checkpoint, methods=["uniform"]), tmp_path / "run", progress=False)
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert page.startswith("<!doctype html>") and "data:image/png;base64," in page and "<table>" in page
+    assert "src='http" not in page and 'src="http' not in page
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "run")])
+    assert result.exit_code == 0 and "| FP32 |" in result.output
+
+
+def test_resume_with_another_config_is_refused(checkpoint, tmp_path):
+    run_pipeline(tiny_config(checkpoint, methods=["uniform"]), tmp_path / "run", progress=False)
+    with pytest.raises(CertquantError, match="another config"):
+        run_pipeline(tiny_config(checkpoint, methods=["uniform"], seed=1), tmp_path / "run", resume=True, progress=False)
+
+
+def test_default_config_file_equals_built_in_defaults():
+    assert load_config(REPO / "configs" / "default.yaml") == load_config(None)
+    load_config(REPO / "configs" / "paper-cifar10-resnet20.yaml")
+
+
+def _one_line_error(result, fragment):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.output
+
+
+def test_bad_configs_give_one_line(tmp_path, checkpoint):
+    runner = CliRunner()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("certify:\n  n: 100\n  sample_count: 5\n")
+    _one_line_error(runner.invoke(app, ["run", "--config", str(bad)]), "unknown config key 'certify.sample_count'")
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("checkpoint: /nowhere/model.pt\n")
+    _one_line_error(runner.invoke(app, ["run", "--config", str(missing), "--out", str(tmp_path / "o")]),
+                    "checkpoint '/nowhere/model.pt' not found")
+    tight = tmp_path / "tight.yaml"
+    tight.write_text(f"dataset: synthetic\ncheckpoint: {checkpoint}\nsearch:\n  budgets: [0.001]\n")
+    _one_line_error(runner.invoke(app, ["run", "--config", str(tight), "--out", str(tmp_path / "t")]), "budget")
+    assert not (tmp_path / "t" / "fp32").exists()  # refused before any certification
+    _one_line_error(runner.invoke(app, ["run", "--config", str(tmp_path / "absent.yaml")]), "not found")
