@@ -6,16 +6,9 @@ from typer.testing import CliRunner
 
 from certquant.cli.main import app
 from certquant.models import build, save_checkpoint
+from cli_helpers import assert_one_line_error
 
 runner = CliRunner()
-
-
-def _one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_help_lists_every_command():
@@ -32,25 +25,25 @@ def test_data_list_and_fetch_synthetic():
 
 
 def test_unknown_dataset_and_model(tmp_path):
-    _one_line_error(runner.invoke(app, ["data", "fetch", "imagenette"]), "unknown dataset 'imagenette'")
-    _one_line_error(runner.invoke(app, ["train", "--model", "vgg", "--dataset", "synthetic", "--out", str(tmp_path)]),
+    assert_one_line_error(runner.invoke(app, ["data", "fetch", "imagenette"]), "unknown dataset 'imagenette'")
+    assert_one_line_error(runner.invoke(app, ["train", "--model", "vgg", "--dataset", "synthetic", "--out", str(tmp_path)]),
                     "unknown model 'vgg'")
 
 
 def test_sigma_must_be_positive(tmp_path):
-    _one_line_error(runner.invoke(app, ["train", "--sigma", "0", "--dataset", "synthetic", "--out", str(tmp_path)]),
+    assert_one_line_error(runner.invoke(app, ["train", "--sigma", "0", "--dataset", "synthetic", "--out", str(tmp_path)]),
                     "sigma must be > 0")
 
 
 def test_corrupt_and_mismatched_checkpoints(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    _one_line_error(runner.invoke(app, ["evaluate", "--checkpoint", str(bad)]), "corrupt")
+    assert_one_line_error(runner.invoke(app, ["evaluate", "--checkpoint", str(bad)]), "corrupt")
     model = build("small-cnn")
     info = {"arch": "small-cnn", "num_classes": 10, "in_channels": 1, "input_size": 28, "mean": [0.0], "std": [1.0],
             "dataset": "synthetic", "sigma": 0.25}
     good = save_checkpoint(tmp_path / "good.pt", model, info)
-    _one_line_error(runner.invoke(app, ["evaluate", "--checkpoint", str(good), "--dataset", "mnist"]),
+    assert_one_line_error(runner.invoke(app, ["evaluate", "--checkpoint", str(good), "--dataset", "mnist"]),
                     "trained on synthetic, not mnist")
     result = runner.invoke(app, ["evaluate", "--checkpoint", str(good), "--max", "50"])
     assert result.exit_code == 0 and "| good.pt | small-cnn | synthetic |" in result.output

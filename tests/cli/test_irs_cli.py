@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from certquant.cli.main import app
 from certquant.data import dataset_info
 from certquant.models import build, save_checkpoint
+from cli_helpers import assert_one_line_error
 
 runner = CliRunner()
 BASE = ["--n0", "10", "--n", "200", "--alpha", "0.01", "--batch", "50", "--skip", "100", "--no-progress"]
@@ -28,14 +29,6 @@ def _checkpoint(folder, seed: int) -> str:
 
 def _invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def _one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -105,17 +98,17 @@ def test_irs_of_the_base_itself_has_the_zeta_floor(setup, tmp_path):
 def test_bad_irs_arguments_exit_2_with_one_line(setup, tmp_path):
     q, run = setup["q"], setup["run"]
     irs = ["certify", "--checkpoint", q, "--incremental-from", run, "--out", tmp_path / "x", "--no-progress"]
-    _one_line_error(_invoke(*irs, "--np", 500), "--np 500 exceeds the 200 cached")
-    _one_line_error(_invoke(*irs, "--np", 100, "--disparity", "sideways"), "unknown disparity 'sideways'")
-    _one_line_error(_invoke(*irs, "--np", 100, "--sigma", 0.5), "--sigma 0.5 differs from the base run's cache")
-    _one_line_error(_invoke(*irs, "--np", 100, "--n", 1000), "--n 1000 differs")
-    _one_line_error(_invoke(*irs), "needs --np")
-    _one_line_error(_invoke(*irs, "--np", 100, "--keep-cache"), "--keep-cache applies to a full certification")
-    _one_line_error(_invoke(*irs, "--np", 100, "--gamma", 0), "gamma must be in (0, 1]")
-    _one_line_error(_invoke("certify", "--checkpoint", setup["q_other"], "--incremental-from", run, "--np", 100,
+    assert_one_line_error(_invoke(*irs, "--np", 500), "--np 500 exceeds the 200 cached")
+    assert_one_line_error(_invoke(*irs, "--np", 100, "--disparity", "sideways"), "unknown disparity 'sideways'")
+    assert_one_line_error(_invoke(*irs, "--np", 100, "--sigma", 0.5), "--sigma 0.5 differs from the base run's cache")
+    assert_one_line_error(_invoke(*irs, "--np", 100, "--n", 1000), "--n 1000 differs")
+    assert_one_line_error(_invoke(*irs), "needs --np")
+    assert_one_line_error(_invoke(*irs, "--np", 100, "--keep-cache"), "--keep-cache applies to a full certification")
+    assert_one_line_error(_invoke(*irs, "--np", 100, "--gamma", 0), "gamma must be in (0, 1]")
+    assert_one_line_error(_invoke("certify", "--checkpoint", setup["q_other"], "--incremental-from", run, "--np", 100,
                             "--out", tmp_path / "y", "--no-progress"), "was quantized from checkpoint", "certify its base")
-    _one_line_error(_invoke("certify", "--checkpoint", q, "--incremental-from", tmp_path, "--np", 100,
+    assert_one_line_error(_invoke("certify", "--checkpoint", q, "--incremental-from", tmp_path, "--np", 100,
                             "--out", tmp_path / "z", "--no-progress"), "holds no IRS cache", "--keep-cache")
-    _one_line_error(_invoke("certify", "--checkpoint", q, "--np", 100, "--out", tmp_path / "w", "--no-progress"),
+    assert_one_line_error(_invoke("certify", "--checkpoint", q, "--np", 100, "--out", tmp_path / "w", "--no-progress"),
                     "--np is an IRS option")
-    _one_line_error(_invoke(*irs, "--np", 100, "--skip", 7, "--max", 3), "not image(s) 7, 14")
+    assert_one_line_error(_invoke(*irs, "--np", 100, "--skip", 7, "--max", 3), "not image(s) 7, 14")

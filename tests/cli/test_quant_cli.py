@@ -10,16 +10,9 @@ from certquant.cli.main import app
 from certquant.data import dataset_info
 from certquant.models import build, load_checkpoint, save_checkpoint
 from certquant.quant import Policy, QuantLinear, quantizable_layers
+from cli_helpers import assert_one_line_error
 
 runner = CliRunner()
-
-
-def _one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture
@@ -78,23 +71,23 @@ def test_quantize_then_load_and_evaluate(base, tmp_path):
 def test_bad_inputs_are_one_line_exit_2(base, tmp_path):
     layers = quantizable_layers(build("small-cnn"), (1, 28, 28))
     unknown = Policy({**{l.name: (4, 4) for l in layers}, "1.fc": (4, 4)}).save(tmp_path / "unknown.json")
-    _one_line_error(runner.invoke(app, ["cost", "--checkpoint", str(base), "--policy", str(unknown)]),
+    assert_one_line_error(runner.invoke(app, ["cost", "--checkpoint", str(base), "--policy", str(unknown)]),
                     "does not have", "1.fc")
     resnet = quantizable_layers(build("resnet20", in_channels=1), (1, 32, 32))
     other = Policy.uniform(resnet, 4, arch="resnet20").save(tmp_path / "resnet.json")
-    _one_line_error(runner.invoke(app, ["quantize", "--checkpoint", str(base), "--policy", str(other),
+    assert_one_line_error(runner.invoke(app, ["quantize", "--checkpoint", str(base), "--policy", str(other),
                                         "--out", str(tmp_path / "x.pt")]), "made for architecture 'resnet20'")
     bad_bits = json.loads(Policy.uniform(layers, 4).to_json())
     bad_bits["layers"][1]["w_bits"] = 33
     (tmp_path / "bits.json").write_text(json.dumps(bad_bits))
-    _one_line_error(runner.invoke(app, ["cost", "--checkpoint", str(base), "--policy", str(tmp_path / "bits.json")]),
+    assert_one_line_error(runner.invoke(app, ["cost", "--checkpoint", str(base), "--policy", str(tmp_path / "bits.json")]),
                     "[1, 32]", "1.3")
-    _one_line_error(runner.invoke(app, ["cost", "--checkpoint", str(base), "--uniform", "0"]), "[1, 32]")
-    _one_line_error(runner.invoke(app, ["cost", "--checkpoint", str(base), "--uniform", "4/40"]), "[1, 32]")
-    _one_line_error(runner.invoke(app, ["cost", "--checkpoint", str(base), "--uniform", "four"]), "--uniform")
-    _one_line_error(runner.invoke(app, ["cost", "--checkpoint", str(base)]), "exactly one of --policy")
-    _one_line_error(runner.invoke(app, ["cost", "--checkpoint", str(base), "--uniform", "4", "--policy",
+    assert_one_line_error(runner.invoke(app, ["cost", "--checkpoint", str(base), "--uniform", "0"]), "[1, 32]")
+    assert_one_line_error(runner.invoke(app, ["cost", "--checkpoint", str(base), "--uniform", "4/40"]), "[1, 32]")
+    assert_one_line_error(runner.invoke(app, ["cost", "--checkpoint", str(base), "--uniform", "four"]), "--uniform")
+    assert_one_line_error(runner.invoke(app, ["cost", "--checkpoint", str(base)]), "exactly one of --policy")
+    assert_one_line_error(runner.invoke(app, ["cost", "--checkpoint", str(base), "--uniform", "4", "--policy",
                                         str(unknown)]), "exactly one of --policy")
-    _one_line_error(runner.invoke(app, ["cost", "--checkpoint", str(tmp_path / "none.pt"), "--uniform", "4"]),
+    assert_one_line_error(runner.invoke(app, ["cost", "--checkpoint", str(tmp_path / "none.pt"), "--uniform", "4"]),
                     "not found")
     assert not (tmp_path / "x.pt").exists()

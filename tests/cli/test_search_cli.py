@@ -13,6 +13,7 @@ from certquant.data import dataset_info, load_dataset
 from certquant.models import build, save_checkpoint
 from certquant.quant import Policy
 from certquant.train.trainer import noisy_epoch
+from cli_helpers import assert_one_line_error
 
 runner = CliRunner()
 FAST = ["--search-images", "4", "--n0", "10", "--n-p", "50", "--batch", "60", "--calib-images", "32", "--warmup", "1",
@@ -44,14 +45,6 @@ def _search(checkpoint, out, *extra):
     return runner.invoke(app, ["search", "--checkpoint", checkpoint, "--out", str(out), *FAST, *extra])
 
 
-def _one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 def test_arq_search_writes_a_loadable_best_policy_and_resumes(checkpoint, tmp_path):
     out = tmp_path / "arq"
     result = _search(checkpoint, out, "--budget", "0.03", "--episodes", "3")
@@ -68,8 +61,8 @@ def test_arq_search_writes_a_loadable_best_policy_and_resumes(checkpoint, tmp_pa
                                     "--calib-images", "32", "--device", "cpu", "--out", str(tmp_path / "q.pt")])
     assert quantized.exit_code == 0, quantized.output
 
-    _one_line_error(_search(checkpoint, out, "--budget", "0.03", "--episodes", "3"), "--resume")
-    _one_line_error(_search(checkpoint, out, "--budget", "0.05", "--episodes", "3", "--resume"), "other arguments")
+    assert_one_line_error(_search(checkpoint, out, "--budget", "0.03", "--episodes", "3"), "--resume")
+    assert_one_line_error(_search(checkpoint, out, "--budget", "0.05", "--episodes", "3", "--resume"), "other arguments")
     again = _search(checkpoint, out, "--budget", "0.03", "--episodes", "3", "--resume")
     assert again.exit_code == 0, again.output
     assert len((out / "history.jsonl").read_text().splitlines()) == 3  # nothing re-run
@@ -89,19 +82,19 @@ def test_baselines_with_haq_reward(checkpoint, tmp_path, method):
 
 @pytest.mark.parametrize("budget", ["0", "-0.5", "1.5"])
 def test_bad_budget(checkpoint, tmp_path, budget):
-    _one_line_error(_search(checkpoint, tmp_path, f"--budget={budget}"), "budget")
+    assert_one_line_error(_search(checkpoint, tmp_path, f"--budget={budget}"), "budget")
 
 
 def test_unreachable_budget(checkpoint, tmp_path):
-    _one_line_error(_search(checkpoint, tmp_path, "--budget", "0.001"), "unreachable")
+    assert_one_line_error(_search(checkpoint, tmp_path, "--budget", "0.001"), "unreachable")
 
 
 def test_unknown_method(checkpoint, tmp_path):
-    _one_line_error(_search(checkpoint, tmp_path, "--budget", "0.03", "--method", "grid"), "unknown search method")
+    assert_one_line_error(_search(checkpoint, tmp_path, "--budget", "0.03", "--method", "grid"), "unknown search method")
 
 
 def test_search_set_overlapping_the_test_subset(checkpoint, tmp_path):
-    _one_line_error(_search(checkpoint, tmp_path, "--budget", "0.03", "--search-split", "test", "--test-skip", "20"),
+    assert_one_line_error(_search(checkpoint, tmp_path, "--budget", "0.03", "--search-split", "test", "--test-skip", "20"),
                     "test subset")
     # a disjoint part of test is accepted: test subset = every 20th image, search set = images 1, 3, 5, 7
     result = _search(checkpoint, tmp_path, "--budget", "0.03", "--search-split", "test", "--test-skip", "20",

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from certquant.cli.main import app
 from certquant.data import dataset_info
 from certquant.models import build, save_checkpoint
+from cli_helpers import assert_one_line_error
 
 runner = CliRunner()
 FAST = ["--n0", "10", "--n", "60", "--alpha", "0.01", "--batch", "40", "--skip", "100", "--no-progress"]
@@ -28,14 +29,6 @@ def checkpoint(tmp_path_factory):
 
 def _certify(checkpoint, out, *extra):
     return runner.invoke(app, ["certify", "--checkpoint", checkpoint, *FAST, "--out", str(out), *extra])
-
-
-def _one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def _records(out):
@@ -86,7 +79,7 @@ def test_channels_last_is_recorded_and_gives_the_same_certificates(checkpoint, t
 
 def test_changed_arguments_refused(checkpoint, tmp_path):
     assert _certify(checkpoint, tmp_path, "--max", "1").exit_code == 0
-    _one_line_error(_certify(checkpoint, tmp_path, "--max", "1", "--seed", "1"), "other arguments", "seed: 0 there, 1 now")
+    assert_one_line_error(_certify(checkpoint, tmp_path, "--max", "1", "--seed", "1"), "other arguments", "seed: 0 there, 1 now")
 
 
 @pytest.mark.parametrize("extra,fragment", [
@@ -102,11 +95,11 @@ def test_changed_arguments_refused(checkpoint, tmp_path):
     (["--dataset", "mnist"], "trained on synthetic, not mnist"),
 ])
 def test_bad_inputs_one_line_exit_2(checkpoint, tmp_path, extra, fragment):
-    _one_line_error(_certify(checkpoint, tmp_path, *extra), fragment)
+    assert_one_line_error(_certify(checkpoint, tmp_path, *extra), fragment)
 
 
 def test_missing_checkpoint(tmp_path):
-    _one_line_error(_certify(str(tmp_path / "nope.pt"), tmp_path / "out"), "not found")
+    assert_one_line_error(_certify(str(tmp_path / "nope.pt"), tmp_path / "out"), "not found")
 
 
 def test_predict(checkpoint, tmp_path):
@@ -116,7 +109,7 @@ def test_predict(checkpoint, tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["num_images"] == 3 and {"accuracy", "abstain_rate", "accuracy_ci95"} <= set(summary)
     assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 3
-    _one_line_error(runner.invoke(app, ["predict", "--checkpoint", checkpoint, "--alpha", "2", "--out", str(tmp_path)]),
+    assert_one_line_error(runner.invoke(app, ["predict", "--checkpoint", checkpoint, "--alpha", "2", "--out", str(tmp_path)]),
                     "alpha must be in (0, 1)")
 
 
@@ -131,4 +124,4 @@ def test_analyze(checkpoint, tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = runner.invoke(app, ["analyze", str(tmp_path / "s1")])
     assert result.exit_code == 0 and (tmp_path / "s1" / "certified_accuracy.png").is_file()
-    _one_line_error(runner.invoke(app, ["analyze", str(tmp_path / "empty")]), "no certificates.jsonl")
+    assert_one_line_error(runner.invoke(app, ["analyze", str(tmp_path / "empty")]), "no certificates.jsonl")

@@ -99,25 +99,3 @@ def test_resume_with_another_config_is_refused(checkpoint, tmp_path):
 def test_default_config_file_equals_built_in_defaults():
     assert load_config(REPO / "configs" / "default.yaml") == load_config(None)
     load_config(REPO / "configs" / "paper-cifar10-resnet20.yaml")
-
-
-def _one_line_error(result, fragment):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.output
-
-
-def test_bad_configs_give_one_line(tmp_path, checkpoint):
-    runner = CliRunner()
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("certify:\n  n: 100\n  sample_count: 5\n")
-    _one_line_error(runner.invoke(app, ["run", "--config", str(bad)]), "unknown config key 'certify.sample_count'")
-    missing = tmp_path / "missing.yaml"
-    missing.write_text("checkpoint: /nowhere/model.pt\n")
-    _one_line_error(runner.invoke(app, ["run", "--config", str(missing), "--out", str(tmp_path / "o")]),
-                    "checkpoint '/nowhere/model.pt' not found")
-    tight = tmp_path / "tight.yaml"
-    tight.write_text(f"dataset: synthetic\ncheckpoint: {checkpoint}\nsearch:\n  budgets: [0.001]\n")
-    _one_line_error(runner.invoke(app, ["run", "--config", str(tight), "--out", str(tmp_path / "t")]), "budget")
-    assert not (tmp_path / "t" / "fp32").exists()  # refused before any certification
-    _one_line_error(runner.invoke(app, ["run", "--config", str(tmp_path / "absent.yaml")]), "not found")

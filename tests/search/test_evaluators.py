@@ -9,7 +9,7 @@ from certquant.quant import Policy, quantizable_layers
 from certquant.search.evaluators import ESTIMATORS, EvalConfig, PolicyEvaluator, ScratchEstimator, register_estimator
 from certquant.utils.errors import CertquantError
 
-from conftest import SIGMA
+SIGMA = 0.25  # the noise the search fixtures' CNN was trained with (tests/search/conftest.py)
 
 TINY = dict(n0=20, n_p=100, batch_size=120, calib_images=64)
 

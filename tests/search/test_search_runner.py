@@ -16,7 +16,7 @@ from certquant.search.runner import Search, SearchConfig, run_search
 from certquant.utils.errors import CertquantError
 from certquant.utils.io import read_jsonl
 
-from conftest import SIGMA
+SIGMA = 0.25  # the noise the search fixtures' CNN was trained with (tests/search/conftest.py)
 
 SMALL_AGENT = DDPGConfig(hidden=32, batch_size=16, warmup_episodes=4, replay_episodes=8)
 
