@@ -235,8 +235,10 @@ def policy_result(name: str, policy: Policy, layers, derived: dict, timing: dict
     return out
 
 
-def fidelity(policies: dict[str, dict], n_p: int) -> dict:
-    """Spearman correlation over policies between each cheap ACR estimate at n_p and the full certification's ACR."""
+def fidelity(policies: dict[str, dict], n_p: int, resolution: float = 0.01) -> dict:
+    """Spearman correlation over policies between each cheap ACR estimate at n_p and the full certification's ACR;
+    and the fraction of policy pairs whose full ACRs differ by at least ``resolution`` that the estimate orders the
+    same way (pairs closer than that are ties at the precision any estimate at n_p << n has)."""
     names = list(policies)
     full = [policies[p]["full"]["acr"] for p in names]
     estimates = {f"irs {d}": [next(r["acr"] for r in policies[p]["irs"][d] if r["n_p"] == n_p) for p in names]
@@ -246,6 +248,11 @@ def fidelity(policies: dict[str, dict], n_p: int) -> dict:
     for key, values in estimates.items():
         rho = spearmanr(values, full).statistic if len(names) >= 3 else float("nan")
         out["spearman"][key] = None if rho is None or math.isnan(rho) else float(rho)
+    pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))
+             if abs(full[i] - full[j]) >= resolution]
+    out["resolution"], out["resolved_pairs"] = resolution, len(pairs)
+    out["pairwise_agreement"] = {key: (sum((v[i] - v[j]) * (full[i] - full[j]) > 0 for i, j in pairs) / len(pairs)
+                                       if pairs else None) for key, v in estimates.items()}
     return out
 
 
@@ -289,6 +296,8 @@ def run_sigma(sigma: float, args) -> dict:
     fid_np = int(round(args.fidelity_fraction * args.n))
     if fid_np in sample_counts:
         result["fidelity"] = fidelity(result["policies"], fid_np)
+    result["fidelity_by_n_p"] = {str(n_p): {k: fidelity(result["policies"], n_p)[k]
+                                            for k in ("spearman", "pairwise_agreement")} for n_p in sample_counts}
     result["seconds"] = time.time() - started
     write_results(sigma, result, args)
     return result
@@ -377,6 +386,15 @@ def markdown(data: dict) -> str:
                 lines.append(f"| {name} | {fid['full_acr'][i]:.4f} | "
                              + " | ".join(f"{v[i]:.4f}" for v in fid["estimates"].values()) + " |")
             lines.append("| **Spearman** | | " + " | ".join(_fmt(v) for v in fid["spearman"].values()) + " |")
+            if "pairwise_agreement" in fid:
+                lines.append(f"| **pairs ordered right** ({fid['resolved_pairs']} pairs with full ACRs >= "
+                             f"{fid['resolution']} apart) | | "
+                             + " | ".join(_fmt(v, 2) for v in fid["pairwise_agreement"].values()) + " |")
+            by = res.get("fidelity_by_n_p", {})
+            if by:
+                lines += ["", "Spearman (pairs ordered right) at every n_p: " + "; ".join(
+                    f"n_p {n}: " + ", ".join(f"{k} {_fmt(v['spearman'][k], 2)} ({_fmt(v['pairwise_agreement'][k], 2)})"
+                                             for k in v["spearman"]) for n, v in by.items()) + "."]
         lines.append("")
     lines += [f"Regenerate: `python benchmarks/bench_irs.py --sigmas {' '.join(sorted(data['sigmas']))} --images "
               f"{cfg['images']}` (numbers vary with machine load).", ""]
