@@ -1,7 +1,5 @@
 import json
 
-import pytest
-import torch
 from typer.testing import CliRunner
 
 from certquant.cli.main import app

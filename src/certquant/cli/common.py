@@ -1,4 +1,4 @@
-"""What every command shares: the error-handling command group and the option parsers."""
+"""What every command shares: the error-handling command group."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import typer
 from typer.core import TyperGroup
 
 from certquant.utils.errors import CertquantError
-from certquant.utils.tables import markdown_table  # noqa: F401  (re-exported for the commands)
 
 
 class CertquantGroup(TyperGroup):

@@ -9,12 +9,13 @@ from typing import Optional
 
 import typer
 
-from certquant.cli.common import markdown_table, new_app
+from certquant.cli.common import new_app
 from certquant.data import dataset_info, fetch_dataset, list_datasets, load_dataset
 from certquant.models import list_models, load_checkpoint, model_spec
 from certquant.models.zoo import zoo_entries
 from certquant.train import TrainConfig, accuracy, resolve_device, train
 from certquant.utils.errors import CertquantError
+from certquant.utils.tables import markdown_table
 
 data_app = new_app("Datasets: list them, fetch one.")
 

@@ -14,11 +14,10 @@ Run folder (every stage keeps its output, so ``resume`` continues at the stage a
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import typer
 
 from certquant.data import every_kth, load_dataset
 from certquant.models import load_checkpoint, resolve_checkpoint
@@ -42,7 +41,7 @@ def budget_dir(out: Path, budget: float) -> Path:
 
 
 def _say(message: str) -> None:
-    typer.echo(f"[certquant run] {message}", err=True)
+    print(f"[certquant run] {message}", file=sys.stderr, flush=True)
 
 
 class Pipeline:

@@ -23,11 +23,10 @@ from certquant.smoothing.incremental import (
     certify_incremental,
     validate_incremental_args,
 )
-from certquant.smoothing.metrics import average_certified_radius, certify_metrics
-from certquant.smoothing.runner import CERTIFY_FILES, _run, _set_memory_format, _timing, _write_tsv
+from certquant.smoothing.metrics import average_certified_radius
+from certquant.smoothing.runner import CERTIFY_FILES, _run, _set_memory_format, write_certify_summary
 from certquant.utils.errors import CertquantError
-from certquant.utils.io import atomic_write_json, read_jsonl
-from certquant.utils.provenance import software_versions
+from certquant.utils.io import read_jsonl
 
 
 def certify_dataset_incremental(
@@ -80,18 +79,8 @@ def certify_dataset_incremental(
 
     records, wall = _run("certify-incremental", CERTIFY_FILES, approx_model, indices, out_dir, params, identity, one,
                          postfix, progress)
-    summary = {
-        **certify_metrics(records),
-        "incremental": incremental_summary(records, params, base_run),
-        "indices": list(indices),
-        **_timing(records, wall, n_p),
-        "arguments": arguments if arguments is not None else params,
-        **(provenance or {}),
-        "software": software_versions(),
-    }
-    atomic_write_json(Path(out_dir) / "summary.json", summary)
-    _write_tsv(Path(out_dir) / CERTIFY_FILES["tsv"], records, certify=True)
-    return summary
+    return write_certify_summary(out_dir, records, wall, n_p, indices, arguments if arguments is not None else params,
+                                 provenance, extra={"incremental": incremental_summary(records, params, base_run)})
 
 
 def incremental_summary(records: Sequence[dict], params: dict, base_run: str | Path | None = None) -> dict:

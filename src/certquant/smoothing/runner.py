@@ -86,11 +86,21 @@ def certify_dataset(
         return f"ACR {average_certified_radius(records):.3f}"
 
     records, wall = _run("certify", CERTIFY_FILES, model, indices, out_dir, params, identity, one, postfix, progress)
+    return write_certify_summary(out_dir, records, wall, n0 + n, indices,
+                                 arguments if arguments is not None else params, provenance)
+
+
+def write_certify_summary(out_dir: str | Path, records: list[dict], wall: float, samples_per_image: int,
+                          indices: Sequence[int], arguments: dict, provenance: dict | None,
+                          extra: dict | None = None) -> dict:
+    """Write a certify run's ``summary.json`` (metrics, ``extra``, indices, timing, arguments, provenance, versions)
+    and its Cohen-style TSV; return the summary. Shared by full and incremental certification."""
     summary = {
         **certify_metrics(records),
+        **(extra or {}),
         "indices": list(indices),
-        **_timing(records, wall, n0 + n),
-        "arguments": arguments if arguments is not None else params,
+        **_timing(records, wall, samples_per_image),
+        "arguments": arguments,
         **(provenance or {}),
         "software": software_versions(),
     }
