@@ -1,6 +1,8 @@
 """The main job end to end on a tiny synthetic setup: outputs, kill-and-resume equality, bad input."""
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -81,13 +83,29 @@ def test_killed_run_resumes_to_the_same_results(checkpoint, tmp_path, monkeypatc
     assert strip_timing(saved) == strip_timing(json.loads(json.dumps(straight)))
 
 
-def test_report_html_is_self_contained(checkpoint, tmp_path):
-    run_pipeline(tiny_config(checkpoint, methods=["uniform"]), tmp_path / "run", progress=False)
-    page = (tmp_path / "run" / "report.html").read_text()
+@pytest.fixture(scope="module")
+def uniform_run(checkpoint, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uniform") / "run"
+    run_pipeline(tiny_config(checkpoint, methods=["uniform"]), out, progress=False)
+    return out
+
+
+def test_report_html_is_self_contained(uniform_run):
+    page = (uniform_run / "report.html").read_text()
     assert page.startswith("<!doctype html>") and "data:image/png;base64," in page and "<table>" in page
     assert "src='http" not in page and 'src="http' not in page
-    result = CliRunner().invoke(app, ["report", str(tmp_path / "run")])
+    result = CliRunner().invoke(app, ["report", str(uniform_run)])
     assert result.exit_code == 0 and "| FP32 |" in result.output
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium not installed (apt-get install chromium)")
+def test_report_html_renders_in_headless_chromium(uniform_run, tmp_path):
+    shot = tmp_path / "report.png"
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1400", f"--screenshot={shot}",
+                    (uniform_run / "report.html").as_uri()], capture_output=True, timeout=120, check=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000  # a page, not a blank
 
 
 def test_resume_with_another_config_is_refused(checkpoint, tmp_path):
