@@ -46,14 +46,19 @@ def build_from_info(info: dict[str, Any]) -> nn.Sequential:
     )
 
 
-def _load_plain(payload: dict[str, Any]) -> nn.Module:
-    model = build_from_info(payload)
+def load_weights(model: nn.Module, state_dict: dict[str, Any], what: str) -> nn.Module:
+    """``model.load_state_dict(state_dict)``; a mismatch becomes one line: "<what> (<torch's first line>)"."""
     try:
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(state_dict)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "shape mismatch"
-        raise CertquantError(f"checkpoint weights do not fit architecture '{payload['arch']}' ({first})") from None
+        raise CertquantError(f"{what} ({first})") from None
     return model
+
+
+def _load_plain(payload: dict[str, Any]) -> nn.Module:
+    return load_weights(build_from_info(payload), payload["state_dict"],
+                        f"checkpoint weights do not fit architecture '{payload['arch']}'")
 
 
 register_checkpoint_kind("model", _load_plain)

@@ -18,7 +18,7 @@ from torch import nn
 
 from certquant.data import load_dataset, train_val_split
 from certquant.models import load_checkpoint, register_checkpoint_kind
-from certquant.models.checkpoint import ARCH_KEYS, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, build_from_info
+from certquant.models.checkpoint import ARCH_KEYS, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, build_from_info, load_weights
 from certquant.quant.cost import bitops, bitops_fraction, model_size_bits
 from certquant.quant.finetuning import finetune
 from certquant.quant.layers import quantizable_layers
@@ -36,12 +36,7 @@ BASE_KEYS = ARCH_KEYS + ("dataset", "sigma")
 def _load_quantized(payload: dict[str, Any]) -> nn.Module:
     model = build_from_info(payload)
     prepare(model, Policy.from_dict(payload["policy"]))
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "shape mismatch"
-        raise CertquantError(f"quantized checkpoint does not fit its architecture and policy ({first})") from None
-    return model
+    return load_weights(model, payload["state_dict"], "quantized checkpoint does not fit its architecture and policy")
 
 
 register_checkpoint_kind(KIND, _load_quantized)
