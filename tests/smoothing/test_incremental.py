@@ -22,22 +22,9 @@ from certquant.smoothing import (
 )
 from certquant.smoothing.incremental import BRANCH_DIRECT, BRANCH_ZETA, count_disagreements
 from certquant.utils.errors import CertquantError
+from linear_models import LinearTwoClass
 
 SIGMA, SHAPE = 0.5, (1, 4, 4)
-
-
-class LinearTwoClass(torch.nn.Module):
-    """f(x) = 1 if w.x + b > 0 else 0 (logits (-z, z)): P[f(x + e) = 1] = Phi((w.x + b) / (sigma ||w||)) and the
-    smoothed classifier's true radius at x is |w.x + b| / ||w||."""
-
-    def __init__(self, w: torch.Tensor, b: float):
-        super().__init__()
-        self.register_buffer("w", w.clone())
-        self.b = float(b)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = (x * self.w).flatten(1).sum(1) + self.b
-        return torch.stack([-z, z], dim=1)
 
 
 @pytest.fixture(autouse=True)
