@@ -20,7 +20,7 @@ every sample count are called interleaved and timed; their certificates are chec
 (``timing_check``). ACR is over all images, times are means over the timed images.
 
     python benchmarks/bench_irs.py [--images 100] [--skip 100] [--sigmas 0.25 0.5] [--policies W8A8 W6A6 W4A4 mixed-8448]
-        [--fidelity-policies W5A5 W3A3 mixed-8358] [--fractions 0.01 0.02 0.05 0.1 0.2] [--timed-images 10]
+        [--fidelity-policies W5A5 W3A3 mixed-8358 W3A4 W4A3 W8A2 mixed-6336 mixed-2888] [--fractions 0.01 0.02 0.05 0.1 0.2] [--timed-images 10]
         [--threads 1] [--work runs/bench_irs] [--name irs]
 
 Intermediate runs live in --work (resumable); results merge per sigma into benchmarks/results/<name>.json, .md and
@@ -71,6 +71,12 @@ POLICIES: dict[str, list[tuple[int, int]]] = {
     "W3A3": [(3, 3)] * 4,
     "mixed-8448": [(8, 8), (4, 4), (4, 4), (8, 8)],  # HAQ's convention: first and last at 8 bits
     "mixed-8358": [(8, 8), (3, 3), (5, 5), (8, 8)],
+    # more fidelity points spanning what the search explores ([2, 8] bits, weights and activations apart)
+    "W3A4": [(3, 4)] * 4,
+    "W4A3": [(4, 3)] * 4,
+    "W8A2": [(8, 2)] * 4,
+    "mixed-6336": [(6, 6), (3, 3), (3, 3), (6, 6)],
+    "mixed-2888": [(2, 2), (8, 8), (8, 8), (8, 8)],
 }
 
 
@@ -441,7 +447,7 @@ def main() -> None:
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5], choices=sorted(CHECKPOINTS))
     parser.add_argument("--policies", nargs="+", default=["W8A8", "W6A6", "W4A4", "mixed-8448"], choices=list(POLICIES),
                         help="policies measured for time (speed-up) and ACR")
-    parser.add_argument("--fidelity-policies", nargs="*", default=["W5A5", "W3A3", "mixed-8358"],
+    parser.add_argument("--fidelity-policies", nargs="*", default=["W5A5", "W3A3", "mixed-8358", "W3A4", "W4A3", "W8A2", "mixed-6336", "mixed-2888"],
                         choices=list(POLICIES), help="further policies for the reward-fidelity check (ACR only)")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1, 0.2])
     parser.add_argument("--fidelity-fraction", type=float, default=0.1)

@@ -46,7 +46,7 @@ def test_haq_reward_and_clean_term(trained_cnn, search_set):
 
     ev = evaluator(trained_cnn, search_set, clean_weight=0.5)
     terms = ev(Policy.uniform(layers, 3, arch="small-cnn"))
-    expected = 0.1 * (terms["acr"] - terms["acr_fp32"]) + 0.5 * (terms["clean_accuracy"] - terms["clean_accuracy_fp32"])
+    expected = 0.1 * ((terms["acr"] - terms["acr_fp32"]) + 0.5 * (terms["clean_accuracy"] - terms["clean_accuracy_fp32"]))
     assert terms["reward"] == pytest.approx(expected)
 
 

@@ -36,6 +36,7 @@ class SearchConfig:
     search_images: int = 20  # images of the search set, drawn from the training split (disjoint from the test subset)
     n_p: int = 400  # samples per search image for the ARQ reward
     estimator: str = "scratch"  # ARQ's ACR estimator: scratch, irs or irs-one-sided
+    clean_weight: float = 1.0  # ARQ's reward: lambda * (dACR + clean_weight * d clean smoothed accuracy); 0: ACR alone
     w_bits: list[int] = field(default_factory=lambda: [2, 8])  # [b_min, b_max] for weights
     a_bits: list[int] = field(default_factory=lambda: [2, 8])  # [b_min, b_max] for activations
     pin_first_last: bool = False  # HAQ's convention: first and last layer at 8 bits

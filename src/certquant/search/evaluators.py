@@ -5,8 +5,9 @@ carrying the certification noise (SPEC §4), optionally fine-tunes it for a few 
 search set (disjoint from the test subset, SPEC §5). Rewards, relative to the full-precision model on the same set:
 
 - ``haq``: lambda * (top-1 of the quantized model on noisy search images - the same for FP32);
-- ``arq``: lambda * (ACR of the quantized smoothed classifier - FP32's ACR)
-           + clean_weight * (clean smoothed accuracy - FP32's), clean_weight 0 by default.
+- ``arq``: lambda * [(ACR of the quantized smoothed classifier - FP32's ACR)
+                     + clean_weight * (clean smoothed accuracy - FP32's)], clean_weight 1 by default: ACR alone
+           rewards easy samples (SPEC §2) and lets the search trade clean accuracy away; 0 is ACR alone.
 
 The ACR is measured by an ``ACREstimator`` strategy, chosen by name: ``scratch`` certifies every search image from
 scratch with n_p samples and fixed per-image seeds (the same noise for every candidate, so candidates differ only by
@@ -46,8 +47,8 @@ class EvalConfig:
     """``arq`` (certified robustness: ACR, optionally clean smoothed accuracy) or ``haq`` (noisy top-1 accuracy)."""
     lam: float = 0.1
     """lambda: the reward scale (SPEC §5: 0.1)."""
-    clean_weight: float = 0.0
-    """arq only: weight of (clean smoothed accuracy - FP32's) added to the reward; 0 = ACR alone."""
+    clean_weight: float = 1.0
+    """arq only: weight of (clean smoothed accuracy - FP32's) beside the ACR difference, inside lambda; 0 = ACR alone."""
     estimator: str = "scratch"
     """arq only: the ACR estimator: scratch (certify from scratch with n_p samples), irs, irs-one-sided."""
     n0: int = 100
@@ -267,10 +268,8 @@ class PolicyEvaluator:
         cfg = self.config
         if cfg.reward == "haq":
             return cfg.lam * (terms["noisy_accuracy"] - reference["noisy_accuracy"])
-        value = cfg.lam * (terms["acr"] - reference["acr"])
-        if cfg.clean_weight:
-            value += cfg.clean_weight * (terms["clean_accuracy"] - reference["clean_accuracy"])
-        return value
+        return cfg.lam * ((terms["acr"] - reference["acr"])
+                          + cfg.clean_weight * (terms["clean_accuracy"] - reference["clean_accuracy"]))
 
     def quantized(self, policy: Policy) -> nn.Module:
         """The candidate model: quantized with noisy calibration, then (optionally) fine-tuned a few noisy steps."""

@@ -1,0 +1,144 @@
+"""The search benchmark (issue 6): ARQ against HAQ's reward, random policies and uniform bits at the same budgets.
+
+Each budget is one ``certquant run`` (the pipeline: FP32 certified once, each method searched, its best policy
+calibrated and fine-tuned the same way, then certified with full CERTIFY on the same test subset), in
+``WORK/budget-<F>``; the budgets can run as separate processes (``--budgets``), and ``--report-only`` merges
+whatever runs exist into one table with the full-precision model on the first row:
+
+    python benchmarks/bench_search.py [--config configs/bench-search.yaml] [--budgets 0.015625 0.0125]
+        [--work runs/bench_search] [--name search] [--report-only]
+
+Writes benchmarks/results/<name>.json and <name>.md: per model clean smoothed accuracy, ACR, certified accuracy at
+r = 0.25 / 0.5, BitOPs fraction, search seconds; then the aims of issue 6 checked (ARQ vs FP32 at the W4A4 budget,
+ARQ vs every baseline at each budget), with the margins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from certquant.pipeline import load_config
+from certquant.pipeline.run import budget_dir, run_pipeline
+from certquant.train import resolve_device
+from certquant.utils import atomic_write_json, atomic_write_text, software_versions
+from certquant.utils.tables import markdown_table
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+W4A4 = 16 / 1024
+ACR_MARGIN, CLEAN_MARGIN = 0.02, 0.015  # issue 6: ARQ within 0.02 ACR and 1.5 points of clean accuracy of FP32
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def run_budget(config: str, budget: float, work: Path) -> None:
+    """One pipeline run at one budget (resumable: rerunning continues where it stopped)."""
+    cfg = load_config(config)
+    cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, budgets=[budget]))
+    out = budget_dir(work, budget)
+    device = resolve_device(cfg.device)
+    started = time.time()
+    run_pipeline(cfg, out, resume=True)
+    atomic_write_json(out / "bench.json", {"device": device_name(device), "seconds": time.time() - started,
+                                           "date": time.strftime("%Y-%m-%d %H:%M")})
+
+
+def collect(work: Path) -> dict[str, Any]:
+    """Merge every finished budget run of ``work``: one FP32 row (checked identical across runs), then each method."""
+    runs = sorted(p.parent for p in work.glob("budget-*/results.json"))
+    if not runs:
+        raise SystemExit(f"no finished run under {work}: run the benchmark first")
+    fp32, rows, runs_info = None, [], []
+    for run in runs:
+        results = json.loads((run / "results.json").read_text())
+        bench = json.loads((run / "bench.json").read_text()) if (run / "bench.json").exists() else {}
+        runs_info.append({"folder": run.name, **bench})
+        for row in results["rows"]:
+            if row["method"] == "fp32":
+                if fp32 is not None and (row["acr"], row["clean_accuracy"]) != (fp32["acr"], fp32["clean_accuracy"]):
+                    print(f"note: FP32 of {run.name} differs from the first run's (ACR {row['acr']:.4f} vs "
+                          f"{fp32['acr']:.4f}); the first is reported")
+                fp32 = fp32 or row
+            else:
+                rows.append(row)
+    rows.sort(key=lambda r: (-r["budget"], r["method"] != "arq", r["method"]))
+    return {"provenance": results["provenance"], "runs": runs_info, "rows": [fp32, *rows], "aims": aims(fp32, rows)}
+
+
+def aims(fp32: dict, rows: list[dict]) -> list[dict]:
+    """Issue 6's aims, each with its margin and whether it holds."""
+    out = []
+    for budget in sorted({r["budget"] for r in rows}, reverse=True):
+        at = {r["method"]: r for r in rows if r["budget"] == budget}
+        arq = at.get("arq")
+        if arq is None:
+            continue
+        if abs(budget - W4A4) < 1e-12:
+            d_acr, d_clean = arq["acr"] - fp32["acr"], arq["clean_accuracy"] - fp32["clean_accuracy"]
+            out.append({"aim": f"ARQ ACR within {ACR_MARGIN} of FP32", "budget": budget, "difference": d_acr,
+                        "holds": d_acr >= -ACR_MARGIN})
+            out.append({"aim": f"ARQ clean accuracy within {CLEAN_MARGIN * 100:g} points of FP32", "budget": budget,
+                        "difference": d_clean, "holds": d_clean >= -CLEAN_MARGIN})
+        for method, row in at.items():
+            if method != "arq":
+                d = arq["acr"] - row["acr"]
+                out.append({"aim": f"ARQ ACR >= {method}", "budget": budget, "difference": d, "holds": d >= 0})
+    return out
+
+
+def markdown(data: dict) -> str:
+    p = data["provenance"]
+    c, s, f = p["certify"], p["search"], p["finetune"]
+    devices = sorted({r.get("device", "?") for r in data["runs"]})
+    head = (f"{p['arch']} on {p['dataset']}, sigma = {p['sigma']}; CERTIFY n0 = {c['n0']}, n = {c['n']}, alpha = "
+            f"{c['alpha']} on {len(p['test_indices'])} test images (every {c['skip']}th). Search: {s['episodes']} "
+            f"episodes ({s['warmup']} warm-up) on {s['search_images']} held-out validation images, n_p = {s['n_p']} "
+            f"({s['estimator']}), ARQ reward 0.1 * (dACR + {s['clean_weight']} * d clean accuracy), bits in "
+            f"{s['w_bits']}, pin first/last: {s['pin_first_last']}; random: the same number of evaluations. Every best "
+            f"policy: calibrated on {f['calibration_images']} noisy images, fine-tuned {f['epochs']} epoch(s) on "
+            f"{f['images']} noisy training images (lr {f['lr']}). Device: {', '.join(devices)}.")
+    rows = [[r["name"], f"{100 * r['bitops_fraction']:.3f}", f"{r['clean_accuracy']:.3f}", f"{r['acr']:.3f}",
+             f"{r['certified_accuracy']['0.25']:.3f}", f"{r['certified_accuracy']['0.5']:.3f}",
+             "-" if r["search_seconds"] is None else f"{r['search_seconds']:.0f}"] for r in data["rows"]]
+    table = markdown_table(["model", "BitOPs %", "clean acc", "ACR", "cert acc r=0.25", "cert acc r=0.5", "search s"],
+                           rows)
+    checks = markdown_table(["aim", "budget", "difference", "holds"],
+                            [[a["aim"], f"{a['budget']:g}", f"{a['difference']:+.4f}", "yes" if a["holds"] else "NO"]
+                             for a in data["aims"]])
+    return f"# Search benchmark\n\n{head}\n\n{table}\n\n## Aims (issue 6)\n\n{checks}\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "bench-search.yaml"))
+    parser.add_argument("--budgets", type=float, nargs="*", help="run only these budgets (default: the config's)")
+    parser.add_argument("--work", default=str(ROOT / "runs" / "bench_search"))
+    parser.add_argument("--name", default="search", help="results file stem under benchmarks/results")
+    parser.add_argument("--report-only", action="store_true", help="only merge the finished runs into the table")
+    args = parser.parse_args()
+    work = Path(args.work)
+    if not args.report_only:
+        for budget in args.budgets or load_config(args.config).search.budgets:
+            run_budget(args.config, budget, work)
+    data = collect(work)
+    data["software"] = software_versions()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(RESULTS / f"{args.name}.json", data)
+    atomic_write_text(RESULTS / f"{args.name}.md", markdown(data))
+    print(markdown(data))
+
+
+if __name__ == "__main__":
+    main()
