@@ -27,8 +27,9 @@ import torch
 
 from certquant.pipeline import load_config
 from certquant.pipeline.run import budget_dir, run_pipeline
+from certquant.smoothing.metrics import counted_radius, mean_ci
 from certquant.train import resolve_device
-from certquant.utils import atomic_write_json, atomic_write_text, software_versions
+from certquant.utils import atomic_write_json, atomic_write_text, read_jsonl
 from certquant.utils.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +61,7 @@ def collect(work: Path) -> dict[str, Any]:
     runs = sorted(p.parent for p in work.glob("budget-*/results.json"))
     if not runs:
         raise SystemExit(f"no finished run under {work}: run the benchmark first")
-    fp32, rows, runs_info = None, [], []
+    fp32, rows, runs_info, radii = None, [], [], {}
     for run in runs:
         results = json.loads((run / "results.json").read_text())
         bench = json.loads((run / "bench.json").read_text()) if (run / "bench.json").exists() else {}
@@ -70,15 +71,29 @@ def collect(work: Path) -> dict[str, Any]:
                 if fp32 is not None and (row["acr"], row["clean_accuracy"]) != (fp32["acr"], fp32["clean_accuracy"]):
                     print(f"note: FP32 of {run.name} differs from the first run's (ACR {row['acr']:.4f} vs "
                           f"{fp32['acr']:.4f}); the first is reported")
+                radii.setdefault("FP32", image_radii(run / "fp32" / "certify"))
                 fp32 = fp32 or row
             else:
                 rows.append(row)
+                radii[row["name"]] = image_radii(budget_dir(run, row["budget"]) / row["method"] / "certify")
     rows.sort(key=lambda r: (-r["budget"], r["method"] != "arq", r["method"]))
-    return {"provenance": results["provenance"], "runs": runs_info, "rows": [fp32, *rows], "aims": aims(fp32, rows)}
+    return {"provenance": results["provenance"], "runs": runs_info, "rows": [fp32, *rows],
+            "aims": aims(fp32, rows, radii)}
 
 
-def aims(fp32: dict, rows: list[dict]) -> list[dict]:
-    """Issue 6's aims, each with its margin and whether it holds."""
+def image_radii(certify_dir: Path) -> dict[int, float]:
+    """Per test image, the certified radius counted when correct (0 otherwise): the terms of the ACR."""
+    return {int(r["index"]): counted_radius(r) for r in read_jsonl(certify_dir / "certificates.jsonl")}
+
+
+def paired_ci(a: dict[int, float], b: dict[int, float]) -> list[float] | None:
+    """95% CI of ACR(a) - ACR(b) from the per-image differences on the same test images (paired, so the images'
+    own difficulty cancels)."""
+    return mean_ci([a[i] - b[i] for i in sorted(a) if i in b])
+
+
+def aims(fp32: dict, rows: list[dict], radii: dict[str, dict[int, float]]) -> list[dict]:
+    """Issue 6's aims, each with its margin, the paired 95% CI of ACR differences and whether it holds."""
     out = []
     for budget in sorted({r["budget"] for r in rows}, reverse=True):
         at = {r["method"]: r for r in rows if r["budget"] == budget}
@@ -88,13 +103,14 @@ def aims(fp32: dict, rows: list[dict]) -> list[dict]:
         if abs(budget - W4A4) < 1e-12:
             d_acr, d_clean = arq["acr"] - fp32["acr"], arq["clean_accuracy"] - fp32["clean_accuracy"]
             out.append({"aim": f"ARQ ACR within {ACR_MARGIN} of FP32", "budget": budget, "difference": d_acr,
-                        "holds": d_acr >= -ACR_MARGIN})
+                        "ci95": paired_ci(radii[arq["name"]], radii["FP32"]), "holds": d_acr >= -ACR_MARGIN})
             out.append({"aim": f"ARQ clean accuracy within {CLEAN_MARGIN * 100:g} points of FP32", "budget": budget,
                         "difference": d_clean, "holds": d_clean >= -CLEAN_MARGIN})
         for method, row in at.items():
             if method != "arq":
                 d = arq["acr"] - row["acr"]
-                out.append({"aim": f"ARQ ACR >= {method}", "budget": budget, "difference": d, "holds": d >= 0})
+                out.append({"aim": f"ARQ ACR >= {method}", "budget": budget, "difference": d,
+                            "ci95": paired_ci(radii[arq["name"]], radii[row["name"]]), "holds": d >= 0})
     return out
 
 
@@ -114,10 +130,14 @@ def markdown(data: dict) -> str:
              "-" if r["search_seconds"] is None else f"{r['search_seconds']:.0f}"] for r in data["rows"]]
     table = markdown_table(["model", "BitOPs %", "clean acc", "ACR", "cert acc r=0.25", "cert acc r=0.5", "search s"],
                            rows)
-    checks = markdown_table(["aim", "budget", "difference", "holds"],
-                            [[a["aim"], f"{a['budget']:g}", f"{a['difference']:+.4f}", "yes" if a["holds"] else "NO"]
-                             for a in data["aims"]])
+    checks = markdown_table(["aim", "budget", "difference", "paired 95% CI", "holds"],
+                            [[a["aim"], f"{a['budget']:g}", f"{a['difference']:+.4f}", _interval(a.get("ci95")),
+                              "yes" if a["holds"] else "NO"] for a in data["aims"]])
     return f"# Search benchmark\n\n{head}\n\n{table}\n\n## Aims (issue 6)\n\n{checks}\n"
+
+
+def _interval(ci: list[float] | None) -> str:
+    return "-" if not ci else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
 
 
 def main() -> None:
@@ -133,7 +153,6 @@ def main() -> None:
         for budget in args.budgets or load_config(args.config).search.budgets:
             run_budget(args.config, budget, work)
     data = collect(work)
-    data["software"] = software_versions()
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_json(RESULTS / f"{args.name}.json", data)
     atomic_write_text(RESULTS / f"{args.name}.md", markdown(data))

@@ -14,14 +14,16 @@ from certquant.utils.io import atomic_write_json, atomic_write_text
 
 def command_for(args: dict) -> str:
     parts = ["certquant", "train", "--dataset", args["dataset"], "--model", args["model"], "--sigma", str(args["sigma"]),
-             "--epochs", str(args["epochs"]), "--lr", str(args["lr"]), "--seed", str(args["seed"]), "--out", "RUN_DIR"]
-    return shlex.join(parts)
+             "--epochs", str(args["epochs"]), "--lr", str(args["lr"]), "--seed", str(args["seed"])]
+    if args.get("device", "auto") not in ("auto", "cpu"):
+        parts += ["--device", args["device"]]
+    return shlex.join(parts + ["--out", "RUN_DIR"])
 
 
 def main(runs: str) -> None:
     entries, notes = [], ["# How each zoo checkpoint was made", "",
-                          "Each file is `RUN_DIR/model.pt` of the command below (CPU, 2 cores); "
-                          "`scripts/train_zoo.sh` runs them all.", ""]
+                          "Each file is `RUN_DIR/model.pt` of the command below (on the CPU unless it names "
+                          "`--device cuda`); `scripts/train_zoo.sh` runs them all.", ""]
     for run in sorted(Path(runs).iterdir()):
         if not (run / "model.pt").is_file():
             continue
