@@ -69,7 +69,7 @@ def test_irs_of_a_quantized_checkpoint(setup, tmp_path):
     assert "mean zeta" in result.output and "base model: ACR" in result.output
     summary = json.loads((out / "summary.json").read_text())
     inc = summary["incremental"]
-    assert summary["indices"] == [0, 100, 200, 300, 400] and inc["n_p"] == 100 and inc["disparity"] == "two-sided"
+    assert summary["indices"] == [0, 100, 200, 300, 400] and inc["n_p"] == 100 and inc["disparity"] == "one-sided"  # the default
     assert sum(inc["branch_counts"].values()) == 5 and 0 < inc["mean_zeta"] <= 1
     assert summary["arguments"]["sigma"] == 0.25 and summary["base_checkpoint_sha256"]
     records = _records(out)

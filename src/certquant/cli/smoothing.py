@@ -64,8 +64,8 @@ def certify_cmd(
     n_p: Optional[int] = typer.Option(None, "--np", help="IRS: noise samples reused per image (1 to 10 percent of the base n)"),
     gamma: float = typer.Option(0.99, help="IRS: above this base pA_lower, certify directly with the n_p samples"),
     alpha_zeta: float = typer.Option(0.001, "--alpha-zeta", help="IRS: failure probability of the disparity bound zeta"),
-    disparity: str = typer.Option("two-sided", help="IRS: two-sided (bounds f != f') or one-sided (bounds f = c_A, "
-                                                             "f' != c_A; never looser)"),
+    disparity: str = typer.Option("one-sided", help="IRS: one-sided (bounds f = c_A, f' != c_A; never looser; the "
+                                                             "default by the benchmark) or two-sided (bounds f != f', the paper)"),
 ) -> None:
     """CERTIFY (Cohen et al.) every SKIP-th test image; resumable; writes certificates, summary and a Cohen TSV.
     With --incremental-from BASE_RUN --np N_P: incremental randomized smoothing (IRS) from the base run's cache."""

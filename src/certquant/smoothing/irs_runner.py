@@ -19,7 +19,7 @@ from certquant.smoothing.incremental import (
     BRANCH_ZETA,
     DEFAULT_ALPHA_ZETA,
     DEFAULT_GAMMA,
-    TWO_SIDED,
+    DEFAULT_DISPARITY,
     certify_incremental,
     validate_incremental_args,
 )
@@ -39,7 +39,7 @@ def certify_dataset_incremental(
     n_p: int,
     gamma: float = DEFAULT_GAMMA,
     alpha_zeta: float = DEFAULT_ALPHA_ZETA,
-    disparity: str = TWO_SIDED,
+    disparity: str = DEFAULT_DISPARITY,
     identity: dict | None = None,
     arguments: dict | None = None,
     provenance: dict | None = None,
