@@ -62,7 +62,7 @@ def bench_model(name: str, args: argparse.Namespace, done: dict) -> list[dict]:
     common = {"model": name, "arch": info["arch"], "checkpoint": path, "sha256": info["sha256"], "sigma": sigma,
               "eval_images": len(test_x), "settings": args.settings}
     rows = []
-    key = (name, "FP32")
+    key = (name, "FP32", info["sha256"])
     if key not in done:
         started = time.time()
         row = {**common, "config": "FP32", "bits": 32, "bitops_fraction": 1.0,
@@ -73,7 +73,7 @@ def bench_model(name: str, args: argparse.Namespace, done: dict) -> list[dict]:
         done[key] = row
     rows.append(done[key])
     for bits in args.bits:
-        key = (name, f"W{bits}A{bits}")
+        key = (name, f"W{bits}A{bits}", info["sha256"])
         if key in done:
             rows.append(done[key])
             continue
@@ -170,8 +170,9 @@ def main() -> None:
     args.settings = settings
     if args.fresh and PARTIAL.exists():
         PARTIAL.unlink()
-    # rows carry the settings they were made with, so a run with other settings never reuses them
-    done = {(r["model"], r["config"]): r for r in read_jsonl(PARTIAL) if r.get("settings") == settings}
+    # rows carry the settings and checkpoint hash they were made with: other settings or a retrained model never
+    # reuse them
+    done = {(r["model"], r["config"], r.get("sha256")): r for r in read_jsonl(PARTIAL) if r.get("settings") == settings}
     rows: list[dict] = []
     started = time.time()
     for name in args.models:
