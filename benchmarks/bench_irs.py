@@ -20,7 +20,7 @@ every sample count are called interleaved and timed; their certificates are chec
 (``timing_check``). ACR is over all images, times are means over the timed images.
 
     python benchmarks/bench_irs.py [--images 100] [--skip 100] [--sigmas 0.25 0.5] [--policies W8A8 W6A6 W4A4 mixed-8448]
-        [--fidelity-policies W5A5 W3A3 mixed-8358 W3A4 W4A3 W8A2 mixed-6336 mixed-2888] [--fractions 0.01 0.02 0.05 0.1 0.2] [--timed-images 10]
+        [--fidelity-policies W5A5 W3A3 mixed-8358 W3A4 W4A3 W8A2 mixed-6336 mixed-2888] [--fractions 0.01 0.02 0.05 0.1 0.2] [--timed-images 20]
         [--threads 1] [--work runs/bench_irs] [--name irs]
 
 Intermediate runs live in --work (resumable); results merge per sigma into benchmarks/results/<name>.json, .md and
@@ -348,7 +348,7 @@ def markdown(data: dict) -> str:
         f"alpha = {cfg['alpha']}; IRS with gamma = {cfg['gamma']}, alpha_zeta = {cfg['alpha_zeta']}; from scratch at "
         f"alpha_b = alpha + alpha_zeta. ACR over all images; seconds per image = mean over the first "
         f"{cfg['timed_images']} images, the real functions called interleaved ({data['threads']} torch thread(s), "
-        f"batch {cfg['batch']}, channels_last, {data['device']}, shared machine, {data['date']}). Speed-up = time from "
+        f"batch {cfg['batch']}, channels_last, {data['device']}, {data['date']}, no other job running). Speed-up = time from "
         "scratch needs for the same ACR (interpolated) / IRS time; (>=): IRS's ACR is above every from-scratch point "
         "(lower bound), (<=): below the cheapest one (upper bound). Full = CERTIFY at n, alpha (the reference).",
         "",
@@ -459,7 +459,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100, help="noise batch; make it divide every n_p")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--calib-images", type=int, default=512)
-    parser.add_argument("--timed-images", type=int, default=10)
+    parser.add_argument("--timed-images", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench_irs"))
     parser.add_argument("--name", default="irs", help="results file stem")
