@@ -5,7 +5,7 @@ calibrated and fine-tuned the same way, then certified with full CERTIFY on the 
 ``WORK/budget-<F>``; the budgets can run as separate processes (``--budgets``), and ``--report-only`` merges
 whatever runs exist into one table with the full-precision model on the first row:
 
-    python benchmarks/bench_search.py [--config configs/bench-search.yaml] [--budgets 0.015625 0.0125]
+    python benchmarks/bench_search.py [--config configs/bench-search.yaml] [--budgets 0.015625 0.0125] [--parallel]
         [--work runs/bench_search] [--name search] [--report-only]
 
 Writes benchmarks/results/<name>.json and <name>.md: per model clean smoothed accuracy, ACR, certified accuracy at
@@ -19,6 +19,8 @@ import argparse
 import dataclasses
 import json
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,27 @@ def run_budget(config: str, budget: float, work: Path) -> None:
     run_pipeline(cfg, out, resume=True)
     atomic_write_json(out / "bench.json", {"device": device_name(device), "seconds": time.time() - started,
                                            "date": time.strftime("%Y-%m-%d %H:%M")})
+
+
+def run_parallel(config: str, budgets: list[float], work: Path) -> None:
+    """Each budget in its own process (this script with --budgets B), waiting for all; fails if any failed."""
+    work.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for budget in budgets:
+        log = open(work / f"budget-{budget:g}.log", "w")
+        cmd = [sys.executable, __file__, "--config", config, "--budgets", str(budget), "--work", str(work),
+               "--name", f"tmp-{budget:g}"]
+        procs.append((budget, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+    failed = []
+    for budget, proc, log in procs:
+        if proc.wait() != 0:
+            failed.append(budget)
+        log.close()
+    for budget in budgets:
+        for suffix in ("json", "md"):
+            (RESULTS / f"tmp-{budget:g}.{suffix}").unlink(missing_ok=True)
+    if failed:
+        raise SystemExit(f"budget(s) {failed} failed: see {work}/budget-<F>.log, then rerun (finished stages are kept)")
 
 
 def collect(work: Path) -> dict[str, Any]:
@@ -147,10 +170,17 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench_search"))
     parser.add_argument("--name", default="search", help="results file stem under benchmarks/results")
     parser.add_argument("--report-only", action="store_true", help="only merge the finished runs into the table")
+    parser.add_argument("--parallel", action="store_true",
+                        help="one process per budget (a GPU is mostly idle under one search); logs in WORK/*.log")
     args = parser.parse_args()
     work = Path(args.work)
-    if not args.report_only:
-        for budget in args.budgets or load_config(args.config).search.budgets:
+    budgets = args.budgets or load_config(args.config).search.budgets
+    if args.report_only:
+        pass
+    elif args.parallel:
+        run_parallel(args.config, budgets, work)
+    else:
+        for budget in budgets:
             run_budget(args.config, budget, work)
     data = collect(work)
     RESULTS.mkdir(parents=True, exist_ok=True)
