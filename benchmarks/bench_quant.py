@@ -111,7 +111,7 @@ def markdown(rows: list[dict], args: argparse.Namespace, checks: list[dict]) -> 
         f"noise (mean +- std over noise seeds {args.noise_seeds}). PTQ: calibrated on {args.calib_images} noisy "
         f"training images (noise = checkpoint sigma). FT: PTQ then {args.finetune_epochs} epoch(s) of noise-aware "
         f"fine-tuning on {args.finetune_images} training images (SGD lr {args.lr}, batch 128, one seed). "
-        "Delta = quantized - FP32, in points. Weights per-channel symmetric (MSE clip below 5 bits); activations "
+        "Delta = quantized - FP32, in points. Weights per-channel symmetric (MSE clip at 2 bits); activations "
         "per-tensor, signed for the first layer, unsigned after ReLU (MSE clip below 8 bits).",
         "",
         "| model | config | BitOPs / FP32 | clean | noisy | d clean | d noisy | FT clean | FT noisy | FT d clean | FT d noisy |",

@@ -92,7 +92,7 @@ def quantize(
 ) -> nn.Module:
     """A fake-quantized deep copy of ``model`` (the original is untouched), in eval mode.
 
-    Weights: per output channel, symmetric, c = max|w| (MSE clip search below 5 bits). Activations (each layer's
+    Weights: per output channel, symmetric, c = max|w| (MSE clip search at 2 bits and below). Activations (each layer's
     input): one range per layer from ``calibration_data`` (a tensor of NOISY images, or an iterable of batches or
     (x, y) pairs), unsigned when never negative, signed otherwise; c_a = the calibrated max at >= 8 bits, an MSE
     choice below (``act_clip``: auto, max, mse, percentile). Ranges are buffers, so they travel in the state_dict.
