@@ -20,7 +20,8 @@ every sample count are called interleaved and timed; their certificates are chec
 (``timing_check``). ACR is over all images, times are means over the timed images.
 
     python benchmarks/bench_irs.py [--images 100] [--skip 100] [--sigmas 0.25 0.5] [--policies W8A8 W6A6 W4A4 mixed-8448]
-        [--fidelity-policies W5A5 W3A3 mixed-8358 W3A4 W4A3 W8A2 mixed-6336 mixed-2888] [--fractions 0.01 0.02 0.05 0.1 0.2] [--timed-images 20]
+        [--fidelity-policies W5A5 W3A3 mixed-8358 W3A4 W4A3 W8A2 mixed-6336 mixed-2888]
+        [--fractions 0.01 0.02 0.05 0.1 0.2] [--timed-images 20]
         [--threads 1] [--work runs/bench_irs] [--name irs]
 
 Intermediate runs live in --work (resumable); results merge per sigma into benchmarks/results/<name>.json, .md and
@@ -299,11 +300,12 @@ def run_sigma(sigma: float, args) -> dict:
         print(f"sigma {sigma} {name}: full ACR {result['policies'][name]['full']['acr']:.4f}", flush=True)
         result["seconds"] = time.time() - started
         write_results(sigma, result, args)
+    by_n_p = {n_p: fidelity(result["policies"], n_p) for n_p in sample_counts}
+    result["fidelity_by_n_p"] = {str(n_p): {k: fid[k] for k in ("spearman", "pairwise_agreement")}
+                                 for n_p, fid in by_n_p.items()}
     fid_np = int(round(args.fidelity_fraction * args.n))
-    if fid_np in sample_counts:
-        result["fidelity"] = fidelity(result["policies"], fid_np)
-    result["fidelity_by_n_p"] = {str(n_p): {k: fidelity(result["policies"], n_p)[k]
-                                            for k in ("spearman", "pairwise_agreement")} for n_p in sample_counts}
+    if fid_np in by_n_p:
+        result["fidelity"] = by_n_p[fid_np]
     result["seconds"] = time.time() - started
     write_results(sigma, result, args)
     return result
@@ -348,8 +350,8 @@ def markdown(data: dict) -> str:
         f"alpha = {cfg['alpha']}; IRS with gamma = {cfg['gamma']}, alpha_zeta = {cfg['alpha_zeta']}; from scratch at "
         f"alpha_b = alpha + alpha_zeta. ACR over all images; seconds per image = mean over the first "
         f"{cfg['timed_images']} images, the real functions called interleaved ({data['threads']} torch thread(s), "
-        f"batch {cfg['batch']}, channels_last, {data['device']}, {data['date']}, no other job running). Speed-up = time from "
-        "scratch needs for the same ACR (interpolated) / IRS time; (>=): IRS's ACR is above every from-scratch point "
+        f"batch {cfg['batch']}, channels_last, {data['device']}, {data['date']}, no other job running). Speed-up = "
+        "time from scratch needs for the same ACR (interpolated) / IRS time; (>=): IRS's ACR is above every from-scratch point "
         "(lower bound), (<=): below the cheapest one (upper bound). Full = CERTIFY at n, alpha (the reference).",
         "",
     ]
@@ -447,7 +449,8 @@ def main() -> None:
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5], choices=sorted(CHECKPOINTS))
     parser.add_argument("--policies", nargs="+", default=["W8A8", "W6A6", "W4A4", "mixed-8448"], choices=list(POLICIES),
                         help="policies measured for time (speed-up) and ACR")
-    parser.add_argument("--fidelity-policies", nargs="*", default=["W5A5", "W3A3", "mixed-8358", "W3A4", "W4A3", "W8A2", "mixed-6336", "mixed-2888"],
+    parser.add_argument("--fidelity-policies", nargs="*",
+                        default=["W5A5", "W3A3", "mixed-8358", "W3A4", "W4A3", "W8A2", "mixed-6336", "mixed-2888"],
                         choices=list(POLICIES), help="further policies for the reward-fidelity check (ACR only)")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1, 0.2])
     parser.add_argument("--fidelity-fraction", type=float, default=0.1)

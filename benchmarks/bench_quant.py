@@ -172,7 +172,8 @@ def main() -> None:
         PARTIAL.unlink()
     # rows carry the settings and checkpoint hash they were made with: other settings or a retrained model never
     # reuse them
-    done = {(r["model"], r["config"], r.get("sha256")): r for r in read_jsonl(PARTIAL) if r.get("settings") == settings}
+    done = {(r["model"], r["config"], r.get("sha256")): r
+            for r in read_jsonl(PARTIAL) if r.get("settings") == settings}
     rows: list[dict] = []
     started = time.time()
     for name in args.models:

@@ -59,22 +59,19 @@ def run_budget(config: str, budget: float, work: Path) -> None:
 
 
 def run_parallel(config: str, budgets: list[float], work: Path) -> None:
-    """Each budget in its own process (this script with --budgets B), waiting for all; fails if any failed."""
+    """Each budget in its own process (this script with --budgets B --run-only), waiting for all; fails if any did."""
     work.mkdir(parents=True, exist_ok=True)
     procs = []
     for budget in budgets:
         log = open(work / f"budget-{budget:g}.log", "w")
         cmd = [sys.executable, __file__, "--config", config, "--budgets", str(budget), "--work", str(work),
-               "--name", f"tmp-{budget:g}"]
+               "--run-only"]
         procs.append((budget, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
     failed = []
     for budget, proc, log in procs:
         if proc.wait() != 0:
             failed.append(budget)
         log.close()
-    for budget in budgets:
-        for suffix in ("json", "md"):
-            (RESULTS / f"tmp-{budget:g}.{suffix}").unlink(missing_ok=True)
     if failed:
         raise SystemExit(f"budget(s) {failed} failed: see {work}/budget-<F>.log, then rerun (finished stages are kept)")
 
@@ -170,18 +167,20 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench_search"))
     parser.add_argument("--name", default="search", help="results file stem under benchmarks/results")
     parser.add_argument("--report-only", action="store_true", help="only merge the finished runs into the table")
+    parser.add_argument("--run-only", action="store_true", help="only run (or resume) the budgets; no table")
     parser.add_argument("--parallel", action="store_true",
                         help="one process per budget (a GPU is mostly idle under one search); logs in WORK/*.log")
     args = parser.parse_args()
     work = Path(args.work)
     budgets = args.budgets or load_config(args.config).search.budgets
-    if args.report_only:
-        pass
-    elif args.parallel:
-        run_parallel(args.config, budgets, work)
-    else:
-        for budget in budgets:
-            run_budget(args.config, budget, work)
+    if not args.report_only:
+        if args.parallel:
+            run_parallel(args.config, budgets, work)
+        else:
+            for budget in budgets:
+                run_budget(args.config, budget, work)
+    if args.run_only:
+        return
     data = collect(work)
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_json(RESULTS / f"{args.name}.json", data)

@@ -40,7 +40,8 @@ def search_cmd(
     alpha: float = typer.Option(0.001, help="failure probability of each certificate"),
     batch: int = typer.Option(1000, "--batch", help="noisy samples per forward pass (part of the noise seeding)"),
     lam: float = typer.Option(0.1, "--lambda", help="reward scale lambda"),
-    clean_weight: float = typer.Option(1.0, help="arq: weight of the clean smoothed accuracy difference beside the ACR's (0: ACR alone)"),
+    clean_weight: float = typer.Option(1.0, help="arq: weight of the clean smoothed accuracy difference beside the "
+                                       "ACR's (0: ACR alone)"),
     noise_copies: int = typer.Option(16, help="haq: noisy copies per search image"),
     calib_images: int = typer.Option(256, help="noisy calibration inputs (search images + certification noise)"),
     finetune_steps: int = typer.Option(0, help="noisy fine-tuning steps per candidate (0: none)"),

@@ -111,7 +111,8 @@ class Pipeline:
         if (search_dir / "summary.json").exists():
             return Policy.load(search_dir / "best_policy.json")
         reward = "haq" if method == "haq" else "arq"
-        eval_config = EvalConfig(reward=reward, estimator=s.estimator, clean_weight=s.clean_weight, n0=self.cfg.certify.n0, n_p=s.n_p,
+        eval_config = EvalConfig(reward=reward, estimator=s.estimator, clean_weight=s.clean_weight,
+                                 n0=self.cfg.certify.n0, n_p=s.n_p,
                                  n_fp=self.cfg.certify.n, alpha=self.cfg.certify.alpha, batch_size=self.cfg.certify.batch,
                                  seed=s.seed)
         search, evaluator = build_search(self.model, self.info, self.sigma, self._env(budget), eval_config, method,
