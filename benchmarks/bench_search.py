@@ -2,11 +2,12 @@
 
 Each budget is one ``certquant run`` (the pipeline: FP32 certified once, each method searched, its best policy
 calibrated and fine-tuned the same way, then certified with full CERTIFY on the same test subset), in
-``WORK/budget-<F>``; the budgets can run as separate processes (``--budgets``), and ``--report-only`` merges
-whatever runs exist into one table with the full-precision model on the first row:
+``WORK/budget-<F>``, or with ``--methods`` a run of only those methods in ``WORK/budget-<F>-<methods>``. Budgets
+(and with ``--split-methods`` each method) can run as separate processes (``--parallel``); ``--report-only`` merges
+whatever runs exist under WORK into one table with the full-precision model on the first row:
 
-    python benchmarks/bench_search.py [--config configs/bench-search.yaml] [--budgets 0.015625 0.0125] [--parallel]
-        [--work runs/bench_search] [--name search] [--report-only]
+    python benchmarks/bench_search.py [--config configs/bench-search.yaml] [--budgets 0.015625 0.0125]
+        [--methods arq haq] [--parallel [--split-methods]] [--work runs/bench_search] [--name search] [--report-only]
 
 Writes benchmarks/results/<name>.json and <name>.md: per model clean smoothed accuracy, ACR, certified accuracy at
 r = 0.25 / 0.5, BitOPs fraction, search seconds; then the aims of issue 6 checked (ARQ vs FP32 at the W4A4 budget,
@@ -46,11 +47,19 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def run_budget(config: str, budget: float, work: Path) -> None:
-    """One pipeline run at one budget (resumable: rerunning continues where it stopped)."""
+def run_folder(work: Path, budget: float, methods: list[str] | None) -> Path:
+    """``WORK/budget-<F>`` for all the config's methods, ``WORK/budget-<F>-<m1>-<m2>`` for a subset."""
+    folder = budget_dir(work, budget)
+    return folder.with_name(f"{folder.name}-{'-'.join(methods)}") if methods else folder
+
+
+def run_budget(config: str, budget: float, work: Path, methods: list[str] | None = None) -> None:
+    """One pipeline run at one budget, of the config's methods or only ``methods`` (resumable: rerunning continues
+    where it stopped)."""
     cfg = load_config(config)
-    cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, budgets=[budget]))
-    out = budget_dir(work, budget)
+    search = dataclasses.replace(cfg.search, budgets=[budget], methods=methods or cfg.search.methods)
+    cfg = dataclasses.replace(cfg, search=search)
+    out = run_folder(work, budget, methods)
     device = resolve_device(cfg.device)
     started = time.time()
     run_pipeline(cfg, out, resume=True)
@@ -58,27 +67,34 @@ def run_budget(config: str, budget: float, work: Path) -> None:
                                            "date": time.strftime("%Y-%m-%d %H:%M")})
 
 
-def run_parallel(config: str, budgets: list[float], work: Path) -> None:
-    """Each budget in its own process (this script with --budgets B --run-only), waiting for all; fails if any did."""
+def run_parallel(config: str, budgets: list[float], work: Path, methods: list[str] | None = None,
+                 split_methods: bool = False) -> None:
+    """Each budget (with ``split_methods`` each (budget, method)) in its own process (this script with --budgets B
+    [--methods M] --run-only), waiting for all; fails if any did. Split runs each certify FP32 themselves."""
     work.mkdir(parents=True, exist_ok=True)
+    groups: list[list[str] | None] = [[m] for m in methods or load_config(config).search.methods] if split_methods \
+        else [methods]
     procs = []
     for budget in budgets:
-        log = open(work / f"budget-{budget:g}.log", "w")
-        cmd = [sys.executable, __file__, "--config", config, "--budgets", str(budget), "--work", str(work),
-               "--run-only"]
-        procs.append((budget, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+        for group in groups:
+            folder = run_folder(work, budget, group)
+            log = open(folder.with_name(folder.name + ".log"), "w")
+            cmd = [sys.executable, __file__, "--config", config, "--budgets", str(budget), "--work", str(work),
+                   "--run-only", *(["--methods", *group] if group else [])]
+            procs.append((folder.name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
     failed = []
-    for budget, proc, log in procs:
+    for name, proc, log in procs:
         if proc.wait() != 0:
-            failed.append(budget)
+            failed.append(name)
         log.close()
     if failed:
-        raise SystemExit(f"budget(s) {failed} failed: see {work}/budget-<F>.log, then rerun (finished stages are kept)")
+        raise SystemExit(f"{failed} failed: see their logs in {work}, then rerun (finished stages are kept)")
 
 
 def collect(work: Path) -> dict[str, Any]:
-    """Merge every finished budget run of ``work``: one FP32 row (checked identical across runs), then each method."""
+    """Merge every finished run of ``work``: one FP32 row (checked identical across runs), then each method."""
     runs = sorted(p.parent for p in work.glob("budget-*/results.json"))
+    seen: set[str] = set()
     if not runs:
         raise SystemExit(f"no finished run under {work}: run the benchmark first")
     fp32, rows, runs_info, radii = None, [], [], {}
@@ -94,6 +110,10 @@ def collect(work: Path) -> dict[str, Any]:
                 radii.setdefault("FP32", image_radii(run / "fp32" / "certify"))
                 fp32 = fp32 or row
             else:
+                if row["name"] in seen:
+                    raise SystemExit(f"{row['name']} is in two runs under {work} (e.g. budget-<F> and "
+                                     f"budget-<F>-{row['method']}): keep one, then rerun --report-only")
+                seen.add(row["name"])
                 rows.append(row)
                 radii[row["name"]] = image_radii(budget_dir(run, row["budget"]) / row["method"] / "certify")
     rows.sort(key=lambda r: (-r["budget"], r["method"] != "arq", r["method"]))
@@ -168,17 +188,21 @@ def main() -> None:
     parser.add_argument("--name", default="search", help="results file stem under benchmarks/results")
     parser.add_argument("--report-only", action="store_true", help="only merge the finished runs into the table")
     parser.add_argument("--run-only", action="store_true", help="only run (or resume) the budgets; no table")
+    parser.add_argument("--methods", nargs="*", choices=["uniform", "arq", "haq", "random"],
+                        help="run only these methods (default: the config's)")
     parser.add_argument("--parallel", action="store_true",
                         help="one process per budget (a GPU is mostly idle under one search); logs in WORK/*.log")
+    parser.add_argument("--split-methods", action="store_true",
+                        help="with --parallel: one process per (budget, method); each certifies FP32 itself")
     args = parser.parse_args()
     work = Path(args.work)
     budgets = args.budgets or load_config(args.config).search.budgets
     if not args.report_only:
         if args.parallel:
-            run_parallel(args.config, budgets, work)
+            run_parallel(args.config, budgets, work, args.methods, args.split_methods)
         else:
             for budget in budgets:
-                run_budget(args.config, budget, work)
+                run_budget(args.config, budget, work, args.methods)
     if args.run_only:
         return
     data = collect(work)

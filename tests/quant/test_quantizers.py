@@ -130,3 +130,13 @@ def test_32_bits_is_identity_and_modules_keep_their_type():
     assert torch.equal(q(x), linear(x))
     assert isinstance(q, torch.nn.Linear) and q.weight is linear.weight
     assert isinstance(q.to_float(), torch.nn.Linear) and type(q.to_float()) is torch.nn.Linear
+
+
+def test_round_without_gradient_equals_the_straight_through_values():
+    """The no-grad fast path (plain round) gives bit-identical values to x + (round(x) - x) of the STE path."""
+    x = torch.randn(200_000, generator=torch.Generator().manual_seed(0)) * 300
+    x = torch.cat([x, torch.arange(-40, 40) / 2.0, torch.tensor([0.49999997, -0.49999997, 2.5, -1.5])])
+    with_grad = round_ste(x.clone().requires_grad_(True)).detach()
+    with torch.no_grad():
+        plain = round_ste(x)
+    assert torch.equal(plain, with_grad) and torch.equal(plain, torch.round(x))

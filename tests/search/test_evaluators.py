@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from certquant.quant import Policy, quantizable_layers
-from certquant.search.evaluators import ESTIMATORS, EvalConfig, PolicyEvaluator, ScratchEstimator, register_estimator
+from certquant.search.evaluators import ESTIMATORS, ACREstimator, EvalConfig, PolicyEvaluator, register_estimator
+from certquant.smoothing import certify
 from certquant.utils.errors import CertquantError
 
 SIGMA = 0.25  # the noise the search fixtures' CNN was trained with (tests/search/conftest.py)
@@ -62,12 +63,13 @@ def test_estimator_is_a_strategy(trained_cnn, search_set):
     calls = []
 
     @register_estimator
-    class Counting(ScratchEstimator):
+    class Counting(ACREstimator):  # only certify_image: the base class loops over the search images
         name = "counting-test"
 
         def certify_image(self, model, k, x, seed):
             calls.append(k)
-            return super().certify_image(model, k, x, seed)
+            cert = certify(model, x, self.sigma, self.config.n0, self.config.n_p, self.config.alpha, seed=seed)
+            return cert.label, cert.radius
 
     try:
         ev = evaluator(trained_cnn, search_set, estimator="counting-test")
@@ -75,6 +77,14 @@ def test_estimator_is_a_strategy(trained_cnn, search_set):
         assert len(calls) == 2 * len(search_set[0])  # FP32 reference, then the candidate
     finally:
         ESTIMATORS.pop("counting-test")
+
+
+def test_scratch_batches_search_images_without_changing_certificates(trained_cnn, search_set):
+    """The scratch estimator certifies all search images at once (certify_many): the same as one by one."""
+    ev = evaluator(trained_cnn, search_set)
+    qmodel = ev.quantized(Policy.uniform(ev.layers, 4, arch="small-cnn"))
+    one_by_one = [ev.estimator.certify_image(qmodel, k, ev.images[k], ev.seeds[k]) for k in range(len(ev.images))]
+    assert ev.estimator.certify_all(qmodel, ev.images, ev.seeds) == one_by_one
 
 
 def test_bad_evaluator_settings(trained_cnn, search_set):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from certquant.models import build
-from certquant.smoothing import ABSTAIN, ESTIMATION, batch_seed, certify, predict, sample_counts
+from certquant.smoothing import ABSTAIN, ESTIMATION, batch_seed, certify, certify_many, predict, sample_counts
 from certquant.smoothing.core import _evaluating
 from certquant.utils.errors import CertquantError
 
@@ -94,3 +94,27 @@ def test_bad_inputs_raise_one_line_errors(cnn, linear_case):
         certify(cnn, x * 4 - 2, 0.25, n0=5, n=10)
     with pytest.raises(CertquantError, match="n must be >= 1"):
         predict(cnn, x, 0.25, n=0, alpha=0.01, batch_size=10, seed=0)
+
+
+@pytest.mark.parametrize("max_forward", [1, 250, 5000])
+def test_certify_many_equals_certify_per_image(cnn, max_forward):
+    """Packing several images' noise into one forward pass draws the same noise: the same certificates as certify."""
+    images = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    seeds = [11, 12, 13, 14, 15]
+    many = certify_many(cnn, list(images), 0.25, n0=30, n=240, alpha=0.001, batch_size=100, seeds=seeds,
+                        max_forward=max_forward)
+    for x, seed, got in zip(images, seeds, many):
+        want = certify(cnn, x, 0.25, n0=30, n=240, alpha=0.001, batch_size=100, seed=seed)
+        assert (got.label, got.c_a, got.n_a, got.counts, got.pa_lower, got.radius, got.seed) == (
+            want.label, want.c_a, want.n_a, want.counts, want.pa_lower, want.radius, want.seed)
+
+
+def test_certify_many_bad_input(cnn):
+    images = list(torch.rand(2, 1, 28, 28))
+    with pytest.raises(CertquantError, match="seeds"):
+        certify_many(cnn, images, 0.25, n0=10, n=20, seeds=[1])
+    with pytest.raises(CertquantError, match="sigma"):
+        certify_many(cnn, images, 0.0, n0=10, n=20, seeds=[1, 2])
+    with pytest.raises(CertquantError, match="batch"):
+        certify_many(cnn, [torch.rand(2, 1, 28, 28)], 0.25, n0=10, n=20, seeds=[1])
+    assert certify_many(cnn, [], 0.25, seeds=[]) == []

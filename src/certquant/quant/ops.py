@@ -14,7 +14,11 @@ CLIP_RATIOS = torch.linspace(1.0, 0.01, 100)  # candidate clip ratios c / max|x|
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
-    """round(x) forward, identity backward (straight-through estimator, Bengio et al. 2013)."""
+    """round(x) forward, identity backward (straight-through estimator, Bengio et al. 2013). Without a gradient to
+    carry (certification, calibration) it is plain round(x): the same values (x + (round(x) - x) is exact, |round(x)
+    - x| <= 1/2 and Sterbenz), two fewer passes over every activation."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return torch.round(x)
     return x + (torch.round(x) - x).detach()
 
 

@@ -123,11 +123,14 @@ class RangeObserver:
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
-        flat = x.detach().reshape(-1).float().cpu()
-        self.min = min(self.min, float(flat.min()))
-        self.max = max(self.max, float(flat.max()))
+        """Record one batch; the sample stays on x's device (the clip search runs there: on a GPU, moving it to the
+        CPU made calibration most of a search candidate's cost)."""
+        flat = x.detach().reshape(-1).float()
+        low, high = (float(v) for v in torch.stack(torch.aminmax(flat)).tolist())
+        self.min, self.max = min(self.min, low), max(self.max, high)
         if flat.numel() > self.per_batch:
-            flat = flat[torch.randint(flat.numel(), (self.per_batch,), generator=self.generator)]
+            picks = torch.randint(flat.numel(), (self.per_batch,), generator=self.generator)
+            flat = flat[picks.to(flat.device)]
         self.samples.append(flat)
 
     @property
@@ -146,7 +149,8 @@ class RangeObserver:
             return top
         sample = torch.cat(self.samples)
         if sample.numel() > self.max_samples:
-            sample = sample[torch.randint(sample.numel(), (self.max_samples,), generator=self.generator)]
+            picks = torch.randint(sample.numel(), (self.max_samples,), generator=self.generator)
+            sample = sample[picks.to(sample.device)]
         if method == "percentile":
             return float(torch.quantile(sample.abs(), ACT_PERCENTILE))
         # MSE search over c = r * top, with top the exact max over all batches (the sample's own max may be lower)

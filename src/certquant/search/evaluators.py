@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from certquant.quant import Policy, bitops_fraction, finetune, noisy_calibration_batch, quantizable_layers, quantize
-from certquant.smoothing import ABSTAIN, certify, certify_incremental, image_seed, validate_smoothing_args
+from certquant.smoothing import ABSTAIN, certify, certify_incremental, certify_many, image_seed, validate_smoothing_args
 from certquant.smoothing.incremental import ONE_SIDED, TWO_SIDED, validate_incremental_args
 from certquant.train import accuracy
 from certquant.utils.errors import CertquantError
@@ -64,7 +64,9 @@ class EvalConfig:
     alpha: float = 0.001
     """Failure probability of each certificate."""
     batch_size: int = 1000
-    """Noisy samples per forward pass (part of the noise seeding)."""
+    """Noisy samples per noise batch (part of the noise seeding)."""
+    max_forward: int = 5000
+    """scratch only: at most this many noisy samples (of several search images) per forward pass."""
     noise_copies: int = 16
     """haq only: noisy copies of each search image for the top-1 accuracy."""
     calib_images: int = 256
@@ -89,8 +91,9 @@ class EvalConfig:
             raise CertquantError(f"unknown ACR estimator '{self.estimator}': use one of {', '.join(ESTIMATORS)}")
         if self.lam <= 0:
             raise CertquantError(f"lambda must be > 0, got {self.lam}")
-        if min(self.noise_copies, self.calib_images, self.finetune_batch) < 1 or self.finetune_steps < 0:
-            raise CertquantError("noise copies, calibration images and fine-tuning batch must be >= 1, steps >= 0")
+        if min(self.noise_copies, self.calib_images, self.finetune_batch, self.max_forward) < 1 or self.finetune_steps < 0:
+            raise CertquantError("noise copies, calibration images, fine-tuning batch and samples per forward pass "
+                                 "must be >= 1, steps >= 0")
         validate_smoothing_args(0.5, self.alpha, self.batch_size, self.seed, n0=self.n0, n_p=self.n_p, n_fp=self.n_fp)
         if self.estimator in ("irs", "irs-one-sided"):
             validate_incremental_args(self.n_p, self.gamma, self.alpha_zeta, "two-sided", self.alpha)
@@ -118,11 +121,15 @@ class ACREstimator:
         """(predicted class or ABSTAIN, certified radius) of search image ``k`` (pixels ``x``, noise seed ``seed``)."""
         raise NotImplementedError
 
+    def certify_all(self, model: nn.Module, images: torch.Tensor, seeds: Sequence[int]) -> list[tuple[int, float]]:
+        """(predicted class or ABSTAIN, certified radius) of every search image; one ``certify_image`` each unless a
+        subclass batches them."""
+        return [self.certify_image(model, k, images[k], seeds[k]) for k in range(len(images))]
+
     def estimate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, seeds: Sequence[int]) -> Terms:
         """ACR (a radius counts when certified and correct), clean smoothed accuracy and abstain rate."""
         radii, correct, abstained = [], 0, 0
-        for k in range(len(images)):
-            label, radius = self.certify_image(model, k, images[k], seeds[k])
+        for k, (label, radius) in enumerate(self.certify_all(model, images, seeds)):
             hit = label == int(labels[k])
             radii.append(radius if hit else 0.0)
             correct += hit
@@ -140,6 +147,13 @@ class ScratchEstimator(ACREstimator):
         cfg = self.config
         cert = certify(model, x, self.sigma, cfg.n0, cfg.n_p, cfg.alpha, cfg.batch_size, seed)
         return cert.label, cert.radius
+
+    def certify_all(self, model: nn.Module, images: torch.Tensor, seeds: Sequence[int]) -> list[tuple[int, float]]:
+        """All search images at once (``certify_many``: the same noise, several images per forward pass)."""
+        cfg = self.config
+        certs = certify_many(model, list(images), self.sigma, cfg.n0, cfg.n_p, cfg.alpha, cfg.batch_size, seeds,
+                             max_forward=cfg.max_forward)
+        return [(cert.label, cert.radius) for cert in certs]
 
 
 class IRSEstimator(ACREstimator):

@@ -12,9 +12,11 @@ from certquant.smoothing.core import (
     Certificate,
     CertificationCache,
     certify,
+    certify_many,
     model_device,
     predict,
     sample_counts,
+    sample_counts_many,
     validate_smoothing_args,
 )
 from certquant.smoothing.incremental import (
@@ -54,6 +56,7 @@ __all__ = [
     "certify_dataset",
     "certify_dataset_incremental",
     "certify_incremental",
+    "certify_many",
     "certify_metrics",
     "clopper_pearson_lower",
     "clopper_pearson_upper",
@@ -67,5 +70,6 @@ __all__ = [
     "predict_metrics",
     "radius_grid",
     "sample_counts",
+    "sample_counts_many",
     "validate_smoothing_args",
 ]
