@@ -10,8 +10,11 @@ import torch
 from typer.testing import CliRunner
 
 from certquant.cli.main import app
+from certquant.models import load_checkpoint
 from certquant.pipeline.config import config_from_dict, load_config
 from certquant.pipeline.run import run_pipeline
+from certquant.quant import Policy
+from certquant.quant.quantize import quantized_policy
 from certquant.train import TrainConfig, train
 from certquant.utils.errors import CertquantError
 
@@ -117,3 +120,18 @@ def test_resume_with_another_config_is_refused(checkpoint, tmp_path):
 def test_default_config_file_equals_built_in_defaults():
     assert load_config(REPO / "configs" / "default.yaml") == load_config(None)
     load_config(REPO / "configs" / "paper-cifar10-resnet20.yaml")
+
+
+def test_final_selection_rescores_the_top_policies_on_fresh_images(checkpoint, tmp_path):
+    out = tmp_path / "run"
+    results = run_pipeline(tiny_config(checkpoint, final_top_k=2, final_images=5), out, progress=False)
+    selection = json.loads((out / "budget-0.015625" / "arq" / "search" / "final_selection.json").read_text())
+    assert selection["k"] == 2 and len(selection["candidates"]) == 2
+    assert not (out / "budget-0.015625" / "uniform" / "search" / "final_selection.json").exists()
+    best = max(selection["candidates"], key=lambda c: c["final_reward"])
+    arq = next(row for row in results["rows"] if row["name"] == "arq@0.015625")
+    model, _ = load_checkpoint(out / "budget-0.015625" / "arq" / "model.pt")
+    assert quantized_policy(model).w_bits == best["w_bits"] and quantized_policy(model).a_bits == best["a_bits"]
+    assert Policy.from_dict(selection["policy"]).w_bits == best["w_bits"] and arq["bitops_fraction"] <= 0.015625
+    with pytest.raises(CertquantError, match="final_top_k"):
+        tiny_config(checkpoint, final_top_k=0)

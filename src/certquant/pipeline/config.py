@@ -40,6 +40,8 @@ class SearchConfig:
     w_bits: list[int] = field(default_factory=lambda: [2, 8])  # [b_min, b_max] for weights
     a_bits: list[int] = field(default_factory=lambda: [2, 8])  # [b_min, b_max] for activations
     pin_first_last: bool = False  # HAQ's convention: first and last layer at 8 bits
+    final_top_k: int = 1  # re-score the k best distinct policies of each search on fresh images; 1: the search's best
+    final_images: int = 200  # fresh held-out validation images of that final selection (after the search set's)
     seed: int = 0
 
 
@@ -117,5 +119,7 @@ def validate(cfg: RunConfig) -> None:
     unknown = set(cfg.search.methods) - {"arq", "haq", "uniform", "random"}
     if unknown:
         raise CertquantError(f"unknown method(s) {', '.join(sorted(unknown))}: use arq, haq, uniform, random")
+    if cfg.search.final_top_k < 1 or cfg.search.final_images < 1:
+        raise CertquantError("search.final_top_k and search.final_images must be >= 1 (final_top_k 1: no re-selection)")
     if cfg.certify.n0 < 1 or cfg.certify.n < 1 or not 0 < cfg.certify.alpha < 1:
         raise CertquantError("certify needs n0 >= 1, n >= 1 and 0 < alpha < 1")

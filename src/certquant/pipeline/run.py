@@ -26,7 +26,8 @@ from certquant.quant import Policy, quantize_checkpoint
 from certquant.quant.checkpoint import input_shape
 from certquant.report.run_report import write_report
 from certquant.search import EnvConfig, EvalConfig
-from certquant.search.job import build_search
+from certquant.search.job import build_final_evaluator, build_search
+from certquant.search.selection import reselect
 from certquant.smoothing import certify_dataset
 from certquant.train import resolve_device
 from certquant.utils.errors import CertquantError
@@ -105,16 +106,28 @@ class Pipeline:
         return EnvConfig(budget=float(budget), min_bits=int(s.w_bits[0]), max_bits=int(s.w_bits[1]),
                          pin_first_last=s.pin_first_last)
 
+    def _eval_config(self, method: str) -> EvalConfig:
+        s, c = self.cfg.search, self.cfg.certify
+        return EvalConfig(reward="haq" if method == "haq" else "arq", estimator=s.estimator, clean_weight=s.clean_weight,
+                          n0=c.n0, n_p=s.n_p, n_fp=c.n, alpha=c.alpha, batch_size=c.batch, seed=s.seed)
+
     def _search(self, budget: float, method: str, folder: Path) -> Policy:
+        """The search's best policy or, with ``search.final_top_k`` > 1, the best of its top k on fresh images."""
+        policy = self._run_search(budget, method, folder / "search")
         s = self.cfg.search
-        search_dir = folder / "search"
+        if s.final_top_k == 1 or method == "uniform":
+            return policy
+        _say(f"final selection {method} at budget {budget:g}: top {s.final_top_k} re-scored on {s.final_images} "
+             "fresh images")
+        evaluator = build_final_evaluator(self.model, self.info, self.sigma, self._eval_config(method),
+                                          s.search_images, s.final_images, s.seed, self.device)
+        return reselect(folder / "search", evaluator.layers, evaluator, s.final_top_k, arch=self.info["arch"])
+
+    def _run_search(self, budget: float, method: str, search_dir: Path) -> Policy:
+        s = self.cfg.search
         if (search_dir / "summary.json").exists():
             return Policy.load(search_dir / "best_policy.json")
-        reward = "haq" if method == "haq" else "arq"
-        eval_config = EvalConfig(reward=reward, estimator=s.estimator, clean_weight=s.clean_weight,
-                                 n0=self.cfg.certify.n0, n_p=s.n_p,
-                                 n_fp=self.cfg.certify.n, alpha=self.cfg.certify.alpha, batch_size=self.cfg.certify.batch,
-                                 seed=s.seed)
+        eval_config = self._eval_config(method)
         search, evaluator = build_search(self.model, self.info, self.sigma, self._env(budget), eval_config, method,
                                          s.episodes, search_dir, "train", s.search_images, test_subset=self.indices,
                                          warmup=s.warmup, seed=s.seed, device=self.device)

@@ -13,6 +13,7 @@ from certquant.search.evaluators import (
     register_estimator,
 )
 from certquant.search.runner import METHODS, Search, SearchConfig, SearchResult, run_search, uniform_policy
+from certquant.search.selection import reselect, top_policies
 
 __all__ = [
     "ACREstimator",
@@ -31,6 +32,8 @@ __all__ = [
     "SearchResult",
     "action_to_bits",
     "register_estimator",
+    "reselect",
     "run_search",
+    "top_policies",
     "uniform_policy",
 ]

@@ -18,9 +18,10 @@ from certquant.utils.errors import CertquantError
 
 
 def search_indices(info: dict, split: str, count: int, seed: int, start: int, skip: int,
-                   test_subset: list[int]) -> list[int]:
+                   test_subset: list[int], offset: int = 0) -> list[int]:
     """Indices of the search set in ``split``: from train, a seeded draw from the checkpoint's held-out validation
-    images (all training images when it has none); from test, every ``skip``-th image from ``start``, refused when it
+    images (all training images when it has none), skipping the first ``offset`` of the draw (the final selection's
+    fresh images follow the search set's); from test, every ``skip``-th image from ``start``, refused when it
     meets the test subset that final certification uses."""
     if count < 1:
         raise CertquantError(f"--search-images must be >= 1, got {count}")
@@ -39,7 +40,7 @@ def search_indices(info: dict, split: str, count: int, seed: int, start: int, sk
         else:
             pool = torch.arange(len(images))
         pool = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))]
-        indices = sorted(int(i) for i in pool[:count])
+        indices = sorted(int(i) for i in pool[offset : offset + count])
     if len(indices) < count:
         raise CertquantError(f"only {len(indices)} {split} images are available for the search set, "
                              f"--search-images asks for {count}")
@@ -84,3 +85,14 @@ def build_search(
     extra = {"checkpoint_sha256": info["sha256"], "dataset": info["dataset"], "search_split": search_split,
              "evaluator": evaluator.describe(), "device": device.type}
     return Search(evaluator.layers, evaluator, config, out, arch=info["arch"], extra=extra), evaluator
+
+
+def build_final_evaluator(model: nn.Module, info: dict[str, Any], sigma: float, eval_config: EvalConfig,
+                          search_images: int, final_images: int, seed: int = 0,
+                          device: torch.device | str = "cpu") -> PolicyEvaluator:
+    """The evaluator of the final selection (``selection.reselect``): the search's scoring on ``final_images`` fresh
+    held-out validation images, the ones the seeded draw gives right after the search set's (so never the same)."""
+    indices = search_indices(info, "train", final_images, seed, 0, 1, [], offset=search_images)
+    images, labels = load_dataset(info["dataset"], "train")
+    return PolicyEvaluator(model, sigma, images[indices], labels[indices], indices, eval_config, arch=info["arch"],
+                           device=device)

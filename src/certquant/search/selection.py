@@ -1,0 +1,67 @@
+"""Final selection: re-score the search's top-k policies on fresh validation images and keep the best there.
+
+The search keeps the maximum of many noisy rewards measured on a small search set, so its best policy is biased
+upward (the winner's curse). Measured on ResNet-20 (Fashion-MNIST, sigma 0.25, 150 ARQ episodes on 50 images): the
+best ARQ policy's reward beat uniform W4A4's on the search set (-0.0009 vs -0.0055) and lost on 200 fresh images
+(-0.0034 vs -0.0010), and after fine-tuning it certified 0.011 ACR below uniform. Re-scoring the k best distinct
+policies on images the search never saw removes that bias from the final choice; k = 1 is the search's own choice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from certquant.quant import LayerInfo, Policy
+from certquant.utils.errors import CertquantError
+from certquant.utils.io import atomic_write_json, read_jsonl
+
+SELECTION_FILE = "final_selection.json"
+
+Evaluator = Callable[[Policy], dict[str, Any]]
+
+
+def top_policies(history: Sequence[dict], k: int) -> list[dict]:
+    """The ``k`` history lines with the highest search reward, one per distinct policy, best first (ties: earlier)."""
+    if k < 1:
+        raise CertquantError(f"the final selection needs k >= 1 policies, got {k}")
+    best: dict[tuple, dict] = {}
+    for line in history:
+        key = (tuple(line["w_bits"]), tuple(line["a_bits"]))
+        if key not in best or line["reward"] > best[key]["reward"]:
+            best[key] = line
+    return sorted(best.values(), key=lambda line: (-line["reward"], line["episode"]))[:k]
+
+
+def reselect(search_dir: str | Path, layers: Sequence[LayerInfo], evaluator: Evaluator, k: int,
+             arch: str | None = None) -> Policy:
+    """Re-score the top-``k`` policies of the finished search in ``search_dir`` with ``evaluator`` (built on fresh
+    images) and return the best; writes ``final_selection.json`` there (read back instead of re-scoring on resume)."""
+    path = Path(search_dir) / SELECTION_FILE
+    if path.exists():
+        return Policy.from_dict(_read(path)["policy"])
+    history = list(read_jsonl(Path(search_dir) / "history.jsonl"))
+    if not history:
+        raise CertquantError(f"{search_dir} holds no search history: run the search before the final selection")
+    candidates = []
+    for line in top_policies(history, k):
+        policy = Policy.from_lists(layers, line["w_bits"], line["a_bits"], arch=arch)
+        started = time.perf_counter()
+        terms = evaluator(policy)
+        candidates.append({"episode": line["episode"], "w_bits": line["w_bits"], "a_bits": line["a_bits"],
+                           "search_reward": line["reward"], "final_reward": terms["reward"],
+                           "final_terms": terms, "seconds": time.perf_counter() - started})
+    chosen = max(candidates, key=lambda c: c["final_reward"])  # first maximum: the better search reward among ties
+    policy = Policy.from_lists(layers, chosen["w_bits"], chosen["a_bits"], arch=arch)
+    atomic_write_json(path, {"k": k, "chosen_episode": chosen["episode"], "candidates": candidates,
+                             "policy": policy.to_dict()})
+    return policy
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise CertquantError(f"{path} is corrupt: delete it to redo the final selection") from None
