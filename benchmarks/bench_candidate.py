@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -28,11 +27,10 @@ from certquant.quant.checkpoint import input_shape
 from certquant.search.job import search_indices
 from certquant.smoothing import certify, certify_many, image_seed
 from certquant.train import resolve_device
-from certquant.utils import atomic_write_json, atomic_write_text, software_versions
+from certquant.utils import software_versions
 from certquant.utils.tables import markdown_table
+from common import device_name, write_results
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 N0, N_P, ALPHA, BATCH = 100, 400, 0.001, 5000
 
 
@@ -80,12 +78,6 @@ def bench_model(name: str, images: int, device: torch.device, repeats: int) -> d
             "packing_speedup": t_one / t_many, "packed_over_raw": t_many / t_raw, "identical_certificates": same}
 
 
-def device_label(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({torch.get_num_threads()} threads)"
-
-
 def markdown(data: dict) -> str:
     rows = [[r["model"], r["images"], f"{r['quantize_s']:.3f}", f"{r['score_one_by_one_s']:.3f}",
              f"{r['score_packed_s']:.3f}", f"{r['packing_speedup']:.2f}x", f"{r['raw_forward_s']:.3f}",
@@ -109,10 +101,8 @@ def main() -> None:
     for name in args.models:
         rows.append(bench_model(name, args.images, device, args.repeats))
         print(rows[-1], flush=True)
-    data = {"device": device_label(device), "repeats": args.repeats, "rows": rows, "software": software_versions()}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / f"{args.name}.json", data)
-    atomic_write_text(RESULTS / f"{args.name}.md", markdown(data))
+    data = {"device": device_name(device), "repeats": args.repeats, "rows": rows, "software": software_versions()}
+    write_results(args.name, data, markdown(data))
     print(markdown(data))
 
 

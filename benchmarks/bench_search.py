@@ -19,32 +19,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from certquant.pipeline import load_config
 from certquant.pipeline.run import budget_dir, run_pipeline
+from certquant.search.selection import SELECTION_FILE
 from certquant.smoothing.metrics import counted_radius, mean_ci
 from certquant.train import resolve_device
-from certquant.utils import atomic_write_json, atomic_write_text, read_jsonl
+from certquant.utils import atomic_write_json, read_jsonl
 from certquant.utils.tables import markdown_table
+from common import ROOT, device_name, write_results
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 W4A4 = 16 / 1024
 ACR_MARGIN, CLEAN_MARGIN = 0.02, 0.015  # issue 6: ARQ within 0.02 ACR and 1.5 points of clean accuracy of FP32
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def run_folder(work: Path, budget: float, methods: list[str] | None) -> Path:
@@ -114,11 +105,22 @@ def collect(work: Path) -> dict[str, Any]:
                     raise SystemExit(f"{row['name']} is in two runs under {work} (e.g. budget-<F> and "
                                      f"budget-<F>-{row['method']}): keep one, then rerun --report-only")
                 seen.add(row["name"])
-                rows.append(row)
+                rows.append({**row, **final_selection(budget_dir(run, row["budget"]) / row["method"] / "search")})
                 radii[row["name"]] = image_radii(budget_dir(run, row["budget"]) / row["method"] / "certify")
     rows.sort(key=lambda r: (-r["budget"], r["method"] != "arq", r["method"]))
     return {"provenance": results["provenance"], "runs": runs_info, "rows": [fp32, *rows],
             "aims": aims(fp32, rows, radii)}
+
+
+def final_selection(search_dir: Path) -> dict[str, Any]:
+    """The final selection of a search, when it made one: each candidate's search reward and its reward on the fresh
+    images (how much of the search's best was luck on the search set)."""
+    path = search_dir / SELECTION_FILE
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    return {"final_selection": {"chosen_episode": data["chosen_episode"], "candidates": [
+        {k: c[k] for k in ("episode", "search_reward", "final_reward")} for c in data["candidates"]]}}
 
 
 def image_radii(certify_dir: Path) -> dict[int, float]:
@@ -209,9 +211,7 @@ def main() -> None:
     if args.run_only:
         return
     data = collect(work)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / f"{args.name}.json", data)
-    atomic_write_text(RESULTS / f"{args.name}.md", markdown(data))
+    write_results(args.name, data, markdown(data))
     print(markdown(data))
 
 

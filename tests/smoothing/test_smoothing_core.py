@@ -118,3 +118,16 @@ def test_certify_many_bad_input(cnn):
     with pytest.raises(CertquantError, match="batch"):
         certify_many(cnn, [torch.rand(2, 1, 28, 28)], 0.25, n0=10, n=20, seeds=[1])
     assert certify_many(cnn, [], 0.25, seeds=[]) == []
+
+
+def test_cpu_forward_chunks_do_not_change_certificates(cnn, monkeypatch):
+    """On a CPU each noise batch is classified in passes of CPU_FORWARD_CHUNK samples: same noise, same counts."""
+    import certquant.smoothing.core as core
+
+    x = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(4))
+    monkeypatch.setattr(core, "CPU_FORWARD_CHUNK", 64)  # several passes per batch of 300
+    chunked = certify(cnn, x, 0.5, n0=30, n=700, batch_size=300, seed=9, keep_cache=True)
+    monkeypatch.setattr(core, "CPU_FORWARD_CHUNK", 10**9)
+    whole = certify(cnn, x, 0.5, n0=30, n=700, batch_size=300, seed=9, keep_cache=True)
+    assert chunked.counts == whole.counts and len(set(chunked.counts)) > 2
+    assert torch.equal(chunked.cache.predictions, whole.cache.predictions)

@@ -3,7 +3,7 @@
 The search keeps the maximum of many noisy rewards measured on a small search set, so its best policy is biased
 upward (the winner's curse). Measured on ResNet-20 (Fashion-MNIST, sigma 0.25, 150 ARQ episodes on 50 images): the
 best ARQ policy's reward beat uniform W4A4's on the search set (-0.0009 vs -0.0055) and lost on 200 fresh images
-(-0.0034 vs -0.0010), and after fine-tuning it certified 0.011 ACR below uniform. Re-scoring the k best distinct
+(-0.0035 vs -0.0010), and after fine-tuning it certified 0.011 ACR below uniform. Re-scoring the k best distinct
 policies on images the search never saw removes that bias from the final choice; k = 1 is the search's own choice.
 """
 

@@ -132,6 +132,26 @@ def _first_forward(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+# Largest forward pass on a CPU. The noise is still drawn in batches of ``batch_size`` (that is part of the seeding),
+# but each batch is classified in passes of at most this many samples: on the 2-core CPU here passes of 200 samples
+# were 1.4-2.2x faster per sample than passes of 1,000 (small CNN and ResNet-20, channels_last or not: activations
+# stay in the cache). A GPU classifies whole batches.
+CPU_FORWARD_CHUNK = 200
+
+
+def classify(model: nn.Module, batch: torch.Tensor, first: bool = False) -> tuple[torch.Tensor, int]:
+    """f's class (argmax of the logits) for every sample of ``batch`` and the number of classes; on a CPU in passes
+    of at most ``CPU_FORWARD_CHUNK`` samples. ``first`` checks the model's output on the first pass."""
+    chunk = CPU_FORWARD_CHUNK if batch.device.type == "cpu" else len(batch)
+    parts, num_classes = [], 0
+    for start in range(0, len(batch), chunk):
+        piece = batch[start : start + chunk]
+        logits = _first_forward(model, piece) if first and start == 0 else model(piece)
+        parts.append(logits.argmax(1))
+        num_classes = logits.shape[1]
+    return (torch.cat(parts) if len(parts) > 1 else parts[0]), num_classes
+
+
 def sample_counts(
     model: nn.Module,
     x: torch.Tensor,
@@ -152,13 +172,12 @@ def sample_counts(
     counts: torch.Tensor | None = None
     kept: list[torch.Tensor] = []
     for b, batch in enumerate(noisy_batches(x, sigma, seed, stage, total, batch_size, limit)):
-        logits = model(batch) if b else _first_forward(model, batch)
-        classes = logits.argmax(1)
+        classes, num_classes = classify(model, batch, first=b == 0)
         if counts is None:
-            counts = torch.zeros(logits.shape[1], dtype=torch.int64, device=classes.device)
-        counts += torch.bincount(classes, minlength=logits.shape[1])
+            counts = torch.zeros(num_classes, dtype=torch.int64, device=classes.device)
+        counts += torch.bincount(classes, minlength=num_classes)
         if keep_predictions:
-            kept.append(classes.to(torch.uint8 if logits.shape[1] <= 256 else torch.int16))
+            kept.append(classes.to(torch.uint8 if num_classes <= 256 else torch.int16))
     if counts is None:
         raise CertquantError(f"no noise samples drawn (total {total}, limit {limit}): both must be >= 1")
     return counts, (torch.cat(kept).cpu() if keep_predictions else None)
@@ -240,10 +259,9 @@ def sample_counts_many(
 
     def flush() -> None:
         batch = torch.cat(pending) if len(pending) > 1 else pending[0]
-        logits = model(batch) if state else _first_forward(model, batch)
-        classes = logits.argmax(1)
+        classes, num_classes = classify(model, batch, first=not state)
         if not state:
-            state["counts"] = torch.zeros(len(xs), logits.shape[1], dtype=torch.int64, device=classes.device)
+            state["counts"] = torch.zeros(len(xs), num_classes, dtype=torch.int64, device=classes.device)
         counts = state["counts"]
         owner = torch.tensor(owners, device=classes.device).repeat_interleave(
             torch.tensor([len(p) for p in pending], device=classes.device))

@@ -1,0 +1,28 @@
+"""What the benchmarks share: where results go, how the measuring device is named, how a result pair is written."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from certquant.utils import atomic_write_json, atomic_write_text
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU with the thread count torch uses (timings depend on both)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def write_results(name: str, data: Any, markdown: str) -> None:
+    """benchmarks/results/<name>.json and <name>.md, each written atomically."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(RESULTS / f"{name}.json", data)
+    atomic_write_text(RESULTS / f"{name}.md", markdown)
