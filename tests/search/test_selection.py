@@ -47,6 +47,8 @@ def test_reselect_keeps_the_best_on_fresh_images_and_reads_it_back(tmp_path):
     assert saved["chosen_episode"] == 2 and [c["episode"] for c in saved["candidates"]] == [1, 3, 2]
     again = reselect(tmp_path, NAMES, evaluator, 3)  # resume: read back, nothing re-scored
     assert again == chosen and len(scored) == 3
+    with pytest.raises(CertquantError, match="top 3, not 2"):
+        reselect(tmp_path, NAMES, evaluator, 2)
 
 
 def test_reselect_without_history_is_a_clear_error(tmp_path):

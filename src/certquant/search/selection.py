@@ -41,7 +41,11 @@ def reselect(search_dir: str | Path, layers: Sequence[LayerInfo], evaluator: Eva
     images) and return the best; writes ``final_selection.json`` there (read back instead of re-scoring on resume)."""
     path = Path(search_dir) / SELECTION_FILE
     if path.exists():
-        return Policy.from_dict(_read(path)["policy"])
+        saved = _read(path)
+        if saved.get("k") != k:
+            raise CertquantError(f"{path} holds a final selection of the top {saved.get('k')}, not {k}: delete it to "
+                                 "redo the selection with the new k")
+        return Policy.from_dict(saved["policy"])
     history = list(read_jsonl(Path(search_dir) / "history.jsonl"))
     if not history:
         raise CertquantError(f"{search_dir} holds no search history: run the search before the final selection")
