@@ -35,12 +35,13 @@ def finetune(
     momentum: float = 0.9,
     weight_decay: float = 1e-4,
     device: str | torch.device = "auto",
+    progress: bool = True,
 ) -> nn.Module:
     """Fine-tune ``qmodel`` in place on ``images`` + N(0, sigma^2 I) for ``epochs`` (SGD with momentum, cosine decay
     per epoch) and return it in eval mode. Use the sigma the base model was trained and will be certified at.
 
     With ``out`` (a folder), ``out/finetune_state.pt`` is written after every epoch and ``resume=True`` continues from
-    it, drawing exactly the shuffles and noise an uninterrupted run would.
+    it, drawing exactly the shuffles and noise an uninterrupted run would. ``progress`` shows a bar per epoch.
     """
     if sigma <= 0:
         raise CertquantError(f"sigma must be > 0 for noise-aware fine-tuning, got {sigma}")
@@ -76,7 +77,7 @@ def finetune(
     started = time.time()
     for epoch in range(start, epochs):
         loss = noisy_epoch(qmodel, images, labels, optimizer, sigma, batch_size, seed * 1000 + epoch, dev,
-                           desc=f"fine-tune {epoch + 1}/{epochs}")
+                           desc=f"fine-tune {epoch + 1}/{epochs}", progress=progress)
         scheduler.step()
         history.append({"epoch": epoch + 1, "loss": loss, "seconds": time.time() - started})
         if state_path is not None:

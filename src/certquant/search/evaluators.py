@@ -303,7 +303,7 @@ class PolicyEvaluator:
         if self.finetune_set is not None:
             images, labels = self.finetune_set
             finetune(qmodel, images, labels, self.sigma, epochs=1, lr=cfg.finetune_lr, batch_size=cfg.finetune_batch,
-                     seed=cfg.seed, device=self.device)
+                     seed=cfg.seed, device=self.device, progress=False)  # the search shows its own progress
         return qmodel.eval()
 
     def __call__(self, policy: Policy) -> Terms:

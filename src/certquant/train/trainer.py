@@ -70,14 +70,16 @@ def noisy_epoch(
     seed: int,
     device: torch.device,
     desc: str = "train",
+    progress: bool = True,
 ) -> float:
-    """One epoch of cross-entropy on x + N(0, sigma^2 I); shuffling and noise seeded by ``seed``. Returns mean loss."""
+    """One epoch of cross-entropy on x + N(0, sigma^2 I); shuffling and noise seeded by ``seed``. Returns mean loss.
+    ``progress`` shows a bar of the minibatches."""
     model.train()
     torch.manual_seed(seed)  # dropout, if any
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
     total, count = 0.0, 0
-    bar = tqdm(range(0, len(order), batch_size), desc=desc, leave=False, unit="batch")
+    bar = tqdm(range(0, len(order), batch_size), desc=desc, leave=False, unit="batch", disable=not progress)
     for start in bar:
         idx = order[start : start + batch_size]
         x, y = images[idx].to(device), labels[idx].to(device)
