@@ -108,3 +108,17 @@ def test_candidates_can_be_fine_tuned(checkpoint, tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["evaluator"]["finetune_steps"] == 2
+
+
+def test_final_selection_writes_a_loadable_final_policy(checkpoint, tmp_path):
+    out = tmp_path / "final"
+    result = _search(checkpoint, out, "--budget", "0.03", "--episodes", "4", "--final-top-k", "2", "--final-images", "5")
+    assert result.exit_code == 0, result.output
+    selection = json.loads((out / "final_selection.json").read_text())
+    best = max(selection["candidates"], key=lambda c: c["final_reward"])
+    final = Policy.load(out / "final_policy.json")
+    assert len(selection["candidates"]) == 2 and final.w_bits == best["w_bits"] and final.a_bits == best["a_bits"]
+    assert_one_line_error(_search(checkpoint, tmp_path / "x", "--budget", "0.03", "--final-top-k", "0"),
+                          "--final-top-k")
+    assert_one_line_error(_search(checkpoint, tmp_path / "y", "--budget", "0.03", "--final-top-k", "2",
+                                  "--search-split", "test"), "--search-split train")

@@ -12,8 +12,9 @@ from certquant.data import every_kth, load_dataset
 from certquant.models import load_checkpoint
 from certquant.quant import format_cost_table
 from certquant.search import EnvConfig, EvalConfig
-from certquant.search.job import build_search
+from certquant.search.job import build_final_evaluator, build_search
 from certquant.search.runner import BEST_FILE, METHODS
+from certquant.search.selection import FINAL_POLICY_FILE, SELECTION_FILE, reselect
 from certquant.train import resolve_device
 from certquant.utils.errors import CertquantError
 
@@ -58,6 +59,9 @@ def search_cmd(
     out: Path = typer.Option(..., help="run folder: history.jsonl, best_policy.json, state.pt, summary.json"),
     resume: bool = typer.Option(False, help="continue the search in --out exactly where it stopped"),
     progress: bool = typer.Option(True, help="show a progress bar"),
+    final_top_k: int = typer.Option(1, help="re-score the K best distinct policies on fresh validation images and "
+                                            "write the best there to final_policy.json (1: no final selection)"),
+    final_images: int = typer.Option(200, help="fresh held-out validation images of the final selection"),
 ) -> None:
     """Search per-layer weight/activation bit-widths under a BitOPs budget (ARQ; HAQ, random, uniform baselines)."""
     if method not in METHODS:
@@ -66,6 +70,10 @@ def search_cmd(
         raise CertquantError(f"--method {method} uses the {method} reward: drop --reward (it is for random and uniform)")
     if search_split not in ("train", "test"):
         raise CertquantError(f"--search-split must be train or test, got '{search_split}'")
+    if final_top_k < 1 or final_images < 1:
+        raise CertquantError(f"--final-top-k and --final-images must be >= 1, got {final_top_k} and {final_images}")
+    if final_top_k > 1 and search_split != "train":
+        raise CertquantError("--final-top-k draws fresh held-out validation images: use it with --search-split train")
     if sigma is not None and sigma <= 0:
         raise CertquantError(f"--sigma must be > 0 (noise std in [0,1] pixel units), got {sigma}")
     env = EnvConfig(budget, min_bits, max_bits, pin_first_last, pin_bits, tie)
@@ -95,3 +103,9 @@ def search_cmd(
     typer.echo(f"best reward {result.best_reward:.4f} at episode {result.best_episode} of {len(result.history)} "
                f"({evaluations} distinct policies); {time.time() - started:.1f}s this run; "
                f"wrote {Path(out) / BEST_FILE} (use: certquant quantize --policy)")
+    if final_top_k > 1 and method != "uniform":
+        final = build_final_evaluator(model, info, sigma, eval_config, search_images, final_images, seed, dev)
+        policy = reselect(out, final.layers, final, final_top_k, arch=info["arch"])
+        policy.save(Path(out) / FINAL_POLICY_FILE)
+        typer.echo(f"final selection: the best of the top {final_top_k} on {final_images} fresh images; wrote "
+                   f"{Path(out) / SELECTION_FILE} and {Path(out) / FINAL_POLICY_FILE} (use: certquant quantize --policy)")

@@ -19,6 +19,7 @@ from certquant.utils.errors import CertquantError
 from certquant.utils.io import atomic_write_json, read_jsonl
 
 SELECTION_FILE = "final_selection.json"
+FINAL_POLICY_FILE = "final_policy.json"  # `certquant search --final-top-k`: the chosen policy alone
 
 Evaluator = Callable[[Policy], dict[str, Any]]
 
