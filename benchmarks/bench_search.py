@@ -105,14 +105,14 @@ def collect(work: Path) -> dict[str, Any]:
                     raise SystemExit(f"{row['name']} is in two runs under {work} (e.g. budget-<F> and "
                                      f"budget-<F>-{row['method']}): keep one, then rerun --report-only")
                 seen.add(row["name"])
-                rows.append({**row, **final_selection(budget_dir(run, row["budget"]) / row["method"] / "search")})
+                rows.append({**row, **selection_summary(budget_dir(run, row["budget"]) / row["method"] / "search")})
                 radii[row["name"]] = image_radii(budget_dir(run, row["budget"]) / row["method"] / "certify")
     rows.sort(key=lambda r: (-r["budget"], r["method"] != "arq", r["method"]))
     return {"provenance": results["provenance"], "runs": runs_info, "rows": [fp32, *rows],
             "aims": aims(fp32, rows, radii)}
 
 
-def final_selection(search_dir: Path) -> dict[str, Any]:
+def selection_summary(search_dir: Path) -> dict[str, Any]:
     """The final selection of a search, when it made one: each candidate's search reward and its reward on the fresh
     images (how much of the search's best was luck on the search set)."""
     path = search_dir / SELECTION_FILE

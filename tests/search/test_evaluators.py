@@ -81,7 +81,7 @@ def test_estimator_is_a_strategy(trained_cnn, search_set):
 
 def test_scratch_batches_search_images_without_changing_certificates(trained_cnn, search_set):
     """The scratch estimator certifies all search images at once (certify_many): the same as one by one."""
-    ev = evaluator(trained_cnn, search_set, max_forward=5000)  # on the CPU packing is off unless asked for
+    ev = evaluator(trained_cnn, search_set, max_forward=5000)
     qmodel = ev.quantized(Policy.uniform(ev.layers, 4, arch="small-cnn"))
     one_by_one = [ev.estimator.certify_image(qmodel, k, ev.images[k], ev.seeds[k]) for k in range(len(ev.images))]
     assert ev.estimator.certify_all(qmodel, ev.images, ev.seeds) == one_by_one

@@ -12,9 +12,9 @@ from certquant.data import every_kth, load_dataset
 from certquant.models import load_checkpoint
 from certquant.quant import format_cost_table
 from certquant.search import EnvConfig, EvalConfig
-from certquant.search.job import build_final_evaluator, build_search
+from certquant.search.job import build_search, final_selection
 from certquant.search.runner import BEST_FILE, METHODS
-from certquant.search.selection import FINAL_POLICY_FILE, SELECTION_FILE, reselect
+from certquant.search.selection import FINAL_POLICY_FILE, SELECTION_FILE
 from certquant.train import resolve_device
 from certquant.utils.errors import CertquantError
 
@@ -104,8 +104,8 @@ def search_cmd(
                f"({evaluations} distinct policies); {time.time() - started:.1f}s this run; "
                f"wrote {Path(out) / BEST_FILE} (use: certquant quantize --policy)")
     if final_top_k > 1 and method != "uniform":
-        final = build_final_evaluator(model, info, sigma, eval_config, search_images, final_images, seed, dev)
-        policy = reselect(out, final.layers, final, final_top_k, arch=info["arch"])
+        policy = final_selection(out, model, info, sigma, eval_config, search_images, final_top_k, final_images, seed,
+                                 dev)
         policy.save(Path(out) / FINAL_POLICY_FILE)
         typer.echo(f"final selection: the best of the top {final_top_k} on {final_images} fresh images; wrote "
                    f"{Path(out) / SELECTION_FILE} and {Path(out) / FINAL_POLICY_FILE} (use: certquant quantize --policy)")

@@ -26,8 +26,7 @@ from certquant.quant import Policy, quantize_checkpoint
 from certquant.quant.checkpoint import input_shape
 from certquant.report.run_report import write_report
 from certquant.search import EnvConfig, EvalConfig
-from certquant.search.job import build_final_evaluator, build_search
-from certquant.search.selection import reselect
+from certquant.search.job import build_search, final_selection
 from certquant.smoothing import certify_dataset
 from certquant.train import resolve_device
 from certquant.utils.errors import CertquantError
@@ -119,9 +118,8 @@ class Pipeline:
             return policy
         _say(f"final selection {method} at budget {budget:g}: top {s.final_top_k} re-scored on {s.final_images} "
              "fresh images")
-        evaluator = build_final_evaluator(self.model, self.info, self.sigma, self._eval_config(method),
-                                          s.search_images, s.final_images, s.seed, self.device)
-        return reselect(folder / "search", evaluator.layers, evaluator, s.final_top_k, arch=self.info["arch"])
+        return final_selection(folder / "search", self.model, self.info, self.sigma, self._eval_config(method),
+                               s.search_images, s.final_top_k, s.final_images, s.seed, self.device)
 
     def _run_search(self, budget: float, method: str, search_dir: Path) -> Policy:
         s = self.cfg.search

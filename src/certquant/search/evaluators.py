@@ -28,14 +28,12 @@ import torch
 from torch import nn
 
 from certquant.quant import Policy, bitops_fraction, finetune, noisy_calibration_batch, quantizable_layers, quantize
-from certquant.smoothing import (ABSTAIN, certify, certify_incremental, certify_many, image_seed, model_device,
-                                 validate_smoothing_args)
+from certquant.smoothing import ABSTAIN, certify, certify_incremental, certify_many, image_seed, validate_smoothing_args
 from certquant.smoothing.incremental import ONE_SIDED, TWO_SIDED, validate_incremental_args
 from certquant.train import accuracy
 from certquant.utils.errors import CertquantError
 
 REWARDS = ("arq", "haq")
-GPU_MAX_FORWARD = 5000  # samples per packed forward pass of the scratch estimator on a GPU
 
 Terms = dict[str, Any]
 Evaluator = Callable[[Policy], Terms]  # what the search needs: a policy in, reward terms (with "reward") out
@@ -67,9 +65,10 @@ class EvalConfig:
     """Failure probability of each certificate."""
     batch_size: int = 1000
     """Noisy samples per noise batch (part of the noise seeding)."""
-    max_forward: int | None = None
-    """scratch only: pack several search images' noise into forward passes of at most this many samples; None: 5,000
-    on a GPU (launch-bound: 3.1x faster on ResNet-20), no packing on a CPU (big batches measured up to 2x slower)."""
+    max_forward: int = 5000
+    """scratch only: pack several search images' noise into forward passes of at most this many samples (a GPU is
+    launch-bound under many small passes: 3.1x faster scoring on ResNet-20; a CPU classifies in 200-sample passes
+    anyway, ``smoothing.core.CPU_FORWARD_CHUNK``, where packing measured 0.97-1.01x)."""
     noise_copies: int = 16
     """haq only: noisy copies of each search image for the top-1 accuracy."""
     calib_images: int = 256
@@ -94,7 +93,7 @@ class EvalConfig:
             raise CertquantError(f"unknown ACR estimator '{self.estimator}': use one of {', '.join(ESTIMATORS)}")
         if self.lam <= 0:
             raise CertquantError(f"lambda must be > 0, got {self.lam}")
-        if min(self.noise_copies, self.calib_images, self.finetune_batch, self.max_forward or 1) < 1 \
+        if min(self.noise_copies, self.calib_images, self.finetune_batch, self.max_forward) < 1 \
                 or self.finetune_steps < 0:
             raise CertquantError("noise copies, calibration images, fine-tuning batch and samples per forward pass "
                                  "must be >= 1, steps >= 0")
@@ -153,16 +152,11 @@ class ScratchEstimator(ACREstimator):
         return cert.label, cert.radius
 
     def certify_all(self, model: nn.Module, images: torch.Tensor, seeds: Sequence[int]) -> list[tuple[int, float]]:
-        """All search images at once where that pays (``certify_many``: the same noise, several images per forward
-        pass), else one by one; see ``EvalConfig.max_forward``."""
+        """All search images at once (``certify_many``: the same noise, several images per forward pass; see
+        ``EvalConfig.max_forward``)."""
         cfg = self.config
-        max_forward = cfg.max_forward
-        if max_forward is None and model_device(model).type == "cuda":
-            max_forward = GPU_MAX_FORWARD
-        if max_forward is None:
-            return super().certify_all(model, images, seeds)
         certs = certify_many(model, list(images), self.sigma, cfg.n0, cfg.n_p, cfg.alpha, cfg.batch_size, seeds,
-                             max_forward=max_forward)
+                             max_forward=cfg.max_forward)
         return [(cert.label, cert.radius) for cert in certs]
 
 

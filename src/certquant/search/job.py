@@ -10,10 +10,12 @@ import torch
 from torch import nn
 
 from certquant.data import every_kth, load_dataset, train_val_split
+from certquant.quant import Policy
 from certquant.search.ddpg import DDPGConfig
 from certquant.search.env import EnvConfig
 from certquant.search.evaluators import EvalConfig, PolicyEvaluator
 from certquant.search.runner import Search, SearchConfig
+from certquant.search.selection import reselect
 from certquant.utils.errors import CertquantError
 
 
@@ -87,12 +89,14 @@ def build_search(
     return Search(evaluator.layers, evaluator, config, out, arch=info["arch"], extra=extra), evaluator
 
 
-def build_final_evaluator(model: nn.Module, info: dict[str, Any], sigma: float, eval_config: EvalConfig,
-                          search_images: int, final_images: int, seed: int = 0,
-                          device: torch.device | str = "cpu") -> PolicyEvaluator:
-    """The evaluator of the final selection (``selection.reselect``): the search's scoring on ``final_images`` fresh
-    held-out validation images, the ones the seeded draw gives right after the search set's (so never the same)."""
+def final_selection(search_dir: str | Path, model: nn.Module, info: dict[str, Any], sigma: float,
+                    eval_config: EvalConfig, search_images: int, final_top_k: int, final_images: int, seed: int = 0,
+                    device: torch.device | str = "cpu") -> Policy:
+    """``selection.reselect`` of the finished search in ``search_dir``: its top ``final_top_k`` policies re-scored
+    with the search's scoring on ``final_images`` fresh held-out validation images, the ones the seeded draw gives
+    right after the search set's (so never the same)."""
     indices = search_indices(info, "train", final_images, seed, 0, 1, [], offset=search_images)
     images, labels = load_dataset(info["dataset"], "train")
-    return PolicyEvaluator(model, sigma, images[indices], labels[indices], indices, eval_config, arch=info["arch"],
-                           device=device)
+    evaluator = PolicyEvaluator(model, sigma, images[indices], labels[indices], indices, eval_config,
+                                arch=info["arch"], device=device)
+    return reselect(search_dir, evaluator.layers, evaluator, final_top_k, arch=info["arch"])

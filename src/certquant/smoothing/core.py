@@ -253,31 +253,34 @@ def sample_counts_many(
     batch when it is larger). Many small forward passes leave an accelerator idle; packing them is the speed-up.
     Must run in eval mode under inference_mode.
     """
+    counts: torch.Tensor | None = None
+    packed = _packed_batches(xs, sigma, total, batch_size, seeds, stage, max_forward)
+    for b, (batch, owner) in enumerate(packed):
+        classes, num_classes = classify(model, batch, first=b == 0)
+        if counts is None:
+            counts = torch.zeros(len(xs), num_classes, dtype=torch.int64, device=classes.device)
+        counts += torch.bincount(owner * num_classes + classes, minlength=counts.numel()).view_as(counts)
+    assert counts is not None  # total >= 1 is validated by the caller
+    return counts
+
+
+def _packed_batches(xs: Sequence[torch.Tensor], sigma: float, total: int, batch_size: int, seeds: Sequence[int],
+                    stage: int, max_forward: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The images' noise batches, consecutive ones packed into passes of at most ``max_forward`` samples (one batch
+    when it is larger), each with the index of the image every sample belongs to."""
     pending: list[torch.Tensor] = []
-    owners: list[int] = []
-    state: dict[str, torch.Tensor] = {}
-
-    def flush() -> None:
-        batch = torch.cat(pending) if len(pending) > 1 else pending[0]
-        classes, num_classes = classify(model, batch, first=not state)
-        if not state:
-            state["counts"] = torch.zeros(len(xs), num_classes, dtype=torch.int64, device=classes.device)
-        counts = state["counts"]
-        owner = torch.tensor(owners, device=classes.device).repeat_interleave(
-            torch.tensor([len(p) for p in pending], device=classes.device))
-        counts += torch.bincount(owner * counts.shape[1] + classes, minlength=counts.numel()).view_as(counts)
-        pending.clear()
-        owners.clear()
-
+    owners: list[torch.Tensor] = []
+    size = 0
     for k, x in enumerate(xs):
         for batch in noisy_batches(x, sigma, seeds[k], stage, total, batch_size):
-            if pending and sum(len(p) for p in pending) + len(batch) > max_forward:
-                flush()
+            if pending and size + len(batch) > max_forward:
+                yield torch.cat(pending), torch.cat(owners)
+                pending, owners, size = [], [], 0
             pending.append(batch)
-            owners.append(k)
+            owners.append(torch.full((len(batch),), k, device=batch.device))
+            size += len(batch)
     if pending:
-        flush()
-    return state["counts"]
+        yield torch.cat(pending), torch.cat(owners)
 
 
 def certify_many(
@@ -299,8 +302,7 @@ def certify_many(
     ``Certificate.seconds`` is the mean time per image."""
     if len(seeds) != len(xs):
         raise CertquantError(f"{len(xs)} images but {len(seeds)} seeds: pass one noise seed per image")
-    for seed in seeds:
-        validate_smoothing_args(sigma, alpha, batch_size, seed, n0=n0, n=n)
+    validate_smoothing_args(sigma, alpha, batch_size, min(seeds, default=0), n0=n0, n=n)
     if not len(xs):
         return []
     for x in xs:
