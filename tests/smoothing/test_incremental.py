@@ -19,6 +19,7 @@ from certquant.smoothing import (
     clopper_pearson_lower,
     disparity_bound,
     incremental_certificate,
+    samples_to_evaluate,
 )
 from certquant.smoothing.incremental import BRANCH_DIRECT, BRANCH_ZETA, count_disagreements
 from certquant.utils.errors import CertquantError
@@ -120,7 +121,42 @@ def test_zeta_is_the_zero_disagreement_floor_when_approx_is_base(cnn, cnn_cert, 
         irs = certify_incremental(cnn, cert.cache, x, 0.25, n_p, alpha_zeta=0.001, disparity=disparity)
         assert irs.n_d == 0 and irs.n_p == n_p
         assert math.isclose(irs.zeta, 1 - 0.001 ** (1 / n_p), rel_tol=1e-9)
-        assert irs.counts == torch.bincount(cert.cache.predictions[:n_p].long(), minlength=10).tolist()
+        mask = samples_to_evaluate(cert.cache, n_p, disparity=disparity)
+        seen = cert.cache.predictions[:n_p] if mask is None else cert.cache.predictions[:n_p][mask]
+        assert irs.evaluated == len(seen) and irs.counts == torch.bincount(seen.long(), minlength=10).tolist()
+
+
+def test_one_sided_runs_f_prime_only_where_f_said_c_a(cnn, cnn_cert):
+    """The one-sided zeta branch skips the samples f did not classify as c_A (they cannot count in n_d) and gives
+    the certificate of running f' on all n_p samples; the two-sided disparity and the direct branch skip nothing."""
+    x, cert = cnn_cert
+    cache = cert.cache
+    assert cache.pa_lower < 0.99  # an untrained CNN: the zeta branch
+    torch.manual_seed(3)
+    f_prime = build("small-cnn").eval()
+    f_prime.load_state_dict(cnn.state_dict())
+    with torch.no_grad():
+        for param in f_prime.parameters():
+            param.add_(0.05 * torch.randn_like(param))  # disagrees with f on some samples
+    with torch.inference_mode():
+        everywhere = torch.cat([f_prime(b).argmax(1) for b in cache.noisy_batches(x, limit=300)])
+    mask = samples_to_evaluate(cache, 300, disparity="one-sided")
+    assert mask is not None and 0 < int(mask.sum()) < 300
+    assert torch.equal(mask, cache.predictions[:300].long() == cache.c_a)
+    skipped = certify_incremental(f_prime, cache, x, 0.25, 300, disparity="one-sided")
+    full = incremental_certificate(cache, everywhere, 10, disparity="one-sided")
+    assert skipped.evaluated == int(mask.sum()) and full.evaluated == 300
+    assert (skipped.label, skipped.radius, skipped.n_d, skipped.zeta) == (full.label, full.radius, full.n_d, full.zeta)
+    assert skipped.n_d > 0
+    assert samples_to_evaluate(cache, 300, disparity="two-sided") is None
+    assert samples_to_evaluate(replace(cache, pa_lower=0.995), 300, disparity="one-sided") is None
+    # a mask that leaves out a sample that counts (f said c_A there) is refused
+    bad = mask.clone()
+    bad[int(mask.nonzero()[0])] = False
+    with pytest.raises(CertquantError, match="skipped samples that count"):
+        incremental_certificate(cache, everywhere[bad], 10, disparity="one-sided", evaluated=bad)
+    with pytest.raises(CertquantError, match="skipped samples that count"):
+        incremental_certificate(cache, everywhere[mask], 10, disparity="two-sided", evaluated=mask)
 
 
 def test_branches_follow_gamma_and_formulas(cnn, cnn_cert):

@@ -43,6 +43,12 @@ def test_cache_regenerates_estimation_samples_bit_identically(cnn):
     with _evaluating(cnn):
         counts, preds = sample_counts(cnn, x, 0.5, 250, 100, 11, ESTIMATION, keep_predictions=True, limit=n_p)
     assert torch.equal(preds, cache.predictions[:n_p]) and int(counts.sum()) == n_p
+    # a mask classifies only the samples it marks, each with the noise it has without the mask
+    only = torch.arange(n_p) % 3 == 1
+    with _evaluating(cnn):
+        counts, preds = sample_counts(cnn, x, 0.5, 250, 100, 11, ESTIMATION, keep_predictions=True, limit=n_p,
+                                      only=only)
+    assert torch.equal(preds, cache.predictions[:n_p][only]) and int(counts.sum()) == int(only.sum())
 
 
 def test_abstains_when_classes_tie(linear_case):

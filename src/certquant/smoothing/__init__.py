@@ -25,6 +25,7 @@ from certquant.smoothing.incremental import (
     certify_incremental,
     disparity_bound,
     incremental_certificate,
+    samples_to_evaluate,
 )
 from certquant.smoothing.irs_runner import certify_dataset_incremental
 from certquant.smoothing.metrics import (
@@ -71,5 +72,6 @@ __all__ = [
     "radius_grid",
     "sample_counts",
     "sample_counts_many",
+    "samples_to_evaluate",
     "validate_smoothing_args",
 ]

@@ -162,24 +162,36 @@ def sample_counts(
     stage: int,
     keep_predictions: bool = False,
     limit: int | None = None,
+    only: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Class counts of f over the first ``limit`` (default ``total``) noisy samples of ``stage``, counted on the device.
 
     Hot loop: draw noise with the batch's generator, add x, forward, argmax, bincount; no per-sample Python work.
-    Returns ``(counts (classes,) int64 on the model's device, predictions (limit,) on CPU or None)``.
-    Must run in eval mode under inference_mode (``certify`` and ``predict`` do that).
+    ``only`` (a boolean mask over those samples, on the CPU) classifies just the samples it marks: every batch is
+    still drawn whole, so the noise of each sample stays what it is without the mask (IRS skips samples this way).
+    Returns ``(counts (classes,) int64 on the model's device, predictions on CPU or None)``, predictions of the
+    classified samples in order. Must run in eval mode under inference_mode (``certify`` and ``predict`` do that).
     """
     counts: torch.Tensor | None = None
     kept: list[torch.Tensor] = []
-    for b, batch in enumerate(noisy_batches(x, sigma, seed, stage, total, batch_size, limit)):
-        classes, num_classes = classify(model, batch, first=b == 0)
+    offset = 0
+    for batch in noisy_batches(x, sigma, seed, stage, total, batch_size, limit):
+        if only is not None:
+            marked = only[offset : offset + len(batch)].nonzero().squeeze(1)
+            offset += len(batch)
+            if len(marked) == 0:
+                continue
+            if len(marked) < len(batch):
+                batch = batch.index_select(0, marked.to(batch.device))
+        classes, num_classes = classify(model, batch, first=counts is None)
         if counts is None:
             counts = torch.zeros(num_classes, dtype=torch.int64, device=classes.device)
         counts += torch.bincount(classes, minlength=num_classes)
         if keep_predictions:
             kept.append(classes.to(torch.uint8 if num_classes <= 256 else torch.int16))
     if counts is None:
-        raise CertquantError(f"no noise samples drawn (total {total}, limit {limit}): both must be >= 1")
+        raise CertquantError(f"no noise samples classified (total {total}, limit {limit}): both must be >= 1, and "
+                             "a mask (only) must mark at least one sample")
     return counts, (torch.cat(kept).cpu() if keep_predictions else None)
 
 

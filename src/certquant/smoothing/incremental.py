@@ -11,7 +11,8 @@ certifying f' from scratch. Symbols are the paper's (SPEC §3):
     gamma          above this pA_lower, f' is certified directly with the n_p samples instead
 
 ``incremental_certificate`` is the algorithm (a pure function of the cache and f''s n_p predictions);
-``certify_incremental`` regenerates the noise, runs only f' and calls it.
+``certify_incremental`` regenerates the noise, runs only f' (with the one-sided disparity, only where it can matter:
+``samples_to_evaluate``) and calls it.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ DEFAULT_ALPHA_ZETA = 0.001
 @dataclass
 class IncrementalCertificate(Certificate):
     """A ``Certificate`` of f' from IRS. ``pa_lower`` is the lower bound on P[f'(x+e) = c_A] behind ``radius``
-    (pA_lower - zeta, or the direct bound), ``counts`` / ``n_a`` count f''s classes on the n_p reused samples.
+    (pA_lower - zeta, or the direct bound), ``counts`` / ``n_a`` count f''s classes on the ``evaluated`` samples it
+    ran on: all n_p, except in the one-sided zeta branch (only where f said c_A, see ``samples_to_evaluate``).
     The guarantee holds with probability >= 1 - (alpha + alpha_zeta)."""
 
     zeta: float = 1.0  # upper bound on the disparity (computed in both branches, used in the zeta branch)
@@ -62,6 +64,7 @@ class IncrementalCertificate(Certificate):
     n_d: int = 0  # disagreements counted by the chosen disparity
     disparity: str = DEFAULT_DISPARITY
     base_pa_lower: float = 0.0  # f's cached pA_lower
+    evaluated: int = 0  # samples f' ran on (n_p, or fewer in the one-sided zeta branch)
 
 
 def validate_incremental_args(n_p: int, gamma: float, alpha_zeta: float, disparity: str, alpha: float = 0.0) -> None:
@@ -92,6 +95,19 @@ def disparity_bound(n_d: int, n_p: int, alpha_zeta: float) -> float:
     return clopper_pearson_upper(n_d, n_p, alpha_zeta)
 
 
+def samples_to_evaluate(cache: CertificationCache, n_p: int, gamma: float = DEFAULT_GAMMA,
+                        disparity: str = DEFAULT_DISPARITY) -> torch.Tensor | None:
+    """Which of the first n_p cached samples f' must run on (a boolean mask), or None for all of them.
+
+    Only the one-sided zeta branch can skip samples: n_d counts {f = c_A and f' != c_A}, so a sample f did not
+    classify as c_A adds nothing to n_d whatever f' says there, and f' runs only on the pA share of the samples
+    where f said c_A. The noise of every sample is still regenerated, so the counted samples are the same ones."""
+    if disparity != ONE_SIDED or cache.pa_lower >= gamma:
+        return None
+    mask = cache.predictions[:n_p].long() == cache.c_a
+    return mask if bool(mask.any()) else None  # nothing to skip to: run f' everywhere (n_d = 0 either way)
+
+
 def incremental_certificate(
     cache: CertificationCache,
     approx_predictions: torch.Tensor,
@@ -99,23 +115,29 @@ def incremental_certificate(
     gamma: float = DEFAULT_GAMMA,
     alpha_zeta: float = DEFAULT_ALPHA_ZETA,
     disparity: str = DEFAULT_DISPARITY,
+    evaluated: torch.Tensor | None = None,
 ) -> IncrementalCertificate:
-    """THE IRS algorithm (SPEC §3), given f''s predictions on the first n_p cached estimation samples.
+    """THE IRS algorithm (SPEC §3), given f''s predictions on the first n_p cached estimation samples (or, with
+    ``evaluated``, a boolean mask over those n_p from ``samples_to_evaluate``, on the samples it marks).
 
     if pA_lower < gamma:   zeta = CP upper bound (1 - alpha_zeta) on the disparity from n_d of n_p;
                            certify c_A with sigma * Phi^-1(pA_lower - zeta) if pA_lower - zeta > 1/2, else abstain
     else (>= gamma):       certify f' directly on the same n_p samples at level 1 - (alpha + alpha_zeta), selection
                            class = the cached c_A
     """
-    n_p = int(approx_predictions.numel())
+    n_p = int(approx_predictions.numel() if evaluated is None else evaluated.numel())
     validate_incremental_args(n_p, gamma, alpha_zeta, disparity, cache.alpha)
     if n_p > cache.n:
         raise CertquantError(f"n_p = {n_p} exceeds the {cache.n} cached estimation samples: use n_p <= {cache.n}")
     c_a, pa_lower, sigma = cache.c_a, cache.pa_lower, cache.sigma
+    base = cache.predictions[:n_p]
+    if evaluated is not None:
+        _check_evaluated(cache, evaluated, approx_predictions, gamma, disparity)
+        base = base[evaluated]
     counts = torch.bincount(approx_predictions.long(), minlength=num_classes).tolist()
     n_a = int(counts[c_a]) if c_a < len(counts) else 0
     # n_d: disagreements of f' with the cached f on the same n_p samples (the union bound makes the reuse sound)
-    n_d = count_disagreements(cache.predictions[:n_p], approx_predictions, c_a, disparity)
+    n_d = count_disagreements(base, approx_predictions, c_a, disparity)
     zeta = disparity_bound(n_d, n_p, alpha_zeta)
     if pa_lower < gamma:
         branch, p_lower = BRANCH_ZETA, max(0.0, pa_lower - zeta)  # lower bound on P[f'(x+e) = c_A]
@@ -126,7 +148,21 @@ def incremental_certificate(
     return IncrementalCertificate(
         label=label, radius=radius, pa_lower=p_lower, counts=counts, seconds=0.0, c_a=c_a, n_a=n_a, seed=cache.seed,
         zeta=zeta, branch=branch, n_p=n_p, n_d=n_d, disparity=disparity, base_pa_lower=pa_lower,
+        evaluated=int(approx_predictions.numel()),
     )
+
+
+def _check_evaluated(cache: CertificationCache, evaluated: torch.Tensor, approx_predictions: torch.Tensor,
+                     gamma: float, disparity: str) -> None:
+    """A mask may only leave out samples that cannot count in n_d (see ``samples_to_evaluate``): refuse any other."""
+    n_p = int(evaluated.numel())
+    needed = samples_to_evaluate(cache, n_p, gamma, disparity)
+    if needed is None or bool((needed & ~evaluated).any()):
+        raise CertquantError("f' skipped samples that count in the disparity: skip only where f did not say c_A, in "
+                             "the one-sided zeta branch (samples_to_evaluate)")
+    if int(evaluated.sum()) != int(approx_predictions.numel()):
+        raise CertquantError(f"{int(approx_predictions.numel())} predictions of f' for {int(evaluated.sum())} "
+                             "evaluated samples: pass one prediction per marked sample")
 
 
 def certify_incremental(
@@ -162,6 +198,9 @@ def certify_incremental(
     from f''s counts on the n_p samples, for the class c_A chosen on f's independent selection samples.
     (Each branch errs with probability <= alpha + alpha_zeta; the branch is chosen from f's counts, as in the paper.)
 
+    Cost: in the one-sided zeta branch f' runs only on the samples f classified as c_A (``samples_to_evaluate``):
+    the others cannot count in n_d, so n_d, zeta and the certificate are those of running f' on all n_p samples.
+
     Noise is regenerated on the device type the cache was made on (``cache_entry.device``); run ``approx_model``
     there. Errors (one line): unknown disparity, n_p above the cached samples, sigma other than the cache's, a
     model with fewer classes than the cache holds, an image that does not fit ``input_shape``.
@@ -180,16 +219,18 @@ def certify_incremental(
         raise CertquantError(f"the cache's noise was drawn on {cache_entry.device}, the model is on {device.type}: "
                              f"run the approximate model on {cache_entry.device} to regenerate it")
     x = x.to(device)
+    evaluated = samples_to_evaluate(cache_entry, n_p, gamma, disparity)
     with _evaluating(approx_model):
-        # f' on the first n_p estimation samples, regenerated bit-identically from the cached seeds
+        # f' on the first n_p estimation samples (those that can count), regenerated bit-identically from the seeds
         counts, predictions = sample_counts(approx_model, x, cache_entry.sigma, cache_entry.n, cache_entry.batch_size,
-                                            cache_entry.seed, cache_entry.stage, keep_predictions=True, limit=n_p)
+                                            cache_entry.seed, cache_entry.stage, keep_predictions=True, limit=n_p,
+                                            only=evaluated)
     assert predictions is not None
     num_classes = int(counts.numel())
     largest = int(cache_entry.predictions[:n_p].max()) if n_p else 0
     if largest >= num_classes:
         raise CertquantError(f"the cache holds class {largest} but the model has {num_classes} classes: the cache was "
                              "made with another model")
-    cert = incremental_certificate(cache_entry, predictions, num_classes, gamma, alpha_zeta, disparity)
+    cert = incremental_certificate(cache_entry, predictions, num_classes, gamma, alpha_zeta, disparity, evaluated)
     cert.seconds = time.perf_counter() - started
     return cert

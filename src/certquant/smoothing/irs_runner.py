@@ -1,8 +1,9 @@
 """Dataset-level IRS: certify an approximate model on the images of a base run's cache; resumable like CERTIFY.
 
 The run folder has the layout of ``runner.certify_dataset`` (run.json, certificates.jsonl, summary.json, certify.tsv);
-each record adds ``zeta``, ``n_d``, ``n_p``, ``branch`` and ``base_pa_lower``, and the summary adds an ``incremental``
-block (n_p, gamma, alpha_zeta, disparity, mean zeta, branch counts, the base run's ACR on the same images).
+each record adds ``zeta``, ``n_d``, ``n_p``, ``branch``, ``base_pa_lower`` and ``evaluated`` (samples f' ran on), and
+the summary adds an ``incremental`` block (n_p, gamma, alpha_zeta, disparity, mean zeta, branch counts, the share of
+the n_p samples f' ran on, the base run's ACR on the same images).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def certify_dataset_incremental(
         return {"index": index, "label": label, "predicted": cert.label, "radius": cert.radius,
                 "pa_lower": cert.pa_lower, "correct": cert.label == label, "seconds": cert.seconds,
                 "c_a": cert.c_a, "n_a": cert.n_a, "zeta": cert.zeta, "n_d": cert.n_d, "n_p": cert.n_p,
-                "branch": cert.branch, "base_pa_lower": cert.base_pa_lower}
+                "branch": cert.branch, "base_pa_lower": cert.base_pa_lower, "evaluated": cert.evaluated}
 
     def postfix(records: list[dict]) -> str:
         return f"ACR {average_certified_radius(records):.3f}"
@@ -94,6 +95,7 @@ def incremental_summary(records: Sequence[dict], params: dict, base_run: str | P
         "mean_zeta_zeta_branch": _mean([float(r["zeta"]) for r in records if r["branch"] == BRANCH_ZETA]),
         "mean_disagreement_rate": sum(r["n_d"] / r["n_p"] for r in records) / count,
         "branch_counts": {b: sum(1 for r in records if r["branch"] == b) for b in (BRANCH_ZETA, BRANCH_DIRECT)},
+        "evaluated_fraction": sum(r.get("evaluated", r["n_p"]) for r in records) / max(1, sum(r["n_p"] for r in records)),
         "base_run": str(base_run) if base_run is not None else None,
     }
     if base_run is not None:
