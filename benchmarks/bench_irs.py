@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from scipy.stats import spearmanr
 
@@ -55,12 +56,13 @@ from certquant.smoothing import (
     clopper_pearson_lower,
     image_seed,
     incremental_certificate,
+    samples_to_evaluate,
 )
 from certquant.smoothing.cache_store import model_fingerprint
-from certquant.utils import atomic_write_json, atomic_write_text, software_versions
+from certquant.utils import atomic_write_json, software_versions
+from common import RESULTS, ROOT, write_results
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+BOOTSTRAP_ROUNDS = 2000  # resamples of the images behind each speed-up's 95% interval
 CHECKPOINTS = {0.25: "small-cnn-fmnist-s0.25", 0.5: "small-cnn-fmnist-s0.50"}
 DISPARITIES = ("two-sided", "one-sided")
 # per layer (conv1, conv2, fc1, fc2) of the small CNN: (w_bits, a_bits)
@@ -89,9 +91,14 @@ def resolve(name: str) -> str:
     return str(local) if local.is_file() else name
 
 
+def credited(labels: list[int], certs: list[tuple[int, float]]) -> np.ndarray:
+    """Per image: the radius when certified and correct, else 0 (their mean is the ACR)."""
+    return np.array([r if c == y else 0.0 for y, (c, r) in zip(labels, certs)])
+
+
 def acr(labels: list[int], certs: list[tuple[int, float]]) -> float:
     """Mean radius, counted when certified and correct."""
-    return sum(r if c == y else 0.0 for y, (c, r) in zip(labels, certs)) / len(labels)
+    return float(credited(labels, certs).mean())
 
 
 def clean_accuracy(labels: list[int], certs: list[tuple[int, float]]) -> float:
@@ -117,6 +124,21 @@ def time_to_reach(target: float, curve: list[dict]) -> tuple[float | None, str]:
             t = (target - lo["acr"]) / (hi["acr"] - lo["acr"])
             return lo["seconds_per_image"] + t * (hi["seconds_per_image"] - lo["seconds_per_image"]), "interpolated"
     return points[-1]["seconds_per_image"], "above"
+
+
+def speedup_interval(irs: np.ndarray, curve: list[tuple[np.ndarray, float]], irs_seconds: float,
+                     rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the speed-up at equal ACR over the choice of test images: resample the images,
+    recompute IRS's ACR and the from-scratch curve (``curve``: per-image credited radii and seconds per image of
+    each point) on the same resample; the times stay fixed (they do not depend on which images)."""
+    picks = np.random.default_rng(seed).integers(0, len(irs), size=(rounds, len(irs)))
+    irs_acr = irs[picks].mean(1)
+    points = [(radii[picks].mean(1), seconds) for radii, seconds in curve]
+    speedups = [time_to_reach(float(irs_acr[k]), [{"samples": i, "acr": float(acrs[k]), "seconds_per_image": sec}
+                                                  for i, (acrs, sec) in enumerate(points)])[0] / irs_seconds
+                for k in range(rounds)]
+    low, high = np.quantile(speedups, [0.025, 0.975])
+    return float(low), float(high)
 
 
 # -- phases ------------------------------------------------------------------------------------------------------
@@ -156,8 +178,11 @@ def derive(base: CacheStore, approx: CacheStore, records: list[dict], labels: li
         entry, mine = base.entry(index), approx.entry(index)
         preds = mine.predictions
         for n_p in sample_counts:
-            for d in DISPARITIES:
-                out["irs"][d][n_p].append(incremental_certificate(entry, preds[:n_p], num_classes, args.gamma, args.alpha_zeta, d))
+            for d in DISPARITIES:  # exactly what certify_incremental computes, skipped samples included
+                mask = samples_to_evaluate(entry, n_p, args.gamma, d)
+                seen = preds[:n_p] if mask is None else preds[:n_p][mask]
+                out["irs"][d][n_p].append(incremental_certificate(entry, seen, num_classes, args.gamma,
+                                                                  args.alpha_zeta, d, mask))
             out["scratch"][n_p].append(from_counts(mine.c_a, int((preds[:n_p].long() == mine.c_a).sum()), n_p, alpha_b,
                                                    sigma))
         out["scratch_n"].append((int(record["predicted"]), float(record["radius"])))
@@ -215,6 +240,7 @@ def policy_result(name: str, policy: Policy, layers, derived: dict, timing: dict
                   "clean_accuracy": clean_accuracy(labels, derived["scratch_n"]),
                   "seconds_per_image": seconds.get(f"scratch/{args.n}")})
     out["scratch"] = curve
+    curve_certs = [derived["scratch"][n_p] for n_p in sample_counts] + [derived["scratch_n"]]
     out["irs"] = {}
     for d in DISPARITIES:
         rows = []
@@ -225,12 +251,16 @@ def policy_result(name: str, policy: Policy, layers, derived: dict, timing: dict
                    "clean_accuracy": clean_accuracy(labels, pairs),
                    "mean_zeta": statistics.mean(c.zeta for c in certs),
                    "branch_counts": {b: sum(1 for c in certs if c.branch == b) for b in ("zeta", "direct")},
+                   "evaluated_fraction": statistics.mean(c.evaluated / n_p for c in certs),
                    "scratch_acr_same_samples": scratch_same["acr"],
                    "seconds_per_image": seconds.get(f"irs/{d}/{n_p}")}
             if row["seconds_per_image"] and all(p["seconds_per_image"] for p in curve):
                 needed, kind = time_to_reach(row["acr"], curve)
                 row.update(scratch_seconds_to_same_acr=needed, speedup=needed / row["seconds_per_image"],
                            speedup_kind=kind)
+                row["speedup_ci95"] = speedup_interval(credited(labels, pairs), [
+                    (credited(labels, certs), point["seconds_per_image"]) for certs, point in zip(curve_certs, curve)],
+                    row["seconds_per_image"])
                 # cost of one IRS sample vs one sample from scratch (n0 + n_p of them) at the same n_p
                 row["cost_per_sample_ratio"] = (row["seconds_per_image"] / n_p) / (
                     scratch_same["seconds_per_image"] / (args.n0 + n_p))
@@ -299,7 +329,7 @@ def run_sigma(sigma: float, args) -> dict:
         result["policies"][name] = policy_result(name, policy, layers, derived, timing, labels, sample_counts, args)
         print(f"sigma {sigma} {name}: full ACR {result['policies'][name]['full']['acr']:.4f}", flush=True)
         result["seconds"] = time.time() - started
-        write_results(sigma, result, args)
+        save(sigma, result, args)
     by_n_p = {n_p: fidelity(result["policies"], n_p) for n_p in sample_counts}
     result["fidelity_by_n_p"] = {str(n_p): {k: fid[k] for k in ("spearman", "pairwise_agreement")}
                                  for n_p, fid in by_n_p.items()}
@@ -307,23 +337,22 @@ def run_sigma(sigma: float, args) -> dict:
     if fid_np in by_n_p:
         result["fidelity"] = by_n_p[fid_np]
     result["seconds"] = time.time() - started
-    write_results(sigma, result, args)
+    save(sigma, result, args)
     return result
 
 
 # -- output ------------------------------------------------------------------------------------------------------
 
 
-def write_results(sigma: float, result: dict, args) -> None:
+def save(sigma: float, result: dict, args) -> None:
+    """Merge one sigma's result into benchmarks/results/<name>.json and rewrite the .md table and the .png plot."""
     path = RESULTS / f"{args.name}.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     data.setdefault("sigmas", {})[f"{sigma:g}"] = result
     data["config"] = {k: v for k, v in vars(args).items() if k not in ("sigmas",)}
     data.update(threads=torch.get_num_threads(), device="CPU", date=time.strftime("%Y-%m-%d %H:%M"),
                 software=software_versions())
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, data)
-    atomic_write_text(RESULTS / f"{args.name}.md", markdown(data))
+    write_results(args.name, data, markdown(data))
     plot(data, RESULTS / f"{args.name}.png")
 
 
@@ -337,7 +366,9 @@ def _speedup(row: dict) -> str:
     if "speedup" not in row:
         return "-"
     mark = {"interpolated": "", "above": " (>=)", "below": " (<=)"}[row["speedup_kind"]]
-    return f"{row['speedup']:.2f}x{mark}"
+    low, high = row.get("speedup_ci95") or (None, None)
+    interval = f" [{low:.2f}, {high:.2f}]" if low is not None else ""
+    return f"{row['speedup']:.2f}x{mark}{interval}"
 
 
 def markdown(data: dict) -> str:
@@ -352,7 +383,8 @@ def markdown(data: dict) -> str:
         f"{cfg['timed_images']} images, the real functions called interleaved ({data['threads']} torch thread(s), "
         f"batch {cfg['batch']}, channels_last, {data['device']}, {data['date']}, no other job running). Speed-up = "
         "time from scratch needs for the same ACR (interpolated) / IRS time; (>=): IRS's ACR is above every from-scratch point "
-        "(lower bound), (<=): below the cheapest one (upper bound). Full = CERTIFY at n, alpha (the reference).",
+        "(lower bound), (<=): below the cheapest one (upper bound); [a, b]: 95% bootstrap interval over the test images "
+        f"({BOOTSTRAP_ROUNDS} resamples, times fixed). Full = CERTIFY at n, alpha (the reference).",
         "",
     ]
     for key, res in sorted(data["sigmas"].items(), key=lambda kv: float(kv[0])):
@@ -363,8 +395,8 @@ def markdown(data: dict) -> str:
                   f"{100 * base['fraction_pa_lower_ge_gamma']:.0f}% of images have pA_lower >= gamma.", ""]
         lines += ["| policy | BitOPs | n_p | ACR IRS 2-sided | ACR IRS 1-sided | ACR scratch n_p | s IRS 2s | "
                   "s scratch n_p | speed-up 2s | speed-up 1s | mean zeta 2s / 1s | branches zeta/direct | "
-                  "IRS/scratch cost per sample |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "IRS/scratch cost per sample | s IRS 1s | share of n_p run 1s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, p in res["policies"].items():
             two, one = p["irs"]["two-sided"], p["irs"]["one-sided"]
             for r2, r1, sc in zip(two, one, p["scratch"]):
@@ -374,12 +406,13 @@ def markdown(data: dict) -> str:
                     f"{_fmt(sc['seconds_per_image'])} | {_speedup(r2)} | {_speedup(r1)} | "
                     f"{r2['mean_zeta']:.4f} / {r1['mean_zeta']:.4f} | "
                     f"{r2['branch_counts']['zeta']}/{r2['branch_counts']['direct']} | "
-                    f"{_fmt(r2.get('cost_per_sample_ratio'), 2)} |")
+                    f"{_fmt(r2.get('cost_per_sample_ratio'), 2)} | {_fmt(r1['seconds_per_image'])} | "
+                    f"{r1.get('evaluated_fraction', 1.0):.2f} |")
             sn = p["scratch"][-1]
             lines.append(f"| {name} | | scratch n = {sn['samples']} | | | {sn['acr']:.4f} | | "
-                         f"{_fmt(sn['seconds_per_image'])} | | | | | |")
+                         f"{_fmt(sn['seconds_per_image'])} | | | | | | | |")
             lines.append(f"| {name} | | full n = {cfg['n']}, alpha {cfg['alpha']} | | | {p['full']['acr']:.4f} | | | | "
-                         "| | | |")
+                         "| | | | | |")
         checks = [(n, p["timing_check"]) for n, p in res["policies"].items() if "timing_check" in p]
         if checks:
             lines += ["", "Timed certificates equal to the derived ones: " + ", ".join(

@@ -130,6 +130,12 @@ def test_dataset_irs_of_the_base_itself(setup, base_run, tmp_path):
     inc = summary["incremental"]
     assert inc["n_p"] == 50 and inc["disparity"] == "one-sided" and inc["confidence"] == pytest.approx(1 - 0.011)
     assert sum(inc["branch_counts"].values()) == len(INDICES) and "base_acr" in inc
+    # f' ran on the samples that can count: all n_p in the direct branch, where f said c_A in the zeta branch
+    for r in records:
+        entry = store.entry(r["index"])
+        expected = 50 if r["branch"] == "direct" else int((entry.predictions[:50].long() == entry.c_a).sum()) or 50
+        assert r["evaluated"] == expected
+    assert inc["evaluated_fraction"] == pytest.approx(sum(r["evaluated"] for r in records) / (50 * len(records)))
     assert summary["num_images"] == len(INDICES) and "certified_accuracy" in summary
     again = certify_dataset_incremental(model, images, labels, INDICES, tmp_path / "irs", store, n_p=50,
                                         disparity="one-sided", progress=False, base_run=base_run)
