@@ -34,6 +34,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -126,19 +127,36 @@ def time_to_reach(target: float, curve: list[dict]) -> tuple[float | None, str]:
     return points[-1]["seconds_per_image"], "above"
 
 
+def weighted_speedups(weights: np.ndarray, irs: np.ndarray, curve: list[tuple[np.ndarray, float]],
+                      irs_seconds: float) -> np.ndarray:
+    """The speed-up at equal ACR for each row of ``weights`` (image weights summing to 1): IRS's ACR and the
+    from-scratch curve (``curve``: per-image credited radii and seconds per image of each point) are the weighted
+    means of the credited radii; the times stay fixed (they do not depend on which images)."""
+    irs_acr = weights @ irs
+    points = [(weights @ radii, seconds) for radii, seconds in curve]
+    return np.array([time_to_reach(float(irs_acr[k]), [{"samples": i, "acr": float(acrs[k]), "seconds_per_image": sec}
+                                                       for i, (acrs, sec) in enumerate(points)])[0] / irs_seconds
+                     for k in range(len(weights))])
+
+
 def speedup_interval(irs: np.ndarray, curve: list[tuple[np.ndarray, float]], irs_seconds: float,
                      rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval of the speed-up at equal ACR over the choice of test images: resample the images,
-    recompute IRS's ACR and the from-scratch curve (``curve``: per-image credited radii and seconds per image of
-    each point) on the same resample; the times stay fixed (they do not depend on which images)."""
-    picks = np.random.default_rng(seed).integers(0, len(irs), size=(rounds, len(irs)))
-    irs_acr = irs[picks].mean(1)
-    points = [(radii[picks].mean(1), seconds) for radii, seconds in curve]
-    speedups = [time_to_reach(float(irs_acr[k]), [{"samples": i, "acr": float(acrs[k]), "seconds_per_image": sec}
-                                                  for i, (acrs, sec) in enumerate(points)])[0] / irs_seconds
-                for k in range(rounds)]
-    low, high = np.quantile(speedups, [0.025, 0.975])
+    """95% bootstrap interval of the speed-up at equal ACR over the choice of test images (resampled with
+    replacement, IRS and the from-scratch curve on the same resample)."""
+    count = len(irs)
+    picks = np.random.default_rng(seed).integers(0, count, size=(rounds, count))
+    weights = np.stack([np.bincount(row, minlength=count) for row in picks]) / count
+    low, high = np.quantile(weighted_speedups(weights, irs, curve, irs_seconds), [0.025, 0.975])
     return float(low), float(high)
+
+
+def speedup_at_direct_share(direct: np.ndarray, share: float, irs: np.ndarray, curve: list[tuple[np.ndarray, float]],
+                            irs_seconds: float) -> float:
+    """The speed-up with the images re-weighted so that a ``share`` of the weight is on images of IRS's direct
+    branch (``direct``: per image): what the same quantized model would measure on data with another mix of easy
+    images (pA_lower >= gamma). Compare with a reference measured on another image set."""
+    weights = np.where(direct, share / direct.mean(), (1 - share) / (1 - direct.mean())) / len(direct)
+    return float(weighted_speedups(weights[None, :], irs, curve, irs_seconds)[0])
 
 
 # -- phases ------------------------------------------------------------------------------------------------------
@@ -258,9 +276,14 @@ def policy_result(name: str, policy: Policy, layers, derived: dict, timing: dict
                 needed, kind = time_to_reach(row["acr"], curve)
                 row.update(scratch_seconds_to_same_acr=needed, speedup=needed / row["seconds_per_image"],
                            speedup_kind=kind)
-                row["speedup_ci95"] = speedup_interval(credited(labels, pairs), [
-                    (credited(labels, certs), point["seconds_per_image"]) for certs, point in zip(curve_certs, curve)],
-                    row["seconds_per_image"])
+                radii = credited(labels, pairs)
+                scratch = [(credited(labels, certs), point["seconds_per_image"])
+                           for certs, point in zip(curve_certs, curve)]
+                row["speedup_ci95"] = speedup_interval(radii, scratch, row["seconds_per_image"])
+                direct = np.array([c.branch == "direct" for c in certs])
+                if args.direct_share is not None and 0 < direct.mean() < 1:
+                    row["speedup_at_direct_share"] = {"share": args.direct_share, "speedup": speedup_at_direct_share(
+                        direct, args.direct_share, radii, scratch, row["seconds_per_image"])}
                 # cost of one IRS sample vs one sample from scratch (n0 + n_p of them) at the same n_p
                 row["cost_per_sample_ratio"] = (row["seconds_per_image"] / n_p) / (
                     scratch_same["seconds_per_image"] / (args.n0 + n_p))
@@ -351,7 +374,7 @@ def save(sigma: float, result: dict, args) -> None:
     data.setdefault("sigmas", {})[f"{sigma:g}"] = result
     data["config"] = {k: v for k, v in vars(args).items() if k not in ("sigmas",)}
     data.update(threads=torch.get_num_threads(), device="CPU", date=time.strftime("%Y-%m-%d %H:%M"),
-                software=software_versions())
+                software=software_versions(), command=" ".join(["python", "benchmarks/bench_irs.py", *sys.argv[1:]]))
     write_results(args.name, data, markdown(data))
     plot(data, RESULTS / f"{args.name}.png")
 
@@ -413,6 +436,14 @@ def markdown(data: dict) -> str:
                          f"{_fmt(sn['seconds_per_image'])} | | | | | | | |")
             lines.append(f"| {name} | | full n = {cfg['n']}, alpha {cfg['alpha']} | | | {p['full']['acr']:.4f} | | | | "
                          "| | | | | |")
+        shares = [(n, r2["n_p"], r2["speedup_at_direct_share"], r1["speedup_at_direct_share"])
+                  for n, p in res["policies"].items()
+                  for r2, r1 in zip(p["irs"]["two-sided"], p["irs"]["one-sided"]) if "speedup_at_direct_share" in r2]
+        if shares:
+            lines += ["", f"Speed-up with the images re-weighted so that {100 * shares[0][2]['share']:g}% of the weight "
+                          "is on direct-branch images (two-sided / one-sided): " + "; ".join(
+                              f"{n} n_p {n_p}: {two['speedup']:.2f}x / {one['speedup']:.2f}x"
+                              for n, n_p, two, one in shares) + "."]
         checks = [(n, p["timing_check"]) for n, p in res["policies"].items() if "timing_check" in p]
         if checks:
             lines += ["", "Timed certificates equal to the derived ones: " + ", ".join(
@@ -437,8 +468,9 @@ def markdown(data: dict) -> str:
                     f"n_p {n}: " + ", ".join(f"{k} {_fmt(v['spearman'][k], 2)} ({_fmt(v['pairwise_agreement'][k], 2)})"
                                              for k in v["spearman"]) for n, v in by.items()) + "."]
         lines.append("")
-    lines += [f"Regenerate: `python benchmarks/bench_irs.py --sigmas {' '.join(sorted(data['sigmas']))} --images "
-              f"{cfg['images']}` (numbers vary with machine load).", ""]
+    command = data.get("command") or f"python benchmarks/bench_irs.py --sigmas {' '.join(sorted(data['sigmas']))}"
+    lines += [f"Regenerate: `{command}` (the run folders in --work make it resumable; times vary with machine load).",
+              ""]
     return "\n".join(lines)
 
 
@@ -500,6 +532,9 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench_irs"))
     parser.add_argument("--name", default="irs", help="results file stem")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--direct-share", type=float, default=None,
+                        help="also report each speed-up with the images re-weighted to this share of direct-branch "
+                             "images (pA_lower >= gamma), e.g. 0.62 for the reference figures' image set")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for n_p in (int(round(f * args.n)) for f in args.fractions):
