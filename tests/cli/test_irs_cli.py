@@ -66,14 +66,15 @@ def test_irs_of_a_quantized_checkpoint(setup, tmp_path):
     result = _invoke("certify", "--checkpoint", setup["q"], "--incremental-from", setup["run"], "--np", 100,
                      "--out", out, "--no-progress")
     assert result.exit_code == 0, result.output
-    assert "mean zeta" in result.output and "base model: ACR" in result.output
+    assert "mean zeta" in result.output and "base model: ACR" in result.output and "of the n_p samples" in result.output
     summary = json.loads((out / "summary.json").read_text())
     inc = summary["incremental"]
     assert summary["indices"] == [0, 100, 200, 300, 400] and inc["n_p"] == 100 and inc["disparity"] == "one-sided"  # the default
     assert sum(inc["branch_counts"].values()) == 5 and 0 < inc["mean_zeta"] <= 1
     assert summary["arguments"]["sigma"] == 0.25 and summary["base_checkpoint_sha256"]
     records = _records(out)
-    assert {"zeta", "n_d", "n_p", "branch", "base_pa_lower", "radius", "correct"} <= set(records[0])
+    assert {"zeta", "n_d", "n_p", "branch", "base_pa_lower", "radius", "correct", "evaluated"} <= set(records[0])
+    assert 0 < inc["evaluated_fraction"] <= 1
     assert (out / "certify.tsv").exists()
     # resuming changes nothing; a subset (--max) reuses the finished records
     again = _invoke("certify", "--checkpoint", setup["q"], "--incremental-from", setup["run"], "--np", 100,

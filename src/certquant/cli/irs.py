@@ -112,6 +112,7 @@ def certify_incremental_cmd(
                + (f" (base model: ACR {inc['base_acr']:.4f})" if "base_acr" in inc else ""))
     typer.echo(f"IRS n_p {n_p}, {disparity}: mean zeta {inc['mean_zeta']:.4f}, branches zeta {inc['branch_counts']['zeta']}"
                f" / direct {inc['branch_counts']['direct']}, confidence {inc['confidence']:.4f}, "
-               f"{summary['seconds_per_image']:.3f} s/image")
+               f"{summary['seconds_per_image']:.3f} s/image, the model ran on {100 * inc['evaluated_fraction']:.0f}% "
+               "of the n_p samples")
     typer.echo(f"wrote {out}/certificates.jsonl, summary.json, certify.tsv")
     return summary
