@@ -259,6 +259,7 @@ def policy_result(name: str, policy: Policy, layers, derived: dict, timing: dict
                   "seconds_per_image": seconds.get(f"scratch/{args.n}")})
     out["scratch"] = curve
     curve_certs = [derived["scratch"][n_p] for n_p in sample_counts] + [derived["scratch_n"]]
+    curve_radii = [(credited(labels, certs), point["seconds_per_image"]) for certs, point in zip(curve_certs, curve)]
     out["irs"] = {}
     for d in DISPARITIES:
         rows = []
@@ -277,13 +278,11 @@ def policy_result(name: str, policy: Policy, layers, derived: dict, timing: dict
                 row.update(scratch_seconds_to_same_acr=needed, speedup=needed / row["seconds_per_image"],
                            speedup_kind=kind)
                 radii = credited(labels, pairs)
-                scratch = [(credited(labels, certs), point["seconds_per_image"])
-                           for certs, point in zip(curve_certs, curve)]
-                row["speedup_ci95"] = speedup_interval(radii, scratch, row["seconds_per_image"])
+                row["speedup_ci95"] = speedup_interval(radii, curve_radii, row["seconds_per_image"])
                 direct = np.array([c.branch == "direct" for c in certs])
                 if args.direct_share is not None and 0 < direct.mean() < 1:
                     row["speedup_at_direct_share"] = {"share": args.direct_share, "speedup": speedup_at_direct_share(
-                        direct, args.direct_share, radii, scratch, row["seconds_per_image"])}
+                        direct, args.direct_share, radii, curve_radii, row["seconds_per_image"])}
                 # cost of one IRS sample vs one sample from scratch (n0 + n_p of them) at the same n_p
                 row["cost_per_sample_ratio"] = (row["seconds_per_image"] / n_p) / (
                     scratch_same["seconds_per_image"] / (args.n0 + n_p))
