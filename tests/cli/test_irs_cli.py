@@ -78,7 +78,7 @@ def test_irs_of_a_quantized_checkpoint(setup, tmp_path):
     assert (out / "certify.tsv").exists()
     # resuming changes nothing; a subset (--max) reuses the finished records
     again = _invoke("certify", "--checkpoint", setup["q"], "--incremental-from", setup["run"], "--np", 100,
-                    "--out", out, "--no-progress")
+                    "--out", out, "--no-progress", "--resume")
     assert again.exit_code == 0 and [r["zeta"] for r in _records(out)] == [r["zeta"] for r in records]
     # one-sided: never looser
     one = tmp_path / "one"

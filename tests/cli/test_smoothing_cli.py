@@ -55,12 +55,13 @@ def test_interrupted_run_equals_uninterrupted(checkpoint, tmp_path):
     # interrupted after 2 images (--max), then the full command
     assert _certify(checkpoint, tmp_path / "parts", "--max", "2").exit_code == 0
     assert len(_records(tmp_path / "parts")) == 2
-    assert _certify(checkpoint, tmp_path / "parts").exit_code == 0
+    assert_one_line_error(_certify(checkpoint, tmp_path / "parts"), "already holds a certify run: pass --resume")
+    assert _certify(checkpoint, tmp_path / "parts", "--resume").exit_code == 0
     assert _records(tmp_path / "parts") == _records(tmp_path / "whole")
     # lose the last line (a kill), re-run: the same again
     jsonl = tmp_path / "parts" / "certificates.jsonl"
     jsonl.write_text("".join(jsonl.read_text().splitlines(keepends=True)[:-1]))
-    assert _certify(checkpoint, tmp_path / "parts").exit_code == 0
+    assert _certify(checkpoint, tmp_path / "parts", "--resume").exit_code == 0
     assert _records(tmp_path / "parts") == _records(tmp_path / "whole")
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
     parts = json.loads((tmp_path / "parts" / "summary.json").read_text())
@@ -79,17 +80,18 @@ def test_channels_last_is_recorded_and_gives_the_same_certificates(checkpoint, t
 
 def test_changed_arguments_refused(checkpoint, tmp_path):
     assert _certify(checkpoint, tmp_path, "--max", "1").exit_code == 0
-    assert_one_line_error(_certify(checkpoint, tmp_path, "--max", "1", "--seed", "1"), "other arguments", "seed: 0 there, 1 now")
+    assert_one_line_error(_certify(checkpoint, tmp_path, "--max", "1", "--seed", "1", "--resume"),
+                          "other settings", "seed: 0 there, 1 now")
 
 
 @pytest.mark.parametrize("extra,fragment", [
     (["--alpha", "1.5"], "alpha must be in (0, 1)"),
     (["--alpha", "0"], "alpha must be in (0, 1)"),
-    (["--n", "0"], "n must be >= 1"),
-    (["--n0", "0"], "n0 must be >= 1"),
+    (["--n", "0"], "n0 >= 1 and n >= 1"),
+    (["--n0", "0"], "n0 >= 1 and n >= 1"),
     (["--sigma", "0"], "sigma must be > 0"),
     (["--sigma", "-0.5"], "sigma must be > 0"),
-    (["--batch", "0"], "batch size must be >= 1"),
+    (["--batch", "0"], "batch (noisy samples per noise batch) must be >= 1"),
     (["--skip", "0"], "--skip must be >= 1"),
     (["--max", "0"], "--max must be >= 1"),
     (["--dataset", "mnist"], "trained on synthetic, not mnist"),

@@ -39,9 +39,10 @@ def tiny_config(checkpoint: str, **search):
     return config_from_dict({
         "dataset": "synthetic", "checkpoint": checkpoint, "device": "cpu",
         "certify": {"n0": 10, "n": 100, "skip": 100, "max_images": 3, "batch": 50},
-        "search": {"budgets": [0.015625], "methods": ["arq", "uniform"], "episodes": 3, "warmup": 2,
+        "search": {"budgets": [0.015625], "methods": ["arq", "uniform"], "episodes": 3, "agent": {"warmup_episodes": 2},
                    "search_images": 3, "n_p": 40, **search},
-        "finetune": {"epochs": 1, "images": 128, "calibration_images": 32, "batch": 64},
+        "finetune": {"epochs": 1, "images": 128, "batch": 64},
+        "quantize": {"calibration_images": 32},
     })
 
 
@@ -113,7 +114,7 @@ def test_report_html_renders_in_headless_chromium(uniform_run, tmp_path):
 
 def test_resume_with_another_config_is_refused(checkpoint, tmp_path):
     run_pipeline(tiny_config(checkpoint, methods=["uniform"]), tmp_path / "run", progress=False)
-    with pytest.raises(CertquantError, match="another config"):
+    with pytest.raises(CertquantError, match="other settings"):
         run_pipeline(tiny_config(checkpoint, methods=["uniform"], seed=1), tmp_path / "run", resume=True, progress=False)
 
 

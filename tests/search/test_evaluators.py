@@ -6,18 +6,38 @@ import pytest
 import torch
 
 from certquant.quant import Policy, quantizable_layers
-from certquant.search.evaluators import ESTIMATORS, ACREstimator, EvalConfig, PolicyEvaluator, register_estimator
+from certquant.search.evaluators import (
+    ESTIMATORS,
+    ACREstimator,
+    EvalConfig,
+    PolicyEvaluator,
+    arq_reward,
+    haq_reward,
+    register_estimator,
+)
 from certquant.smoothing import certify
+from certquant.smoothing.config import CertifyConfig
 from certquant.utils.errors import CertquantError
 
 SIGMA = 0.25  # the noise the search fixtures' CNN was trained with (tests/search/conftest.py)
 
-TINY = dict(n0=20, n_p=100, batch_size=120, calib_images=64)
+TINY = dict(n_p=100, calib_images=64)
+CERTIFY = CertifyConfig(n0=20, batch=120)
 
 
-def evaluator(model, search_set, **kwargs) -> PolicyEvaluator:
+def evaluator(model, search_set, reward="arq", **kwargs) -> PolicyEvaluator:
     images, labels, idx = search_set
-    return PolicyEvaluator(model, SIGMA, images, labels, idx, EvalConfig(**{**TINY, **kwargs}), arch="small-cnn")
+    return PolicyEvaluator(model, SIGMA, images, labels, idx, EvalConfig(**{**TINY, **kwargs}), reward=reward,
+                           certify_config=CERTIFY, arch="small-cnn")
+
+
+def test_rewards_are_the_documented_formulas():
+    """R_arq = lambda [(ACR_q - ACR_fp) + w (acc_q - acc_fp)], R_haq = lambda (top1_q - top1_fp): exact values."""
+    assert arq_reward(0.50, 0.80, 0.55, 0.90) == pytest.approx(0.1 * (-0.05 - 0.10))
+    assert arq_reward(0.50, 0.80, 0.55, 0.90, lam=1.0, clean_weight=0.0) == pytest.approx(-0.05)
+    assert arq_reward(0.60, 0.95, 0.55, 0.90, lam=0.5, clean_weight=2.0) == pytest.approx(0.5 * (0.05 + 0.10))
+    assert haq_reward(0.70, 0.75) == pytest.approx(-0.005)
+    assert haq_reward(0.70, 0.60, lam=2.0) == pytest.approx(0.2)
 
 
 def test_arq_reward_terms_and_determinism(trained_cnn, search_set):
@@ -30,7 +50,9 @@ def test_arq_reward_terms_and_determinism(trained_cnn, search_set):
     for key in ("reward", "acr", "acr_fp32", "clean_accuracy", "clean_accuracy_fp32", "abstain_rate", "lambda",
                 "bitops_fraction", "seconds_quantize", "seconds_score"):
         assert key in w8
-    assert w8["reward"] == pytest.approx(0.1 * (w8["acr"] - ref["acr"]))
+    assert w8["reward"] == pytest.approx(0.1 * ((w8["acr"] - ref["acr"])
+                                                + (w8["clean_accuracy"] - ref["clean_accuracy"])))
+    assert w2["clean_accuracy"] != ref["clean_accuracy"]  # the clean term is exercised, not tied away
     assert abs(w8["acr"] - ref["acr"]) < 0.1  # 8 bits with noisy calibration barely changes the certificates
     assert w2["reward"] < w8["reward"]  # 2-bit everything hurts
     again = ev(Policy.uniform(layers, 8, arch="small-cnn"))
@@ -39,7 +61,7 @@ def test_arq_reward_terms_and_determinism(trained_cnn, search_set):
 
 
 def test_haq_reward_and_clean_term(trained_cnn, search_set):
-    ev = evaluator(trained_cnn, search_set, reward="haq", noise_copies=4)
+    ev = evaluator(trained_cnn, search_set, "haq", noise_copies=4)
     layers = ev.layers
     terms = ev(Policy.uniform(layers, 2, arch="small-cnn"))
     assert terms["reward"] == pytest.approx(0.1 * (terms["noisy_accuracy"] - terms["noisy_accuracy_fp32"]))
@@ -52,7 +74,7 @@ def test_haq_reward_and_clean_term(trained_cnn, search_set):
 
 
 def test_finetune_steps_run(trained_cnn, search_set):
-    ev = evaluator(trained_cnn, search_set, reward="haq", noise_copies=2, finetune_steps=2, finetune_batch=8)
+    ev = evaluator(trained_cnn, search_set, "haq", noise_copies=2, finetune_steps=2, finetune_batch=8)
     before = [p.clone() for p in trained_cnn.parameters()]
     terms = ev(Policy.uniform(ev.layers, 4, arch="small-cnn"))
     assert 0 <= terms["noisy_accuracy"] <= 1
@@ -68,7 +90,8 @@ def test_estimator_is_a_strategy(trained_cnn, search_set):
 
         def certify_image(self, model, k, x, seed):
             calls.append(k)
-            cert = certify(model, x, self.sigma, self.config.n0, self.config.n_p, self.config.alpha, seed=seed)
+            c = self.certify_config
+            cert = certify(model, x, self.sigma, c.n0, self.config.n_p, c.alpha, seed=seed)
             return cert.label, cert.radius
 
     try:
@@ -83,20 +106,21 @@ def test_scratch_batches_search_images_without_changing_certificates(trained_cnn
     """The scratch estimator certifies all search images at once (certify_many): the same as one by one."""
     ev = evaluator(trained_cnn, search_set, max_forward=5000)
     qmodel = ev.quantized(Policy.uniform(ev.layers, 4, arch="small-cnn"))
-    one_by_one = [ev.estimator.certify_image(qmodel, k, ev.images[k], ev.seeds[k]) for k in range(len(ev.images))]
-    assert ev.estimator.certify_all(qmodel, ev.images, ev.seeds) == one_by_one
+    seeds = ev.search.seeds
+    one_by_one = [ev.scorer.certify_image(qmodel, k, ev.images[k], seeds[k]) for k in range(len(ev.images))]
+    assert ev.scorer.certify_all(qmodel, ev.images, seeds) == one_by_one
 
 
 def test_bad_evaluator_settings(trained_cnn, search_set):
     with pytest.raises(CertquantError, match="unknown reward"):
-        evaluator(trained_cnn, search_set, reward="accuracy")
+        evaluator(trained_cnn, search_set, "accuracy")
     with pytest.raises(CertquantError, match="unknown ACR estimator"):
         evaluator(trained_cnn, search_set, estimator="magic")
     with pytest.raises(CertquantError, match="n_p = 100 must be <= n_fp = 50"):
         evaluator(trained_cnn, search_set, estimator="irs", n_fp=50)  # IRS reuses n_p of the n_fp FP32 samples
     images, labels, idx = search_set
     with pytest.raises(CertquantError, match="search set"):
-        PolicyEvaluator(trained_cnn, SIGMA, images, labels[:3], idx, EvalConfig(**TINY))
+        PolicyEvaluator(trained_cnn, SIGMA, images, labels[:3], idx, EvalConfig(**TINY), certify_config=CERTIFY)
     layers = quantizable_layers(trained_cnn, (1, 28, 28))
     with pytest.raises(CertquantError):
         evaluator(trained_cnn, search_set)(Policy.uniform(layers[:2], 4))  # a policy for other layers

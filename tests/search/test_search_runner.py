@@ -12,6 +12,7 @@ from certquant.quant import Policy, bitops_fraction, quantizable_layers
 from certquant.search.ddpg import DDPGConfig
 from certquant.search.env import EnvConfig
 from certquant.search.evaluators import EvalConfig, PolicyEvaluator
+from certquant.smoothing.config import CertifyConfig
 from certquant.search.runner import Search, SearchConfig, run_search
 from certquant.utils.errors import CertquantError
 from certquant.utils.io import read_jsonl
@@ -110,7 +111,7 @@ def test_existing_run_and_changed_arguments_are_refused(tmp_path, layers):
     with pytest.raises(CertquantError, match="--resume"):
         run_search(layers, fake_reward, config, tmp_path, progress=False)
     other = SearchConfig(EnvConfig(budget=0.05), method="random", episodes=2)
-    with pytest.raises(CertquantError, match="other arguments"):
+    with pytest.raises(CertquantError, match="other settings"):
         run_search(layers, fake_reward, other, tmp_path, resume=True, progress=False)
 
 
@@ -123,7 +124,8 @@ def test_unknown_method(tmp_path, layers, method):
 def test_real_arq_search_end_to_end(tmp_path, trained_cnn, search_set):
     images, labels, idx = search_set
     evaluate = PolicyEvaluator(trained_cnn, SIGMA, images[:6], labels[:6], idx[:6],
-                               EvalConfig(n0=10, n_p=50, batch_size=60, calib_images=32), arch="small-cnn")
+                               EvalConfig(n_p=50, calib_images=32), certify_config=CertifyConfig(n0=10, batch=60),
+                               arch="small-cnn")
     config = SearchConfig(EnvConfig(budget=0.02), method="arq", episodes=4,
                           ddpg=DDPGConfig(hidden=16, batch_size=4, warmup_episodes=2))
     result = run_search(evaluate.layers, evaluate, config, tmp_path, arch="small-cnn", progress=False,

@@ -104,7 +104,7 @@ def test_keep_cache_is_part_of_the_run(setup, base_run):
     model, images, labels = setup
     with pytest.raises(CertquantError, match="keep_cache"):
         certify_dataset(model, images, labels, INDICES, base_run, identity={"checkpoint_sha256": "a" * 64,
-                        "dataset": "synthetic"}, progress=False, **ARGS)
+                        "dataset": "synthetic"}, progress=False, resume=True, **ARGS)
 
 
 def test_resumed_run_keeps_one_entry_per_image(setup, tmp_path):
@@ -113,7 +113,8 @@ def test_resumed_run_keeps_one_entry_per_image(setup, tmp_path):
     certify_dataset(model, images, labels, INDICES[:2], tmp_path, identity=ident, progress=False, keep_cache=True, **ARGS)
     jsonl = tmp_path / "certificates.jsonl"
     jsonl.write_text("".join(jsonl.read_text().splitlines(keepends=True)[:1]))  # killed after its cache entry
-    certify_dataset(model, images, labels, INDICES, tmp_path, identity=ident, progress=False, keep_cache=True, **ARGS)
+    certify_dataset(model, images, labels, INDICES, tmp_path, identity=ident, progress=False, keep_cache=True,
+                    resume=True, **ARGS)
     store = CacheStore.open(tmp_path)
     assert store.indices == INDICES
     assert len((tmp_path / CACHE_DIR / "entries.jsonl").read_text().splitlines()) == 4  # 7 twice, identical
@@ -138,10 +139,11 @@ def test_dataset_irs_of_the_base_itself(setup, base_run, tmp_path):
     assert inc["evaluated_fraction"] == pytest.approx(sum(r["evaluated"] for r in records) / (50 * len(records)))
     assert summary["num_images"] == len(INDICES) and "certified_accuracy" in summary
     again = certify_dataset_incremental(model, images, labels, INDICES, tmp_path / "irs", store, n_p=50,
-                                        disparity="one-sided", progress=False, base_run=base_run)
+                                        disparity="one-sided", progress=False, base_run=base_run, resume=True)
     assert again["acr"] == summary["acr"]
-    with pytest.raises(CertquantError, match="other arguments"):
-        certify_dataset_incremental(model, images, labels, INDICES, tmp_path / "irs", store, n_p=40, progress=False)
+    with pytest.raises(CertquantError, match="other settings"):
+        certify_dataset_incremental(model, images, labels, INDICES, tmp_path / "irs", store, n_p=40, progress=False,
+                                    resume=True)
     with pytest.raises(CertquantError, match="differs from the image the IRS cache was made for"):
         certify_dataset_incremental(model, images.flip(0), labels, INDICES, tmp_path / "other", store, n_p=50,
                                     progress=False)

@@ -44,7 +44,9 @@ def test_run_writes_files_and_resumes_identically(setup, tmp_path):
     certify_dataset(model, images, labels, INDICES[:2], tmp_path / "b", progress=False, **ARGS)
     with open(tmp_path / "b" / "certificates.jsonl", "a") as handle:
         handle.write('{"index": 21, "lab')
-    resumed = certify_dataset(model, images, labels, INDICES, tmp_path / "b", progress=False, **ARGS)
+    with pytest.raises(CertquantError, match="already holds a certify run: pass --resume"):
+        certify_dataset(model, images, labels, INDICES, tmp_path / "b", progress=False, **ARGS)
+    resumed = certify_dataset(model, images, labels, INDICES, tmp_path / "b", progress=False, resume=True, **ARGS)
     assert _stable(_lines(tmp_path / "a" / "certificates.jsonl")) == _stable(_lines(tmp_path / "b" / "certificates.jsonl"))
     for key in ("clean_accuracy", "acr", "certified_accuracy", "abstain_rate", "indices"):
         assert resumed[key] == whole[key]
@@ -61,8 +63,8 @@ def test_order_does_not_matter(setup, tmp_path):
 def test_changed_arguments_are_refused(setup, tmp_path):
     model, images, labels = setup
     certify_dataset(model, images, labels, INDICES[:1], tmp_path, progress=False, **ARGS)
-    with pytest.raises(CertquantError, match="other arguments \\(n: 60 there, 61 now\\)"):
-        certify_dataset(model, images, labels, INDICES[:1], tmp_path, progress=False, **{**ARGS, "n": 61})
+    with pytest.raises(CertquantError, match="other settings \\(n: 60 there, 61 now\\)"):
+        certify_dataset(model, images, labels, INDICES[:1], tmp_path, progress=False, resume=True, **{**ARGS, "n": 61})
 
 
 def test_predict_dataset(setup, tmp_path):

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from certquant.smoothing.config import check_sigma
 from certquant.cli.common import new_app
 from certquant.data import dataset_info, fetch_dataset, list_datasets, load_dataset
 from certquant.models import list_models, load_checkpoint, model_spec
@@ -88,8 +89,7 @@ def evaluate_cmd(
     refs = checkpoint or [entry["name"] for entry in zoo_entries()]
     if not refs:
         raise CertquantError("no checkpoint given and the zoo is empty: pass --checkpoint")
-    if sigma is not None and sigma <= 0:
-        raise CertquantError(f"sigma must be > 0, got {sigma}")
+    check_sigma(sigma)
     dev = resolve_device(device)
     rows = []
     for ref in refs:

@@ -12,7 +12,7 @@ import typer
 from certquant.data import every_kth, load_dataset
 from certquant.models import load_checkpoint
 from certquant.smoothing import CacheStore, certify_dataset_incremental
-from certquant.smoothing.incremental import validate_incremental_args
+from certquant.smoothing.config import IRSConfig
 from certquant.train import resolve_device
 from certquant.utils.errors import CertquantError
 
@@ -68,13 +68,14 @@ def certify_incremental_cmd(
     device: str,
     channels_last: bool,
     progress: bool,
+    resume: bool,
     **cache_options: Any,
 ) -> dict:
     """Run IRS of ``checkpoint`` on the base run's cached images (or the --skip/--max subset of them)."""
     if n_p is None:
         raise CertquantError("--incremental-from needs --np N_P (reused noise samples per image, e.g. 1000 = 10% of n)")
     store = CacheStore.open(base_run)
-    validate_incremental_args(n_p, gamma, alpha_zeta, disparity, float(store.key["alpha"]))
+    IRSConfig(n_p=n_p, gamma=gamma, alpha_zeta=alpha_zeta, disparity=disparity)
     _check_explicit_options(ctx, store, cache_options)
     store.check(torch=torch.__version__.split("+")[0])
     if n_p > int(store.key["n"]):
@@ -105,7 +106,7 @@ def certify_incremental_cmd(
     summary = certify_dataset_incremental(model, images, labels, indices, out, store, n_p, gamma, alpha_zeta, disparity,
                                           identity=identity, arguments=arguments, provenance=provenance,
                                           input_shape=shape, progress=progress, channels_last=channels_last,
-                                          base_run=base_run)
+                                          base_run=base_run, resume=resume)
     inc = summary["incremental"]
     typer.echo(f"{summary['num_images']} images: clean accuracy {summary['clean_accuracy']:.4f}, "
                f"ACR {summary['acr']:.4f}, abstain {summary['abstain_rate']:.3f}"

@@ -14,8 +14,12 @@ from torch import nn
 from certquant.models import load_checkpoint
 from certquant.quant import LayerInfo, Policy, cost_summary, format_cost_table, quantizable_layers, quantize_checkpoint
 from certquant.quant.checkpoint import input_shape
-from certquant.quant.quantizers import ACT_CLIP_METHODS
+from certquant.quant.config import FinetuneConfig, QuantizeConfig
+from certquant.utils.config import field_docs
 from certquant.utils.errors import CertquantError
+
+QUANTIZE, FINETUNE = QuantizeConfig(), FinetuneConfig()
+QUANTIZE_DOCS, FINETUNE_DOCS = field_docs(QuantizeConfig), field_docs(FinetuneConfig)
 
 _UNIFORM = re.compile(r"^\s*(?:w?(\d+)\s*(?:[/a,x]\s*(\d+))?)\s*$", re.IGNORECASE)
 
@@ -51,23 +55,23 @@ def quantize_cmd(
     policy: Optional[Path] = typer.Option(None, help="policy JSON (per-layer w/a bits)"),
     uniform: Optional[str] = typer.Option(None, help="uniform bits for every layer: W or W/A, e.g. 4 or 4/8"),
     first_last: Optional[int] = typer.Option(None, help="with --uniform: pin first and last layer at these bits (HAQ: 8)"),
-    calib_images: int = typer.Option(512, help="noisy training images for activation ranges (noise = checkpoint sigma)"),
-    calib_seed: int = typer.Option(0, help="seed of the calibration images and noise"),
-    act_clip: str = typer.Option("auto", help=f"activation range: {', '.join(ACT_CLIP_METHODS)} (auto: max at >= 8 bits, else mse)"),
+    calib_images: int = typer.Option(QUANTIZE.calibration_images, help=QUANTIZE_DOCS["calibration_images"]),
+    calib_seed: int = typer.Option(QUANTIZE.seed, help=QUANTIZE_DOCS["seed"]),
+    act_clip: str = typer.Option(QUANTIZE.act_clip, help=QUANTIZE_DOCS["act_clip"]),
     finetune_epochs: int = typer.Option(0, help="noise-aware quantization-aware fine-tuning epochs (0: none)"),
-    finetune_images: Optional[int] = typer.Option(None, help="fine-tune on a seeded random subset of N training images"),
-    lr: float = typer.Option(0.01, help="fine-tuning SGD learning rate"),
-    batch_size: int = typer.Option(128, "--batch", help="fine-tuning batch size"),
-    seed: int = typer.Option(0, help="fine-tuning seed"),
+    finetune_images: int = typer.Option(FINETUNE.images, help=FINETUNE_DOCS["images"]),
+    lr: float = typer.Option(FINETUNE.lr, help="fine-tuning " + FINETUNE_DOCS["lr"]),
+    batch_size: int = typer.Option(FINETUNE.batch, "--batch", help="fine-tuning " + FINETUNE_DOCS["batch"]),
+    seed: int = typer.Option(FINETUNE.seed, help="fine-tuning " + FINETUNE_DOCS["seed"]),
     device: str = typer.Option("auto", help="auto, cpu or cuda"),
     out: Path = typer.Option(..., help="output checkpoint (fine-tuning state goes to <out stem>.finetune/)"),
     resume: bool = typer.Option(False, help="continue an interrupted fine-tuning of --out"),
 ) -> None:
     """Quantize a checkpoint (calibrated on noisy images, optionally fine-tuned) into a 'quantized' checkpoint."""
+    QuantizeConfig(calibration_images=calib_images, act_clip=act_clip, seed=calib_seed)  # one-line errors first
+    FinetuneConfig(epochs=finetune_epochs, images=finetune_images, lr=lr, batch=batch_size, seed=seed)
     model, info = load_checkpoint(checkpoint)
     _, pol = _policy(model, info, policy, uniform, first_last)
-    if finetune_images is not None and finetune_images < 1:
-        raise CertquantError(f"--finetune-images must be >= 1, got {finetune_images}")
     qmodel, path = quantize_checkpoint(checkpoint, pol, out, calib_images=calib_images, calib_seed=calib_seed,
                                        act_clip=act_clip, finetune_epochs=finetune_epochs, finetune_images=finetune_images,
                                        lr=lr, batch_size=batch_size, seed=seed, device=device, resume=resume)

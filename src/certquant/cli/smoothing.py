@@ -11,20 +11,23 @@ from certquant.cli.irs import certify_incremental_cmd
 from certquant.data import every_kth, load_dataset
 from certquant.models import load_checkpoint
 from certquant.report.certified import certified_accuracy_table, load_certify_run, plot_certified_accuracy
-from certquant.smoothing import certify_dataset, predict_dataset, validate_smoothing_args
+from certquant.smoothing import certify_dataset, predict_dataset
+from certquant.smoothing.config import CertifyConfig, IRSConfig, check_sigma
+from certquant.utils.config import field_docs
 from certquant.train import resolve_device
 from certquant.utils.errors import CertquantError
 
 CHECKPOINT_HELP = "checkpoint file or zoo name (see 'certquant zoo')"
 DATASET_HELP = "dataset (default: the checkpoint's; another one is refused)"
 SIGMA_HELP = "noise std in [0,1] pixel units (default: the checkpoint's training sigma)"
+CERTIFY, IRS = CertifyConfig(), IRSConfig()
+CERTIFY_DOCS, IRS_DOCS = field_docs(CertifyConfig), field_docs(IRSConfig)
 
 
 def _prepare(checkpoint: str, dataset: Optional[str], sigma: Optional[float], skip: int, max_images: Optional[int],
              device: str) -> tuple[Any, dict, float, Any, Any, list[int], dict]:
     """Load the checkpoint and its test set; return model, info, sigma, images, labels, indices, identity."""
-    if sigma is not None and sigma <= 0:
-        raise CertquantError(f"--sigma must be > 0 (noise std in [0,1] pixel units), got {sigma}")
+    check_sigma(sigma)
     dev = resolve_device(device)
     model, info = load_checkpoint(checkpoint, expect_dataset=dataset, map_location=dev)
     sigma = float(info["sigma"]) if sigma is None else sigma
@@ -45,15 +48,16 @@ def certify_cmd(
     checkpoint: str = typer.Option(..., help=CHECKPOINT_HELP),
     dataset: Optional[str] = typer.Option(None, help=DATASET_HELP),
     sigma: Optional[float] = typer.Option(None, help=SIGMA_HELP),
-    n0: int = typer.Option(100, "--n0", help="selection samples (choose the top class c_A)"),
-    n: int = typer.Option(100_000, "--n", help="estimation samples (bound pA)"),
-    alpha: float = typer.Option(0.001, help="failure probability of each certificate"),
+    n0: int = typer.Option(CERTIFY.n0, "--n0", help=CERTIFY_DOCS["n0"]),
+    n: int = typer.Option(CERTIFY.n, "--n", help=CERTIFY_DOCS["n"]),
+    alpha: float = typer.Option(CERTIFY.alpha, help=CERTIFY_DOCS["alpha"]),
     skip: int = typer.Option(1, help="certify every SKIP-th test image (Cohen et al.: 20 on CIFAR-10)"),
     max_images: Optional[int] = typer.Option(None, "--max", help="certify at most M images"),
-    batch: int = typer.Option(1000, "--batch", help="noisy samples per forward pass (part of the noise seeding)"),
-    seed: int = typer.Option(0, help="run seed; image i uses a seed derived from (seed, i)"),
+    batch: int = typer.Option(CERTIFY.batch, "--batch", help=CERTIFY_DOCS["batch"]),
+    seed: int = typer.Option(CERTIFY.seed, help=CERTIFY_DOCS["seed"]),
     device: str = typer.Option("auto", help="auto, cpu or cuda (part of the noise seeding)"),
-    out: Path = typer.Option(..., help="run folder: certificates.jsonl, summary.json, certify.tsv; re-run to resume"),
+    out: Path = typer.Option(..., help="run folder: certificates.jsonl, summary.json, certify.tsv"),
+    resume: bool = typer.Option(False, help="continue the run in --out where it stopped (same arguments)"),
     channels_last: bool = typer.Option(True, help="run the model in torch.channels_last (measured 2x faster on CPU for "
                                                   "the small CNN; logits may differ in the last float bits)"),
     progress: bool = typer.Option(True, help="show a progress bar"),
@@ -61,11 +65,10 @@ def certify_cmd(
                                                                 "noise seeds, every sample's class) for --incremental-from"),
     incremental_from: Optional[Path] = typer.Option(None, "--incremental-from", help="IRS: certify CHECKPOINT (e.g. "
                                                     "quantized) from this base run's cache (certified with --keep-cache)"),
-    n_p: Optional[int] = typer.Option(None, "--np", help="IRS: noise samples reused per image (1 to 10 percent of the base n)"),
-    gamma: float = typer.Option(0.99, help="IRS: above this base pA_lower, certify directly with the n_p samples"),
-    alpha_zeta: float = typer.Option(0.001, "--alpha-zeta", help="IRS: failure probability of the disparity bound zeta"),
-    disparity: str = typer.Option("one-sided", help="IRS: one-sided (bounds f = c_A, f' != c_A; never looser; the "
-                                                             "default by the benchmark) or two-sided (bounds f != f', the paper)"),
+    n_p: Optional[int] = typer.Option(None, "--np", help="IRS: " + IRS_DOCS["n_p"]),
+    gamma: float = typer.Option(IRS.gamma, help="IRS: " + IRS_DOCS["gamma"]),
+    alpha_zeta: float = typer.Option(IRS.alpha_zeta, "--alpha-zeta", help="IRS: " + IRS_DOCS["alpha_zeta"]),
+    disparity: str = typer.Option(IRS.disparity, help="IRS: " + IRS_DOCS["disparity"]),
 ) -> None:
     """CERTIFY (Cohen et al.) every SKIP-th test image; resumable; writes certificates, summary and a Cohen TSV.
     With --incremental-from BASE_RUN --np N_P: incremental randomized smoothing (IRS) from the base run's cache."""
@@ -73,12 +76,12 @@ def certify_cmd(
         if keep_cache:
             raise CertquantError("--keep-cache applies to a full certification, not to --incremental-from")
         certify_incremental_cmd(ctx, checkpoint, incremental_from, n_p, gamma, alpha_zeta, disparity, out, dataset, skip,
-                                max_images, device, channels_last, progress, sigma=sigma, n0=n0, n=n, alpha=alpha,
-                                batch=batch, seed=seed)
+                                max_images, device, channels_last, progress, resume, sigma=sigma, n0=n0, n=n,
+                                alpha=alpha, batch=batch, seed=seed)
         return
     if n_p is not None:
         raise CertquantError("--np is an IRS option: give --incremental-from BASE_RUN too")
-    validate_smoothing_args(sigma if sigma is not None else 1.0, alpha, batch, seed, n0=n0, n=n)
+    CertifyConfig(n0=n0, n=n, alpha=alpha, batch=batch, seed=seed)  # one-line errors before loading anything
     model, info, sigma, images, labels, indices, identity = _prepare(checkpoint, dataset, sigma, skip, max_images, device)
     arguments = {"checkpoint": checkpoint, "dataset": info["dataset"], "sigma": sigma, "n0": n0, "n": n, "alpha": alpha,
                  "skip": skip, "max": max_images, "batch": batch, "seed": seed, "device": device,
@@ -87,7 +90,7 @@ def certify_cmd(
                               identity=identity, arguments=arguments,
                               provenance={"checkpoint_sha256": info["sha256"], "checkpoint_path": info["path"]},
                               input_shape=_input_shape(info), progress=progress, channels_last=channels_last,
-                              keep_cache=keep_cache)
+                              keep_cache=keep_cache, resume=resume)
     accs = ", ".join(f"{r}: {a:.3f}" for r, a in summary["certified_accuracy"].items())
     typer.echo(f"{summary['num_images']} images: clean accuracy {summary['clean_accuracy']:.4f}, "
                f"ACR {summary['acr']:.4f}, abstain {summary['abstain_rate']:.3f}")
@@ -99,20 +102,21 @@ def predict_cmd(
     checkpoint: str = typer.Option(..., help=CHECKPOINT_HELP),
     dataset: Optional[str] = typer.Option(None, help=DATASET_HELP),
     sigma: Optional[float] = typer.Option(None, help=SIGMA_HELP),
-    n: int = typer.Option(100_000, "--n", help="noise samples per image"),
-    alpha: float = typer.Option(0.001, help="abstain unless the binomial test's p-value is <= alpha"),
+    n: int = typer.Option(CERTIFY.n, "--n", help="noise samples per image"),
+    alpha: float = typer.Option(CERTIFY.alpha, help="abstain unless the binomial test's p-value is <= alpha"),
     skip: int = typer.Option(1, help="predict every SKIP-th test image"),
     max_images: Optional[int] = typer.Option(None, "--max", help="predict at most M images"),
-    batch: int = typer.Option(1000, "--batch", help="noisy samples per forward pass (part of the noise seeding)"),
-    seed: int = typer.Option(0, help="run seed; image i uses a seed derived from (seed, i)"),
+    batch: int = typer.Option(CERTIFY.batch, "--batch", help=CERTIFY_DOCS["batch"]),
+    seed: int = typer.Option(CERTIFY.seed, help=CERTIFY_DOCS["seed"]),
     device: str = typer.Option("auto", help="auto, cpu or cuda (part of the noise seeding)"),
-    out: Path = typer.Option(..., help="run folder: predictions.jsonl, summary.json, predict.tsv; re-run to resume"),
+    out: Path = typer.Option(..., help="run folder: predictions.jsonl, summary.json, predict.tsv"),
+    resume: bool = typer.Option(False, help="continue the run in --out where it stopped (same arguments)"),
     channels_last: bool = typer.Option(True, help="run the model in torch.channels_last (measured 2x faster on CPU for "
                                                   "the small CNN; logits may differ in the last float bits)"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
     """PREDICT (Cohen et al.) every SKIP-th test image with the smoothed classifier; resumable."""
-    validate_smoothing_args(sigma if sigma is not None else 1.0, alpha, batch, seed, n=n)
+    CertifyConfig(n=n, alpha=alpha, batch=batch, seed=seed)  # one-line errors before loading anything
     model, info, sigma, images, labels, indices, identity = _prepare(checkpoint, dataset, sigma, skip, max_images, device)
     arguments = {"checkpoint": checkpoint, "dataset": info["dataset"], "sigma": sigma, "n": n, "alpha": alpha,
                  "skip": skip, "max": max_images, "batch": batch, "seed": seed, "device": device,
@@ -120,7 +124,8 @@ def predict_cmd(
     summary = predict_dataset(model, images, labels, indices, out, sigma, n, alpha, batch, seed,
                               identity=identity, arguments=arguments,
                               provenance={"checkpoint_sha256": info["sha256"], "checkpoint_path": info["path"]},
-                              input_shape=_input_shape(info), progress=progress, channels_last=channels_last)
+                              input_shape=_input_shape(info), progress=progress, channels_last=channels_last,
+                              resume=resume)
     typer.echo(f"{summary['num_images']} images: smoothed accuracy {summary['accuracy']:.4f}, "
                f"abstain {summary['abstain_rate']:.3f}")
     typer.echo(f"wrote {out}/predictions.jsonl, summary.json, predict.tsv")

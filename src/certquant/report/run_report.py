@@ -21,13 +21,9 @@ RADII = (0.25, 0.5, 0.75, 1.0)
 PLOTS = {"certified": "certified_accuracy.png", "pareto": "bitops_vs_acr.png"}
 
 
-def _method_folders(out: Path) -> list[tuple[float, str, Path]]:
-    found = []
-    for budget_dir in sorted(out.glob("budget-*")):
-        budget = float(budget_dir.name.split("-", 1)[1])
-        for folder in sorted(p for p in budget_dir.iterdir() if p.is_dir()):
-            found.append((budget, folder.name, folder))
-    return found
+def _method_folders(out: Path, identity: dict[str, Any]) -> list[tuple[float, str, Path]]:
+    """(budget, method, folder) of every stage, as the run's identity records them."""
+    return [(float(s["budget"]), s["method"], out / s["folder"]) for s in identity.get("stages", [])]
 
 
 def _row(name: str, method: str, budget: float | None, run: CertifyRun, cost: dict[str, Any],
@@ -75,7 +71,7 @@ def collect_results(out: str | Path) -> dict[str, Any]:
     fp_cost = {"bitops_fraction": 1.0, "model_size_bits": None}
     rows = [_row("FP32", "fp32", None, fp32_run, fp_cost, None, None, identity["checkpoint_sha256"])]
     runs, policies, searches = [fp32_run], {}, {}
-    for budget, method, folder in _method_folders(out):
+    for budget, method, folder in _method_folders(out, identity):
         if not (folder / "model.pt").is_file() or not (folder / "certify" / "certificates.jsonl").is_file():
             continue  # a stage still to run
         name = f"{method}@{budget:g}"
@@ -100,7 +96,7 @@ def collect_results(out: str | Path) -> dict[str, Any]:
             "checkpoint_sha256": identity["checkpoint_sha256"], "arch": base.get("arch"),
             "sigma": identity["sigma"], "test_indices": identity["test_indices"],
             "certify": cfg["certify"], "search": cfg["search"], "finetune": cfg["finetune"],
-            "software": run_info.get("software"), "started": run_info.get("started"),
+            "software": run_info.get("software"), "started": run_info.get("created"),
         },
         "_runs": runs,
     }

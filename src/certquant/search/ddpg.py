@@ -25,7 +25,7 @@ from torch import nn
 from certquant.utils.errors import CertquantError
 
 
-@dataclass
+@dataclass(frozen=True)
 class DDPGConfig:
     """Hyper-parameters of the agent; the defaults are HAQ's (SPEC §5)."""
 
@@ -52,9 +52,10 @@ class DDPGConfig:
     baseline_momentum: float = 0.1
     """Moving-average reward baseline: b <- b + momentum * (R - b) after each episode (the first R sets b)."""
     seed: int = 0
-    """Seed of the agent's generators (network initialization, exploration, minibatch sampling)."""
+    """Seed of the agent's generators (network initialization, exploration, minibatch sampling); a search sets it
+    to the search's seed."""
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.hidden < 1 or self.batch_size < 1 or self.replay_episodes < 1:
             raise CertquantError("DDPG hidden width, batch size and replay_episodes must be >= 1")
         if self.warmup_episodes < 0:
@@ -141,7 +142,6 @@ class DDPGAgent:
 
     def __init__(self, state_dim: int, episode_length: int, config: DDPGConfig | None = None):
         self.config = config or DDPGConfig()
-        self.config.validate()
         if state_dim < 1 or episode_length < 1:
             raise CertquantError("DDPG needs state_dim >= 1 and episode_length >= 1")
         cfg = self.config

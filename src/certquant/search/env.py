@@ -31,7 +31,7 @@ STATE_FEATURES = ("layer_index", "c_in", "c_out", "kernel_size", "stride", "feat
 _BUDGET_SLACK = 1e-12
 
 
-@dataclass
+@dataclass(frozen=True)
 class EnvConfig:
     """The search space and the budget."""
 
@@ -48,7 +48,7 @@ class EnvConfig:
     tie_weight_activation: bool = False
     """One step per layer choosing w_bits = a_bits, instead of one step for each."""
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if not isinstance(self.budget, (int, float)) or not 0 < self.budget <= 1:
             raise CertquantError(f"budget must be a fraction of FP32 BitOPs in (0, 1], got {self.budget} "
                                  "(e.g. 0.015625 = uniform W4A4)")
@@ -76,7 +76,6 @@ class BitWidthEnv:
     """Episodes over ``layers``: ``reset()``, then ``step(action)`` until done, then ``policy()`` (repaired)."""
 
     def __init__(self, layers: Sequence[LayerInfo], config: EnvConfig, arch: str | None = None):
-        config.validate()
         if not layers:
             raise CertquantError("no quantizable layers: nothing to search")
         self.layers = list(layers)

@@ -2,20 +2,18 @@
 
 ``PolicyEvaluator`` quantizes the full-precision model with a candidate policy, calibrated on the search images
 carrying the certification noise (SPEC §4), optionally fine-tunes it for a few noisy steps, and scores it on the
-search set (disjoint from the test subset, SPEC §5). Rewards, relative to the full-precision model on the same set:
+search set (disjoint from the test subset, SPEC §5). Three small pieces compose it:
 
-- ``haq``: lambda * (top-1 of the quantized model on noisy search images - the same for FP32);
-- ``arq``: lambda * [(ACR of the quantized smoothed classifier - FP32's ACR)
-                     + clean_weight * (clean smoothed accuracy - FP32's)], clean_weight 1 by default: ACR alone
-           rewards easy samples (SPEC §2) and lets the search trade clean accuracy away; 0 is ACR alone.
-
-The ACR is measured by an ``ACREstimator`` strategy, chosen by name: ``scratch`` certifies every search image from
-scratch with n_p samples and fixed per-image seeds (the same noise for every candidate, so candidates differ only by
-the model). ``irs`` / ``irs-one-sided`` (incremental randomized smoothing, SPEC §3) are one subclass whose
-``prepare`` certifies FP32 with ``keep_cache=True`` and whose ``certify_image`` calls
-``certquant.smoothing.certify_incremental`` (two-sided or one-sided disparity).
-
-Every call returns all its reward terms (and timings), which the runner logs per episode.
+- a *scorer* measures terms of a model on the search set: ``NoisyTop1`` (HAQ's top-1 on noisy copies) or an
+  ``ACREstimator`` (ACR, clean smoothed accuracy, abstain rate of the smoothed classifier), chosen by
+  ``EvalConfig.estimator`` from ``ESTIMATORS``: ``scratch`` certifies every search image from scratch with n_p
+  samples and fixed per-image seeds (the same noise for every candidate, so candidates differ only by the model);
+  ``irs`` / ``irs-one-sided`` (incremental randomized smoothing, SPEC §3) certify FP32 once with ``keep_cache`` and
+  each candidate with ``certquant.smoothing.certify_incremental``. Adding an estimator = one class +
+  ``register_estimator``;
+- a *reward* (``REWARDS``) turns the candidate's terms and FP32's into a number with a pure function of measured
+  quantities, ``arq_reward`` or ``haq_reward``, and names the scorer it needs;
+- the evaluator quantizes, scores, and returns every term (and timings), which the runner logs per episode.
 """
 
 from __future__ import annotations
@@ -28,97 +26,132 @@ import torch
 from torch import nn
 
 from certquant.quant import Policy, bitops_fraction, finetune, noisy_calibration_batch, quantizable_layers, quantize
-from certquant.smoothing import ABSTAIN, certify, certify_incremental, certify_many, image_seed, validate_smoothing_args
-from certquant.smoothing.incremental import ONE_SIDED, TWO_SIDED, validate_incremental_args
+from certquant.quant.config import ACT_CLIPS, WEIGHT_CLIPS
+from certquant.smoothing import ABSTAIN, certify, certify_incremental, certify_many, image_seed
+from certquant.smoothing.config import CertifyConfig
+from certquant.smoothing.incremental import DEFAULT_ALPHA_ZETA, DEFAULT_GAMMA, ONE_SIDED, TWO_SIDED
 from certquant.train import accuracy
+from certquant.utils.config import check
 from certquant.utils.errors import CertquantError
-
-REWARDS = ("arq", "haq")
 
 Terms = dict[str, Any]
 Evaluator = Callable[[Policy], Terms]  # what the search needs: a policy in, reward terms (with "reward") out
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
-    """How a candidate policy is quantized and scored."""
+    """How a candidate policy is quantized and scored (the certificate's n0, alpha and batch come from the run's
+    ``CertifyConfig``, the seed from the search)."""
 
-    reward: str = "arq"
-    """``arq`` (certified robustness: ACR, optionally clean smoothed accuracy) or ``haq`` (noisy top-1 accuracy)."""
-    lam: float = 0.1
-    """lambda: the reward scale (SPEC §5: 0.1)."""
-    clean_weight: float = 1.0
-    """arq only: weight of (clean smoothed accuracy - FP32's) beside the ACR difference, inside lambda; 0 = ACR alone."""
     estimator: str = "scratch"
-    """arq only: the ACR estimator: scratch (certify from scratch with n_p samples), irs, irs-one-sided."""
-    n0: int = 100
-    """Selection samples of each certificate (chooses c_A)."""
-    n_p: int = 1000
+    """ARQ's ACR estimator: scratch (certify from scratch with n_p samples), irs or irs-one-sided (SPEC 3)."""
+    n_p: int = 400
     """Estimation samples per search image and candidate (IRS: samples of the disparity estimate)."""
     n_fp: int = 10_000
     """IRS only: estimation samples of the one-time FP32 certification whose cache IRS reuses."""
-    gamma: float = 0.99
-    """IRS only: above this FP32 pA_lower a candidate is certified directly with its n_p samples (SPEC §3)."""
-    alpha_zeta: float = 0.001
-    """IRS only: failure probability of the disparity bound zeta (certificates hold at 1 - (alpha + alpha_zeta))."""
-    alpha: float = 0.001
-    """Failure probability of each certificate."""
-    batch_size: int = 1000
-    """Noisy samples per noise batch (part of the noise seeding)."""
-    max_forward: int = 5000
-    """scratch only: pack several search images' noise into forward passes of at most this many samples (a GPU is
-    launch-bound under many small passes: 3.1x faster scoring on ResNet-20; a CPU classifies in 200-sample passes
-    anyway, ``smoothing.core.CPU_FORWARD_CHUNK``, where packing measured 0.97-1.01x)."""
+    gamma: float = DEFAULT_GAMMA
+    """IRS only: above this FP32 pA_lower a candidate is certified directly with its n_p samples (SPEC 3)."""
+    alpha_zeta: float = DEFAULT_ALPHA_ZETA
+    """IRS only: failure probability of the disparity bound zeta."""
+    lam: float = 0.1
+    """lambda: the reward scale (SPEC 5: 0.1)."""
+    clean_weight: float = 1.0
+    """ARQ: weight of (clean smoothed accuracy - FP32's) beside the ACR difference, inside lambda; 0 = ACR alone."""
     noise_copies: int = 16
-    """haq only: noisy copies of each search image for the top-1 accuracy."""
+    """HAQ: noisy copies of each search image for the top-1 accuracy."""
     calib_images: int = 256
-    """Noisy calibration inputs for the activation ranges (search images cycled, noise at the certification sigma)."""
+    """Noisy calibration inputs for the activation ranges (search images cycled, noise at the run's sigma)."""
     act_clip: str = "auto"
-    """Activation clipping of ``certquant.quant.quantize``."""
+    """Activation clipping of certquant.quant.quantize (auto, max, mse, percentile)."""
     weight_clip: str = "auto"
-    """Weight clipping of ``certquant.quant.quantize``."""
+    """Weight clipping of certquant.quant.quantize (auto, max, mse)."""
     finetune_steps: int = 0
     """Noisy quantization-aware fine-tuning steps per candidate (0: none); each step is one minibatch."""
     finetune_batch: int = 64
-    """Fine-tuning minibatch size."""
+    """Fine-tuning minibatch size of a candidate."""
     finetune_lr: float = 0.01
-    """Fine-tuning SGD learning rate."""
-    seed: int = 0
-    """Seed of the certification noise (per image: ``image_seed(seed, index)``), calibration and fine-tuning."""
+    """Fine-tuning SGD learning rate of a candidate."""
+    max_forward: int = 5000
+    """scratch: pack several search images' noise into forward passes of at most this many samples (a GPU is
+    launch-bound under many small passes: 3.1x faster scoring on ResNet-20; measured 0.97-1.01x on a CPU)."""
 
-    def validate(self) -> None:
-        if self.reward not in REWARDS:
-            raise CertquantError(f"unknown reward '{self.reward}': use one of {', '.join(REWARDS)}")
-        if self.estimator not in ESTIMATORS:
-            raise CertquantError(f"unknown ACR estimator '{self.estimator}': use one of {', '.join(ESTIMATORS)}")
-        if self.lam <= 0:
-            raise CertquantError(f"lambda must be > 0, got {self.lam}")
-        if min(self.noise_copies, self.calib_images, self.finetune_batch, self.max_forward) < 1 \
-                or self.finetune_steps < 0:
-            raise CertquantError("noise copies, calibration images, fine-tuning batch and samples per forward pass "
-                                 "must be >= 1, steps >= 0")
-        validate_smoothing_args(0.5, self.alpha, self.batch_size, self.seed, n0=self.n0, n_p=self.n_p, n_fp=self.n_fp)
-        if self.estimator in ("irs", "irs-one-sided"):
-            validate_incremental_args(self.n_p, self.gamma, self.alpha_zeta, "two-sided", self.alpha)
-            if self.n_p > self.n_fp:
-                raise CertquantError(f"IRS reuses n_p of the n_fp FP32 samples: n_p = {self.n_p} must be <= n_fp = "
-                                     f"{self.n_fp}")
-
-
-# -- ACR estimators (strategy) ---------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        check(self.estimator in ESTIMATORS,
+              f"unknown ACR estimator '{self.estimator}': use one of {', '.join(ESTIMATORS)}")
+        check(self.lam > 0, f"lambda (lam) must be > 0, got {self.lam}")
+        check(min(self.n_p, self.n_fp, self.noise_copies, self.calib_images, self.finetune_batch,
+                  self.max_forward) >= 1 and self.finetune_steps >= 0,
+              "n_p, n_fp, noise copies, calibration images, fine-tuning batch and samples per forward pass must be "
+              ">= 1, finetune_steps >= 0")
+        check(0.0 < self.gamma <= 1.0 and 0.0 < self.alpha_zeta < 1.0,
+              f"gamma must be in (0, 1] and alpha_zeta in (0, 1), got {self.gamma}, {self.alpha_zeta}")
+        check(self.act_clip in ACT_CLIPS and self.weight_clip in WEIGHT_CLIPS,
+              f"act_clip must be one of {', '.join(ACT_CLIPS)} and weight_clip one of {', '.join(WEIGHT_CLIPS)}")
+        check(self.finetune_lr > 0, f"finetune_lr must be > 0, got {self.finetune_lr}")
+        if self.estimator != "scratch":
+            check(self.n_p <= self.n_fp, f"IRS reuses n_p of the n_fp FP32 samples: n_p = {self.n_p} must be <= "
+                  f"n_fp = {self.n_fp}")
 
 
-class ACREstimator:
+# -- rewards: pure functions of measured quantities -----------------------------------------------------------------
+
+
+def arq_reward(acr: float, clean_accuracy: float, acr_fp32: float, clean_accuracy_fp32: float, lam: float = 0.1,
+               clean_weight: float = 1.0) -> float:
+    """ARQ: R = lambda * [(ACR_q - ACR_fp32) + w_clean * (acc_q - acc_fp32)], ACR and clean accuracy of the smoothed
+    classifiers on the search set (SPEC 5). w_clean = 1 by default: ACR alone rewards easy samples (SPEC 2) and let
+    the search trade clean accuracy away; 0 is the paper's ACR-only form."""
+    return lam * ((acr - acr_fp32) + clean_weight * (clean_accuracy - clean_accuracy_fp32))
+
+
+def haq_reward(noisy_accuracy: float, noisy_accuracy_fp32: float, lam: float = 0.1) -> float:
+    """HAQ: R = lambda * (top1_q - top1_fp32), top-1 accuracy of the base classifiers on noisy copies of the search
+    images (the noise the smoothed classifier sees)."""
+    return lam * (noisy_accuracy - noisy_accuracy_fp32)
+
+
+# -- scorers: terms of a model on the search set --------------------------------------------------------------------
+
+
+@dataclass
+class SearchSet:
+    """The search images, their labels and their per-image noise seeds."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    seeds: list[int]
+
+
+class Scorer:
+    """Measures terms of a model (FP32 or a candidate) on the search set."""
+
+    def __init__(self, sigma: float, config: EvalConfig, certify_config: CertifyConfig, seed: int,
+                 device: torch.device):
+        self.sigma, self.config, self.certify_config, self.seed, self.device = sigma, config, certify_config, seed, device
+
+    def prepare(self, fp_model: nn.Module, search: SearchSet) -> None:
+        """One-time work on the full-precision model before any candidate (IRS: certify it and keep the caches)."""
+
+    def score(self, model: nn.Module, search: SearchSet) -> Terms:
+        raise NotImplementedError
+
+
+class NoisyTop1(Scorer):
+    """Top-1 accuracy of the base classifier on ``noise_copies`` noisy copies of each search image."""
+
+    def score(self, model: nn.Module, search: SearchSet) -> Terms:
+        copies = self.config.noise_copies
+        x = search.images.repeat_interleave(copies, dim=0)
+        y = search.labels.repeat_interleave(copies, dim=0)
+        return {"noisy_accuracy": accuracy(model, x, y, self.sigma, batch_size=self.certify_config.batch,
+                                           seed=self.seed, device=self.device)}
+
+
+class ACREstimator(Scorer):
     """Certificates of a model's smoothed classifier on the search set. A subclass implements ``certify_image``
-    (and, when it reuses full-precision work, ``prepare``); ``estimate`` turns certificates into ACR and accuracy."""
+    (and, when it reuses full-precision work, ``prepare``); ``score`` turns certificates into ACR and accuracy."""
 
     name: ClassVar[str] = ""
-
-    def __init__(self, sigma: float, config: EvalConfig):
-        self.sigma, self.config = sigma, config
-
-    def prepare(self, fp_model: nn.Module, images: torch.Tensor, seeds: Sequence[int]) -> None:
-        """One-time work on the full-precision model before any candidate (IRS: certify it and keep the caches)."""
 
     def certify_image(self, model: nn.Module, k: int, x: torch.Tensor, seed: int) -> tuple[int, float]:
         """(predicted class or ABSTAIN, certified radius) of search image ``k`` (pixels ``x``, noise seed ``seed``)."""
@@ -129,15 +162,15 @@ class ACREstimator:
         subclass batches them."""
         return [self.certify_image(model, k, images[k], seeds[k]) for k in range(len(images))]
 
-    def estimate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, seeds: Sequence[int]) -> Terms:
+    def score(self, model: nn.Module, search: SearchSet) -> Terms:
         """ACR (a radius counts when certified and correct), clean smoothed accuracy and abstain rate."""
         radii, correct, abstained = [], 0, 0
-        for k, (label, radius) in enumerate(self.certify_all(model, images, seeds)):
-            hit = label == int(labels[k])
+        for k, (label, radius) in enumerate(self.certify_all(model, search.images, search.seeds)):
+            hit = label == int(search.labels[k])
             radii.append(radius if hit else 0.0)
             correct += hit
             abstained += label == ABSTAIN
-        count = max(1, len(images))
+        count = max(1, len(search.images))
         return {"acr": sum(radii) / count, "clean_accuracy": correct / count, "abstain_rate": abstained / count}
 
 
@@ -147,16 +180,16 @@ class ScratchEstimator(ACREstimator):
     name = "scratch"
 
     def certify_image(self, model: nn.Module, k: int, x: torch.Tensor, seed: int) -> tuple[int, float]:
-        cfg = self.config
-        cert = certify(model, x, self.sigma, cfg.n0, cfg.n_p, cfg.alpha, cfg.batch_size, seed)
+        c = self.certify_config
+        cert = certify(model, x, self.sigma, c.n0, self.config.n_p, c.alpha, c.batch, seed)
         return cert.label, cert.radius
 
     def certify_all(self, model: nn.Module, images: torch.Tensor, seeds: Sequence[int]) -> list[tuple[int, float]]:
         """All search images at once (``certify_many``: the same noise, several images per forward pass; see
         ``EvalConfig.max_forward``)."""
-        cfg = self.config
-        certs = certify_many(model, list(images), self.sigma, cfg.n0, cfg.n_p, cfg.alpha, cfg.batch_size, seeds,
-                             max_forward=cfg.max_forward)
+        c = self.certify_config
+        certs = certify_many(model, list(images), self.sigma, c.n0, self.config.n_p, c.alpha, c.batch, seeds,
+                             max_forward=self.config.max_forward)
         return [(cert.label, cert.radius) for cert in certs]
 
 
@@ -165,24 +198,21 @@ class IRSEstimator(ACREstimator):
     n_p samples against the cache (``certquant.smoothing.certify_incremental``)."""
 
     name = "irs"
-    one_sided: ClassVar[bool] = False
+    disparity: ClassVar[str] = TWO_SIDED
 
-    def __init__(self, sigma: float, config: EvalConfig):
-        super().__init__(sigma, config)
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
         self.caches: list[Any] = []
 
-    def prepare(self, fp_model: nn.Module, images: torch.Tensor, seeds: Sequence[int]) -> None:
-        cfg = self.config
-        self.caches = [certify(fp_model, images[k], self.sigma, cfg.n0, cfg.n_fp, cfg.alpha, cfg.batch_size, seeds[k],
-                               keep_cache=True).cache for k in range(len(images))]
+    def prepare(self, fp_model: nn.Module, search: SearchSet) -> None:
+        c = self.certify_config
+        self.caches = [certify(fp_model, search.images[k], self.sigma, c.n0, self.config.n_fp, c.alpha, c.batch,
+                               search.seeds[k], keep_cache=True).cache for k in range(len(search.images))]
 
     def certify_image(self, model: nn.Module, k: int, x: torch.Tensor, seed: int) -> tuple[int, float]:
-        return self._certify_incremental(model, x, self.caches[k])
-
-    def _certify_incremental(self, model: nn.Module, x: torch.Tensor, cache: Any) -> tuple[int, float]:
         cfg = self.config
-        cert = certify_incremental(model, cache, x, self.sigma, cfg.n_p, gamma=cfg.gamma, alpha_zeta=cfg.alpha_zeta,
-                                   disparity=ONE_SIDED if self.one_sided else TWO_SIDED)
+        cert = certify_incremental(model, self.caches[k], x, self.sigma, cfg.n_p, gamma=cfg.gamma,
+                                   alpha_zeta=cfg.alpha_zeta, disparity=self.disparity)
         return cert.label, cert.radius
 
 
@@ -190,7 +220,7 @@ class OneSidedIRSEstimator(IRSEstimator):
     """IRS with the one-sided disparity bound."""
 
     name = "irs-one-sided"
-    one_sided = True
+    disparity = ONE_SIDED
 
 
 ESTIMATORS: dict[str, type[ACREstimator]] = {cls.name: cls for cls in (ScratchEstimator, IRSEstimator, OneSidedIRSEstimator)}
@@ -202,6 +232,49 @@ def register_estimator(cls: type[ACREstimator]) -> type[ACREstimator]:
     return cls
 
 
+# -- rewards: which scorer, which function --------------------------------------------------------------------------
+
+
+class ARQReward:
+    """Certified robustness: the configured ACR estimator, ``arq_reward``."""
+
+    name = "arq"
+
+    @staticmethod
+    def scorer(config: EvalConfig) -> type[Scorer]:
+        return ESTIMATORS[config.estimator]
+
+    @staticmethod
+    def value(terms: Terms, reference: Terms, config: EvalConfig) -> float:
+        return arq_reward(terms["acr"], terms["clean_accuracy"], reference["acr"], reference["clean_accuracy"],
+                          config.lam, config.clean_weight)
+
+    @staticmethod
+    def settings(config: EvalConfig) -> Terms:
+        return {"estimator": config.estimator, "clean_weight": config.clean_weight}
+
+
+class HAQReward:
+    """Accuracy under noise: ``NoisyTop1``, ``haq_reward``."""
+
+    name = "haq"
+
+    @staticmethod
+    def scorer(config: EvalConfig) -> type[Scorer]:
+        return NoisyTop1
+
+    @staticmethod
+    def value(terms: Terms, reference: Terms, config: EvalConfig) -> float:
+        return haq_reward(terms["noisy_accuracy"], reference["noisy_accuracy"], config.lam)
+
+    @staticmethod
+    def settings(config: EvalConfig) -> Terms:
+        return {"noise_copies": config.noise_copies}
+
+
+REWARDS: dict[str, Any] = {cls.name: cls for cls in (ARQReward, HAQReward)}
+
+
 # -- the evaluator ---------------------------------------------------------------------------------------------------
 
 
@@ -209,7 +282,7 @@ class PolicyEvaluator:
     """``evaluator(policy)`` -> reward terms of the quantized model on the search set (see the module docstring).
 
     ``search_indices`` are the search images' indices in their dataset split: each image's certification noise is
-    seeded by ``image_seed(config.seed, index)``, identical for every candidate. Fine-tuning (when
+    seeded by ``image_seed(seed, index)``, identical for every candidate. Fine-tuning (when
     ``config.finetune_steps`` > 0) draws ``steps * batch`` images from ``finetune_images`` (default: the search set).
     """
 
@@ -221,73 +294,60 @@ class PolicyEvaluator:
         search_labels: torch.Tensor,
         search_indices: Sequence[int],
         config: EvalConfig | None = None,
+        reward: str = "arq",
+        certify_config: CertifyConfig | None = None,
+        seed: int = 0,
         arch: str | None = None,
         finetune_images: torch.Tensor | None = None,
         finetune_labels: torch.Tensor | None = None,
         device: torch.device | str = "cpu",
     ):
-        self.config = config or EvalConfig()
-        self.config.validate()
-        if not sigma > 0:
-            raise CertquantError(f"sigma must be > 0, got {sigma}")
+        if reward not in REWARDS:
+            raise CertquantError(f"unknown reward '{reward}': use one of {', '.join(REWARDS)}")
         if len(search_images) == 0 or len(search_images) != len(search_labels) or len(search_indices) != len(search_images):
             raise CertquantError(f"the search set needs matching non-empty images, labels and indices "
                                  f"({len(search_images)}, {len(search_labels)}, {len(search_indices)})")
-        cfg = self.config
+        self.config = cfg = config or EvalConfig()
+        self.certify_config = certify_config or CertifyConfig()
+        self.reward_kind = REWARDS[reward]
+        self.seed = seed
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.sigma, self.arch = float(sigma), arch
-        self.images, self.labels = search_images.float(), search_labels.long()
         self.indices = [int(i) for i in search_indices]
-        self.seeds = [image_seed(cfg.seed, i) for i in self.indices]
-        self.layers = quantizable_layers(self.model, tuple(self.images.shape[1:]))
-        self.calibration = noisy_calibration_batch(self.images, self.sigma, cfg.calib_images, cfg.seed)
+        self.search = SearchSet(search_images.float(), search_labels.long(), [image_seed(seed, i) for i in self.indices])
+        self.layers = quantizable_layers(self.model, tuple(self.search.images.shape[1:]))
+        self.calibration = noisy_calibration_batch(self.search.images, self.sigma, cfg.calib_images, seed)
         self.finetune_set = self._finetune_set(finetune_images, finetune_labels)
-        self.estimator = ESTIMATORS[cfg.estimator](self.sigma, cfg) if cfg.reward == "arq" else None
+        self.scorer = self.reward_kind.scorer(cfg)(self.sigma, cfg, self.certify_config, seed, self.device)
         self._reference: Terms | None = None
+
+    @property
+    def images(self) -> torch.Tensor:
+        return self.search.images
 
     def _finetune_set(self, images: torch.Tensor | None, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
         cfg = self.config
         if cfg.finetune_steps == 0:
             return None
         if images is None:
-            images, labels = self.images, self.labels
+            images, labels = self.search.images, self.search.labels
         if labels is None or len(images) != len(labels) or len(images) == 0:
             raise CertquantError("fine-tuning images and labels must match and be non-empty")
         count = cfg.finetune_steps * cfg.finetune_batch
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.seed))
         idx = order.repeat((count + len(images) - 1) // len(images))[:count]
         return images[idx].float(), labels[idx].long()
 
     # -- scoring ------------------------------------------------------------------------------------------------
 
-    def _score(self, model: nn.Module) -> Terms:
-        """The raw terms of ``model`` (FP32 or quantized) on the search set."""
-        cfg = self.config
-        if cfg.reward == "haq":
-            copies = cfg.noise_copies
-            x = self.images.repeat_interleave(copies, dim=0)
-            y = self.labels.repeat_interleave(copies, dim=0)
-            return {"noisy_accuracy": accuracy(model, x, y, self.sigma, batch_size=cfg.batch_size, seed=cfg.seed,
-                                               device=self.device)}
-        assert self.estimator is not None
-        return self.estimator.estimate(model, self.images, self.labels, self.seeds)
-
     def reference(self) -> Terms:
         """FP32's terms on the search set (computed once; IRS estimators also build their caches here)."""
         if self._reference is None:
             started = time.perf_counter()
-            if self.estimator is not None:
-                self.estimator.prepare(self.model, self.images, self.seeds)
-            self._reference = {**self._score(self.model), "seconds": time.perf_counter() - started}
+            self.scorer.prepare(self.model, self.search)
+            self._reference = {**self.scorer.score(self.model, self.search), "seconds": time.perf_counter() - started}
         return self._reference
-
-    def reward(self, terms: Terms, reference: Terms) -> float:
-        cfg = self.config
-        if cfg.reward == "haq":
-            return cfg.lam * (terms["noisy_accuracy"] - reference["noisy_accuracy"])
-        return cfg.lam * ((terms["acr"] - reference["acr"])
-                          + cfg.clean_weight * (terms["clean_accuracy"] - reference["clean_accuracy"]))
 
     def quantized(self, policy: Policy) -> nn.Module:
         """The candidate model: quantized with noisy calibration, then (optionally) fine-tuned a few noisy steps."""
@@ -297,7 +357,7 @@ class PolicyEvaluator:
         if self.finetune_set is not None:
             images, labels = self.finetune_set
             finetune(qmodel, images, labels, self.sigma, epochs=1, lr=cfg.finetune_lr, batch_size=cfg.finetune_batch,
-                     seed=cfg.seed, device=self.device, progress=False)  # the search shows its own progress
+                     seed=self.seed, device=self.device, progress=False)  # the search shows its own progress
         return qmodel.eval()
 
     def __call__(self, policy: Policy) -> Terms:
@@ -306,12 +366,11 @@ class PolicyEvaluator:
         started = time.perf_counter()
         qmodel = self.quantized(policy)
         quantized_at = time.perf_counter()
-        terms = self._score(qmodel)
+        terms = self.scorer.score(qmodel, self.search)
         done = time.perf_counter()
-        out: Terms = {"reward": self.reward(terms, reference), "reward_kind": self.config.reward, "lambda": self.config.lam}
-        if self.config.reward == "arq":
-            out["estimator"] = self.config.estimator
-            out["clean_weight"] = self.config.clean_weight
+        kind = self.reward_kind
+        out: Terms = {"reward": kind.value(terms, reference, self.config), "reward_kind": kind.name,
+                      "lambda": self.config.lam, **kind.settings(self.config)}
         out.update(terms)
         out.update({f"{k}_fp32": v for k, v in reference.items() if k != "seconds"})
         out.update(bitops_fraction=bitops_fraction(self.layers, policy), seconds_quantize=quantized_at - started,
@@ -320,5 +379,5 @@ class PolicyEvaluator:
 
     def describe(self) -> dict[str, Any]:
         """The evaluator's identity for the search's config file (what changes rewards)."""
-        return {**asdict(self.config), "sigma": self.sigma, "search_indices": self.indices}
-
+        return {**asdict(self.config), "reward": self.reward_kind.name, "certify": asdict(self.certify_config),
+                "seed": self.seed, "sigma": self.sigma, "search_indices": self.indices}

@@ -9,7 +9,7 @@ Methods:
 
 Run folder::
 
-    config.json         the search's identity (method, budget, env, agent, evaluator, extra); resume must match it
+    run.json            the search's identity (method, budget, env, agent, evaluator, extra); resume must match it
     history.jsonl       one line per episode: policy bits, BitOPs fraction, every reward term, seconds, best so far
     best_policy.json    the best policy so far (certquant.quant Policy JSON, loadable by ``certquant quantize --policy``)
     state.pt            agent (networks, optimizers, replay buffer, RNG states), random-search RNG, best, evaluation
@@ -37,17 +37,17 @@ from certquant.quant import LayerInfo, Policy, bitops_fraction
 from certquant.search.ddpg import DDPGAgent, DDPGConfig
 from certquant.search.env import BitWidthEnv, EnvConfig
 from certquant.utils.errors import CertquantError
-from certquant.utils.io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_jsonl
+from certquant.utils.run_folder import IDENTITY_FILE, RunFolder
 from certquant.utils.provenance import software_versions
 
 METHODS = ("arq", "haq", "random", "uniform")
 CONFIG_FILE, HISTORY_FILE, BEST_FILE, STATE_FILE, SUMMARY_FILE = (
-    "config.json", "history.jsonl", "best_policy.json", "state.pt", "summary.json")
+    IDENTITY_FILE, "history.jsonl", "best_policy.json", "state.pt", "summary.json")
 
 Evaluator = Callable[[Policy], dict[str, Any]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchConfig:
     """One search: the method, how many episodes, the search space and budget, the agent."""
 
@@ -62,13 +62,11 @@ class SearchConfig:
     seed: int = 0
     """Seed of the agent (overrides ``ddpg.seed``) and of random search."""
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise CertquantError(f"unknown search method '{self.method}': use one of {', '.join(METHODS)}")
         if self.episodes < 1:
             raise CertquantError(f"episodes must be >= 1, got {self.episodes}")
-        self.env.validate()
-        self.ddpg.validate()
 
     def identity(self) -> dict[str, Any]:
         data = asdict(self)
@@ -104,13 +102,13 @@ class Search:
 
     def __init__(self, layers: Sequence[LayerInfo], evaluate: Evaluator, config: SearchConfig, out: str | Path,
                  arch: str | None = None, extra: dict[str, Any] | None = None):
-        config.validate()
         self.config, self.evaluate, self.arch = config, evaluate, arch
         self.layers = list(layers)
         self.out = Path(out)
         self.env = BitWidthEnv(self.layers, config.env, arch=arch)
         self.identity = {"format": "certquant-search", "version": 1, "search": config.identity(), "arch": arch,
                          "layers": [layer.name for layer in self.layers], **(extra or {})}
+        self.folder = RunFolder(self.out, "search", self.identity)
         self.agent: DDPGAgent | None = None
         if config.method in ("arq", "haq"):
             ddpg = DDPGConfig(**{**asdict(config.ddpg), "seed": config.seed})
@@ -136,34 +134,24 @@ class Search:
         # best policy first, then the state: a kill in between leaves best_policy.json ahead of state.pt, which the
         # resumed run rewrites with the same content
         if self.best is not None:
-            atomic_write_json(self.out / BEST_FILE, self.best["policy"])
-        atomic_torch_save(self._state(), self.out / STATE_FILE)
+            self.folder.write_json(BEST_FILE, self.best["policy"])
+        self.folder.save_torch(STATE_FILE, self._state())
 
     def open(self, resume: bool) -> None:
-        """Create the run folder, or (``resume``) load its state; a finished episode is never re-run. Call it before
-        expensive set-up (``run`` calls it when nobody did) so that a wrong --out fails at once."""
+        """Claim the run folder (``RunFolder``), or (``resume``) load its state; a finished episode is never re-run.
+        Call it before expensive set-up (``run`` calls it when nobody did) so that a wrong --out fails at once."""
         self.opened = True
-        state_path, config_path = self.out / STATE_FILE, self.out / CONFIG_FILE
-        if state_path.exists() and not resume:
-            raise CertquantError(f"{self.out} already holds a search: pass --resume to continue it or choose another --out")
-        if not state_path.exists():
-            if (self.out / HISTORY_FILE).exists():
-                raise CertquantError(f"{self.out} holds a search history but no state: choose another --out")
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(config_path, self.identity)
-            return
-        saved = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else None
-        if saved != json.loads(json.dumps(self.identity)):
-            raise CertquantError(f"{self.out} holds a search with other arguments: repeat its arguments to resume, "
-                                 "or choose another --out")
-        state = torch.load(state_path, weights_only=True)
-        self.episode, self.best, self.cache, self.seconds = state["episode"], state["best"], state["cache"], state["seconds"]
-        self.rng.bit_generator.state = state["rng"]
-        if self.agent is not None:
-            self.agent.load_state_dict(state["agent"])
+        resuming = self.folder.claim(resume)
+        state_path = self.out / STATE_FILE
+        if resuming and state_path.exists():
+            state = torch.load(state_path, weights_only=True)
+            self.episode, self.best, self.cache, self.seconds = (state["episode"], state["best"], state["cache"],
+                                                                 state["seconds"])
+            self.rng.bit_generator.state = state["rng"]
+            if self.agent is not None:
+                self.agent.load_state_dict(state["agent"])
         # keep exactly the episodes the state knows (a kill after the history line and before the state write)
-        records = list(read_jsonl(self.out / HISTORY_FILE))[: self.episode]
-        atomic_write_text(self.out / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in records))
+        self.folder.records(HISTORY_FILE, keep=self.episode)
 
     # -- one episode ----------------------------------------------------------------------------------------------
 
@@ -219,7 +207,7 @@ class Search:
         if actions:
             record.update(actions=actions, chosen_w_bits=chosen[0], chosen_a_bits=chosen[1],
                           sigma=self.agent.sigma(episode) if episode >= self.agent.config.warmup_episodes else None)
-        append_jsonl(self.out / HISTORY_FILE, record)
+        self.folder.append(HISTORY_FILE, record)
         self.episode += 1
         self._save()
         return record
@@ -242,9 +230,9 @@ class Search:
                             bitops=f"{record['bitops_fraction']:.4f}")
         bar.close()
         assert self.best is not None
-        history = list(read_jsonl(self.out / HISTORY_FILE))
+        history = self.folder.records(HISTORY_FILE)
         best_policy = Policy.from_dict(self.best["policy"])
-        atomic_write_json(self.out / SUMMARY_FILE, {
+        self.folder.write_json(SUMMARY_FILE, {
             "method": self.config.method, "budget": self.config.env.budget, "episodes": len(history),
             "best_reward": self.best["reward"], "best_episode": self.best["episode"],
             "best_bitops_fraction": bitops_fraction(self.layers, best_policy),

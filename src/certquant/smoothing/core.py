@@ -19,6 +19,7 @@ from torch import nn
 
 from certquant.smoothing.bounds import certified_radius, clopper_pearson_lower
 from certquant.smoothing.noise import ESTIMATION, PREDICTION, SELECTION, batch_counts, batch_seed, noisy_batches
+from certquant.smoothing.config import check_sigma
 from certquant.utils.errors import CertquantError
 
 ABSTAIN = -1
@@ -70,8 +71,7 @@ class Certificate:
 
 def validate_smoothing_args(sigma: float, alpha: float, batch_size: int, seed: int = 0, **counts: int) -> None:
     """Refuse sigma <= 0, alpha outside (0, 1), a negative seed, a batch size or sample count below 1."""
-    if not sigma > 0:
-        raise CertquantError(f"sigma must be > 0 (noise std in [0,1] pixel units), got {sigma}")
+    check_sigma(sigma)
     if not 0.0 < alpha < 1.0:
         raise CertquantError(f"alpha must be in (0, 1), e.g. 0.001, got {alpha}")
     if batch_size < 1:

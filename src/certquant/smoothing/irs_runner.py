@@ -48,6 +48,7 @@ def certify_dataset_incremental(
     progress: bool = True,
     channels_last: bool = False,
     base_run: str | Path | None = None,
+    resume: bool = False,
 ) -> dict:
     """IRS (``certify_incremental``) of ``images[i]`` for every i in ``indices`` against ``store``'s entries; write the
     run folder and return the summary. Each image's pixels must be those the cache was made for."""
@@ -79,7 +80,7 @@ def certify_dataset_incremental(
         return f"ACR {average_certified_radius(records):.3f}"
 
     records, wall = _run("certify-incremental", CERTIFY_FILES, approx_model, indices, out_dir, params, identity, one,
-                         postfix, progress)
+                         postfix, progress, resume)
     return write_certify_summary(out_dir, records, wall, n_p, indices, arguments if arguments is not None else params,
                                  provenance, extra={"incremental": incremental_summary(records, params, base_run)})
 

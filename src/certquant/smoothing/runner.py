@@ -16,7 +16,6 @@ smaller ``--max``) gives exactly the certificates an uninterrupted run gives.
 from __future__ import annotations
 
 import datetime
-import json
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,10 +29,10 @@ from certquant.smoothing.core import certify, model_device, predict, validate_sm
 from certquant.smoothing.metrics import average_certified_radius, certify_metrics, predict_metrics
 from certquant.smoothing.noise import image_seed
 from certquant.utils.errors import CertquantError
-from certquant.utils.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from certquant.utils.io import atomic_write_json, atomic_write_text
+from certquant.utils.run_folder import RunFolder
 from certquant.utils.provenance import software_versions
 
-RUN_FILE = "run.json"
 CERTIFY_FILES = {"jsonl": "certificates.jsonl", "tsv": "certify.tsv"}
 PREDICT_FILES = {"jsonl": "predictions.jsonl", "tsv": "predict.tsv"}
 
@@ -57,6 +56,7 @@ def certify_dataset(
     progress: bool = True,
     channels_last: bool = False,
     keep_cache: bool = False,
+    resume: bool = False,
 ) -> dict:
     """CERTIFY ``images[i]`` for every i in ``indices``; write the run folder (see module docstring); return the summary.
 
@@ -65,6 +65,7 @@ def certify_dataset(
     ``channels_last`` converts ``model`` in place to torch.channels_last (measured 1.3-1.7x faster convolutions on
     CPU; float results may differ in the last bits, so it is part of the run's identity).
     ``keep_cache`` also writes the IRS cache of every image to ``out_dir/irs_cache`` (see ``cache_store``).
+    ``resume`` continues a run in ``out_dir`` made with the same identity (``certquant.utils.run_folder``).
     """
     validate_smoothing_args(sigma, alpha, batch_size, seed, n0=n0, n=n)
     params = {"sigma": float(sigma), "n0": n0, "n": n, "alpha": float(alpha), "batch_size": batch_size, "seed": seed,
@@ -85,7 +86,8 @@ def certify_dataset(
     def postfix(records: list[dict]) -> str:
         return f"ACR {average_certified_radius(records):.3f}"
 
-    records, wall = _run("certify", CERTIFY_FILES, model, indices, out_dir, params, identity, one, postfix, progress)
+    records, wall = _run("certify", CERTIFY_FILES, model, indices, out_dir, params, identity, one, postfix, progress,
+                         resume)
     return write_certify_summary(out_dir, records, wall, n0 + n, indices,
                                  arguments if arguments is not None else params, provenance)
 
@@ -126,6 +128,7 @@ def predict_dataset(
     input_shape: Sequence[int] | None = None,
     progress: bool = True,
     channels_last: bool = False,
+    resume: bool = False,
 ) -> dict:
     """PREDICT ``images[i]`` for every i in ``indices``; writes predictions.jsonl, predict.tsv, summary.json."""
     validate_smoothing_args(sigma, alpha, batch_size, seed, n=n)
@@ -144,7 +147,8 @@ def predict_dataset(
     def postfix(records: list[dict]) -> str:
         return f"acc {sum(r['correct'] for r in records) / max(1, len(records)):.3f}"
 
-    records, wall = _run("predict", PREDICT_FILES, model, indices, out_dir, params, identity, one, postfix, progress)
+    records, wall = _run("predict", PREDICT_FILES, model, indices, out_dir, params, identity, one, postfix, progress,
+                         resume)
     summary = {
         **predict_metrics(records),
         "indices": list(indices),
@@ -169,16 +173,14 @@ def _run(
     one: Callable[[int], dict],
     postfix: Callable[[list[dict]], str],
     progress: bool,
+    resume: bool,
 ) -> tuple[list[dict], float]:
-    """The resumable loop shared by certify and predict: returns (records of ``indices`` in order, wall seconds)."""
+    """The resumable loop shared by certify, predict and IRS: returns (records of ``indices`` in order, wall seconds)."""
     if not indices:
         raise CertquantError("no images selected: check --skip and --max")
-    out_dir = Path(out_dir)
-    full_identity = {"kind": kind, **params, "device": model_device(model).type, **(identity or {})}
-    _claim_run_folder(out_dir, full_identity)
-    jsonl = out_dir / files["jsonl"]
-    _drop_torn_line(jsonl)
-    done = {int(r["index"]): r for r in read_jsonl(jsonl)}
+    folder = RunFolder(out_dir, kind, {**params, "device": model_device(model).type, **(identity or {})})
+    folder.claim(resume)
+    done = {int(r["index"]): r for r in folder.records(files["jsonl"])}
     wanted = set(indices)
     records = [done[i] for i in indices if i in done]
     todo = [i for i in indices if i not in done]
@@ -187,7 +189,7 @@ def _run(
     try:
         for index in todo:
             record = one(index)
-            append_jsonl(jsonl, record)
+            folder.append(files["jsonl"], record)
             records.append(record)
             bar.update(1)
             bar.set_postfix_str(postfix(records))
@@ -215,33 +217,6 @@ def _cache_writer(model: nn.Module, out_dir: str | Path, params: dict, identity:
 def _set_memory_format(model: nn.Module, channels_last: bool) -> None:
     if channels_last:
         model.to(memory_format=torch.channels_last)
-
-
-def _claim_run_folder(out_dir: Path, identity: dict) -> None:
-    """Write ``run.json`` for a new run, or check that an existing run was made with the same identity."""
-    path = out_dir / RUN_FILE
-    if path.exists():
-        try:
-            previous = json.loads(path.read_text()).get("identity", {})
-        except (json.JSONDecodeError, AttributeError):
-            raise CertquantError(f"{path} is corrupt: delete the folder {out_dir} or choose another --out") from None
-        diff = [f"{k}: {previous.get(k)!r} there, {identity.get(k)!r} now"
-                for k in sorted(set(previous) | set(identity)) if previous.get(k) != identity.get(k)]
-        if diff:
-            raise CertquantError(f"{out_dir} holds a run made with other arguments ({'; '.join(diff)}): "
-                                 "repeat its arguments to resume it or choose another --out")
-        return
-    atomic_write_json(path, {"identity": identity, "created": datetime.datetime.now().isoformat(timespec="seconds")})
-
-
-def _drop_torn_line(path: Path) -> None:
-    """Cut a half-written last line (a kill mid-write), so the next append starts on a fresh line."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        atomic_write_text(path, data[:cut].decode("utf-8"))
 
 
 def _timing(records: list[dict], wall: float, samples_per_image: int) -> dict:
