@@ -24,7 +24,7 @@ from certquant.data import load_dataset
 from certquant.models import load_checkpoint
 from certquant.quant import Policy, noisy_calibration_batch, quantizable_layers, quantize
 from certquant.quant.checkpoint import input_shape
-from certquant.search.job import search_indices
+from certquant.search.job import validation_indices
 from certquant.smoothing import certify, certify_many, image_seed
 from certquant.smoothing.core import classify
 from certquant.train import resolve_device
@@ -64,7 +64,7 @@ def bench_model(name: str, images: int, device: torch.device, repeats: int) -> d
     model.eval()
     sigma = float(info["sigma"])
     train_x, _ = load_dataset(info["dataset"], "train")
-    indices = search_indices(info, "train", images, 0, 0, 1, [])
+    indices = validation_indices(info, images, 0)
     xs = [train_x[i].to(device) for i in indices]
     seeds = [image_seed(0, i) for i in indices]
     calibration = noisy_calibration_batch(train_x[indices], sigma, 256, 0)

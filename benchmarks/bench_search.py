@@ -159,16 +159,19 @@ def aims(fp32: dict, rows: list[dict], radii: dict[str, dict[int, float]]) -> li
 def markdown(data: dict) -> str:
     p = data["provenance"]
     c, s, f = p["certify"], p["search"], p["finetune"]
+    warmup = s["agent"]["warmup_episodes"] if "agent" in s else s["warmup"]  # result files before the typed configs
+    bits = [s["min_bits"], s["max_bits"]] if "min_bits" in s else s["w_bits"]
+    calibration = p["quantize"]["calibration_images"] if "quantize" in p else f["calibration_images"]
     devices = sorted({r.get("device", "?") for r in data["runs"]})
     k = s.get("final_top_k", 1)
     selection = (f" Final selection: each search's {k} best policies re-scored on {s['final_images']} fresh validation "
                  "images, the best there kept." if k > 1 else "")
     head = (f"{p['arch']} on {p['dataset']}, sigma = {p['sigma']}; CERTIFY n0 = {c['n0']}, n = {c['n']}, alpha = "
             f"{c['alpha']} on {len(p['test_indices'])} test images (every {c['skip']}th). Search: {s['episodes']} "
-            f"episodes ({s['warmup']} warm-up) on {s['search_images']} held-out validation images, n_p = {s['n_p']} "
+            f"episodes ({warmup} warm-up) on {s['search_images']} held-out validation images, n_p = {s['n_p']} "
             f"({s['estimator']}), ARQ reward 0.1 * (dACR + {s['clean_weight']} * d clean accuracy), bits in "
-            f"{s['w_bits']}, pin first/last: {s['pin_first_last']}; random: the same number of evaluations.{selection} "
-            f"Every chosen policy: calibrated on {f['calibration_images']} noisy images, fine-tuned {f['epochs']} epoch(s) on "
+            f"{bits}, pin first/last: {s['pin_first_last']}; random: the same number of evaluations.{selection} "
+            f"Every chosen policy: calibrated on {calibration} noisy images, fine-tuned {f['epochs']} epoch(s) on "
             f"{f['images']} noisy training images (lr {f['lr']}). Device: {', '.join(devices)}.")
     rows = [[r["name"], f"{100 * r['bitops_fraction']:.3f}", f"{r['clean_accuracy']:.3f}", f"{r['acr']:.3f}",
              f"{r['certified_accuracy']['0.25']:.3f}", f"{r['certified_accuracy']['0.5']:.3f}",

@@ -46,9 +46,9 @@ def test_finetune_resumes_exactly(make_cnn, synthetic, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         finetune(_quantized(make_cnn, images), images, labels, out=tmp_path / "b", **args)
     monkeypatch.setattr(finetune_module, "noisy_epoch", original)
-    with pytest.raises(CertquantError, match="pass resume"):
+    with pytest.raises(CertquantError, match="pass --resume"):
         finetune(_quantized(make_cnn, images), images, labels, out=tmp_path / "b", **args)
-    with pytest.raises(CertquantError, match="other fine-tuning arguments"):
+    with pytest.raises(CertquantError, match="other settings \\(lr: 0.05 there, 0.1 now\\)"):
         finetune(_quantized(make_cnn, images), images, labels, out=tmp_path / "b", resume=True, **{**args, "lr": 0.1})
     resumed = finetune(_quantized(make_cnn, images), images, labels, out=tmp_path / "b", resume=True, **args)
     for (k, v), w in zip(straight.state_dict().items(), resumed.state_dict().values()):

@@ -32,9 +32,14 @@ from certquant.train import resolve_device
 from certquant.utils.run_folder import RunFolder
 
 
+def budget_dir(out: Path, budget: float) -> Path:
+    """The folder of one budget's stages inside the run folder ``out``."""
+    return out / f"budget-{float(budget):g}"
+
+
 def stage_folder(budget: float, method: str) -> str:
     """The folder of one (budget, method) stage, relative to the run folder (also recorded in the identity)."""
-    return f"budget-{float(budget):g}/{method}"
+    return str(budget_dir(Path(), budget) / method)
 
 
 def _say(message: str) -> None:

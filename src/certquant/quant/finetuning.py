@@ -15,8 +15,9 @@ from torch import nn
 
 from certquant.train.evaluate import resolve_device
 from certquant.train.trainer import noisy_epoch
+from certquant.utils.run_folder import RunFolder
+from certquant.utils.config import check_sigma
 from certquant.utils.errors import CertquantError
-from certquant.utils.io import atomic_torch_save
 
 STATE_FILE = "finetune_state.pt"
 
@@ -43,8 +44,7 @@ def finetune(
     With ``out`` (a folder), ``out/finetune_state.pt`` is written after every epoch and ``resume=True`` continues from
     it, drawing exactly the shuffles and noise an uninterrupted run would. ``progress`` shows a bar per epoch.
     """
-    if sigma <= 0:
-        raise CertquantError(f"sigma must be > 0 for noise-aware fine-tuning, got {sigma}")
+    check_sigma(sigma)
     if epochs < 0 or batch_size < 1 or lr <= 0:
         raise CertquantError(f"need epochs >= 0, batch size >= 1 and lr > 0 (got {epochs}, {batch_size}, {lr})")
     if len(images) != len(labels) or len(images) == 0:
@@ -59,13 +59,10 @@ def finetune(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
     history: list[dict[str, Any]] = []
     start = 0
-    state_path = Path(out) / STATE_FILE if out is not None else None
-    if state_path is not None and state_path.exists():
-        if not resume:
-            raise CertquantError(f"{state_path} holds a fine-tuning run: pass resume (--resume) or choose another output")
-        state = torch.load(state_path, map_location=dev, weights_only=True)
-        if state["config"] != config:
-            raise CertquantError(f"{state_path} was made with other fine-tuning arguments: drop --resume or use a new output")
+    folder = RunFolder(out, "finetune", config) if out is not None else None
+    state_path = folder / STATE_FILE if folder is not None else None
+    if folder is not None and folder.claim(resume) and (folder / STATE_FILE).exists():
+        state = torch.load(folder / STATE_FILE, map_location=dev, weights_only=True)
         try:
             qmodel.load_state_dict(state["model"])
         except RuntimeError:
@@ -80,7 +77,7 @@ def finetune(
                            desc=f"fine-tune {epoch + 1}/{epochs}", progress=progress)
         scheduler.step()
         history.append({"epoch": epoch + 1, "loss": loss, "seconds": time.time() - started})
-        if state_path is not None:
-            atomic_torch_save({"config": config, "model": qmodel.state_dict(), "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict(), "history": history, "epoch": epoch}, state_path)
+        if folder is not None:
+            folder.save_torch(STATE_FILE, {"model": qmodel.state_dict(), "optimizer": optimizer.state_dict(),
+                                           "scheduler": scheduler.state_dict(), "history": history, "epoch": epoch})
     return qmodel.eval()

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from certquant.utils.config import check
+from certquant.utils.config import check, check_sigma
+
+__all__ = ["DISPARITIES", "CertifyConfig", "IRSConfig", "check_sigma"]
 
 DISPARITIES = ("two-sided", "one-sided")
-
-
-def check_sigma(sigma: float | None) -> None:
-    """The one rule for a noise level: sigma > 0, in [0, 1] pixel units (None: a checkpoint's own sigma)."""
-    check(sigma is None or sigma > 0, f"sigma must be > 0 (noise std in [0,1] pixel units), got {sigma}")
 
 
 @dataclass(frozen=True)

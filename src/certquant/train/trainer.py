@@ -20,8 +20,9 @@ from tqdm import tqdm
 from certquant.data import dataset_info, load_dataset, train_val_split
 from certquant.models import build, model_spec, save_checkpoint
 from certquant.train.evaluate import accuracy, resolve_device
+from certquant.utils.run_folder import RunFolder
+from certquant.utils.config import check_sigma
 from certquant.utils.errors import CertquantError
-from certquant.utils.io import atomic_torch_save
 
 
 @dataclass
@@ -46,8 +47,7 @@ class TrainConfig:
     def validate(self) -> None:
         dataset_info(self.dataset)
         model_spec(self.model)
-        if self.sigma <= 0:
-            raise CertquantError(f"sigma must be > 0 for noise training, got {self.sigma}")
+        check_sigma(self.sigma)
         if self.epochs < 1 or self.batch_size < 1:
             raise CertquantError("epochs and batch size must be >= 1")
         if self.schedule not in ("cosine", "step"):
@@ -112,17 +112,14 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
     scheduler = _scheduler(optimizer, cfg)
     history: list[dict[str, Any]] = []
     start_epoch = 0
-    state_path = out / "state.pt"
-    if resume and state_path.exists():
+    folder = RunFolder(out, "train", dataclasses.asdict(cfg))
+    state_path = folder / "state.pt"
+    if folder.claim(resume) and state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=True)
-        if state["config"] != dataclasses.asdict(cfg):
-            raise CertquantError(f"{state_path} was made with other arguments: drop --resume or use a new --out")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, start_epoch = state["history"], state["epoch"] + 1
-    elif not resume and state_path.exists():
-        raise CertquantError(f"{out} already holds a training run: pass --resume to continue it or choose another --out")
 
     started = time.time()
     for epoch in range(start_epoch, cfg.epochs):
@@ -133,8 +130,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
         history.append({"epoch": epoch + 1, "loss": loss, "val_noisy_accuracy": val_noisy,
                         "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - started})
         tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f}, validation accuracy under noise {val_noisy:.4f}")
-        atomic_torch_save({"config": dataclasses.asdict(cfg), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "history": history, "epoch": epoch}, state_path)
+        folder.save_torch("state.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                       "scheduler": scheduler.state_dict(), "history": history, "epoch": epoch})
 
     test_x, test_y = load_dataset(cfg.dataset, "test")
     metrics = {

@@ -142,3 +142,9 @@ def check(condition: bool, message: str) -> None:
     """``__post_init__``'s one validation step: raise ``CertquantError(message)`` unless ``condition``."""
     if not condition:
         raise CertquantError(message)
+
+
+def check_sigma(sigma: float | None) -> None:
+    """The one rule for a noise level, used by every layer: sigma > 0 in [0, 1] pixel units (None: a checkpoint's
+    own sigma)."""
+    check(sigma is None or sigma > 0, f"sigma must be > 0 (noise std in [0,1] pixel units), got {sigma}")
