@@ -27,6 +27,7 @@ from certquant.quant.checkpoint import input_shape
 from certquant.report.run_report import write_report
 from certquant.search import BitWidthEnv
 from certquant.search.job import build_search, final_selection
+from certquant.search.runner import BEST_FILE, SUMMARY_FILE
 from certquant.smoothing import certify_dataset
 from certquant.train import resolve_device
 from certquant.utils.run_folder import RunFolder
@@ -87,15 +88,15 @@ class Pipeline:
         """The search's best policy or, with ``search.final_top_k`` > 1, the best of its top k on fresh images."""
         s = self.cfg.search
         search_dir = self.out / stage_folder(budget, method) / "search"
-        search, evaluator = build_search(self.model, self.info, self.sigma, s, self.cfg.certify, method, budget,
-                                         search_dir, self.device)
-        search.open(resume=True)
-        if search.episode < search.total_episodes:
+        if not (search_dir / SUMMARY_FILE).exists():  # a finished search is read back, not rebuilt
+            search, evaluator = build_search(self.model, self.info, self.sigma, s, self.cfg.certify, method, budget,
+                                             search_dir, self.device)
+            search.open(resume=True)
             _say(f"search {method} at budget {budget:g}: {search.total_episodes} episode(s) on "
                  f"{len(evaluator.indices)} images")
-        result = search.run(progress=self.progress, reference=evaluator.reference())
+            search.run(progress=self.progress, reference=evaluator.reference())
         if s.final_top_k == 1 or method == "uniform":
-            return result.best_policy
+            return Policy.load(search_dir / BEST_FILE)
         _say(f"final selection {method} at budget {budget:g}: top {s.final_top_k} re-scored on {s.final_images} "
              "fresh images")
         return final_selection(search_dir, self.model, self.info, self.sigma, s, self.cfg.certify, method,
