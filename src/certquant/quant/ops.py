@@ -30,12 +30,12 @@ def sign_ste(x: torch.Tensor) -> torch.Tensor:
 
 def signed_qmax(bits: int) -> int:
     """Largest level of b-bit symmetric quantization: 2^(b-1) - 1 (levels -q..q: 2^b - 1 values). 1 bit is binary."""
-    return max(2 ** (bits - 1) - 1, 1)
+    return max(int(2 ** (bits - 1)) - 1, 1)
 
 
 def unsigned_qmax(bits: int) -> int:
     """Largest level of b-bit unsigned quantization: 2^b - 1 (levels 0..q: 2^b values)."""
-    return 2**bits - 1
+    return int(2**bits) - 1
 
 
 def scale_for(clip: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from typing import Iterable, Union
+from typing import Any, Iterable, Union
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from certquant.quant.policy import Policy
 from certquant.quant.quantizers import ACT_CLIP_METHODS, QUANT_MODULES, QuantConv2d, QuantLinear, RangeObserver
 from certquant.utils.errors import CertquantError
 
-CalibrationData = Union[torch.Tensor, Iterable[torch.Tensor], Iterable[tuple]]
+CalibrationData = Union[torch.Tensor, Iterable[torch.Tensor], Iterable[tuple[torch.Tensor, ...]]]
 
 
 def noisy_calibration_batch(images: torch.Tensor, sigma: float, count: int = 512, seed: int = 0) -> torch.Tensor:
@@ -145,7 +145,7 @@ def quantized_policy(model: nn.Module, arch: str | None = None) -> Policy:
     return Policy(bits, arch=arch)
 
 
-def activation_ranges(model: nn.Module) -> dict[str, dict]:
+def activation_ranges(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Per quantized layer: the calibrated input range c_a, whether it is signed, and the bit-widths (for reports)."""
     return {name: {"w_bits": m.weight_quantizer.bits, "a_bits": m.input_quantizer.bits,
                    "a_clip": m.input_quantizer.clip if m.input_quantizer.enabled else None,

@@ -15,6 +15,8 @@ At 32 bits a quantizer is the identity (the layer stays unquantized).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,6 +36,8 @@ ACT_PERCENTILE = 0.9999
 
 class WeightQuantizer(nn.Module):
     """Per-output-channel symmetric fake quantization of a weight tensor (dim 0 = output channels)."""
+
+    scale: torch.Tensor  # buffer
 
     def __init__(self, bits: int, out_channels: int):
         super().__init__()
@@ -67,6 +71,10 @@ class WeightQuantizer(nn.Module):
 class ActQuantizer(nn.Module):
     """Per-tensor fake quantization of a layer's input with a calibrated range. The levels are buffers
     (qmin = -(2^(b-1) - 1) or 0, qmax), so signedness travels in the state_dict and forward needs no host sync."""
+
+    scale: torch.Tensor  # buffers
+    qmin: torch.Tensor
+    qmax: torch.Tensor
 
     def __init__(self, bits: int):
         super().__init__()
@@ -157,8 +165,15 @@ class RangeObserver:
         return float(mse_clip(sample, bits, self.signed, top=torch.tensor([top]))[0])
 
 
-def _quant_extra(module: nn.Module) -> str:
+def _quant_extra(module: QuantConv2d | QuantLinear) -> str:
     return f"w_bits={module.weight_quantizer.bits}, a_bits={module.input_quantizer.bits}"
+
+
+def _geometry(conv: nn.Conv2d) -> dict[str, Any]:
+    """The constructor arguments that give ``conv``'s twin its geometry (torch types the stored attributes wider than
+    its constructor accepts)."""
+    return {"kernel_size": conv.kernel_size, "stride": conv.stride, "padding": conv.padding,
+            "dilation": conv.dilation, "groups": conv.groups, "padding_mode": conv.padding_mode}
 
 
 class QuantConv2d(nn.Conv2d):
@@ -170,8 +185,7 @@ class QuantConv2d(nn.Conv2d):
     @classmethod
     def from_float(cls, conv: nn.Conv2d, w_bits: int, a_bits: int) -> "QuantConv2d":
         """Wrap ``conv`` (its weight and bias Parameters are shared, not copied)."""
-        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
+        q = cls(conv.in_channels, conv.out_channels, bias=conv.bias is not None, device="meta", **_geometry(conv))
         q.weight, q.bias = conv.weight, conv.bias
         q.weight_quantizer = WeightQuantizer(w_bits, conv.out_channels).to(conv.weight.device)
         q.input_quantizer = ActQuantizer(a_bits).to(conv.weight.device)
@@ -180,21 +194,23 @@ class QuantConv2d(nn.Conv2d):
 
     def to_float(self) -> nn.Conv2d:
         """The plain Conv2d with the same (latent float) weight and bias Parameters."""
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
-                         self.groups, self.bias is not None, self.padding_mode, device="meta")
+        conv = nn.Conv2d(self.in_channels, self.out_channels, bias=self.bias is not None, device="meta",
+                         **_geometry(self))
         conv.weight, conv.bias = self.weight, self.bias
         conv.train(self.training)
         return conv
 
     @torch.no_grad()
     def quantized_weight(self) -> torch.Tensor:
-        return self.weight_quantizer(self.weight)
+        weight: torch.Tensor = self.weight_quantizer(self.weight)
+        return weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+        out: torch.Tensor = self._conv_forward(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+        return out
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {_quant_extra(self)}"
+        return f"{super().extra_repr()}, {_quant_extra(self)}"  # type: ignore[no-untyped-call]
 
 
 class QuantLinear(nn.Linear):
@@ -220,10 +236,12 @@ class QuantLinear(nn.Linear):
 
     @torch.no_grad()
     def quantized_weight(self) -> torch.Tensor:
-        return self.weight_quantizer(self.weight)
+        weight: torch.Tensor = self.weight_quantizer(self.weight)
+        return weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+        out: torch.Tensor = F.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+        return out
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {_quant_extra(self)}"

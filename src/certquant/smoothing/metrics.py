@@ -8,31 +8,33 @@ correct and radius >= r; clean smoothed accuracy = certified accuracy at 0; ACR 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from scipy.stats import t as student_t
 
 from certquant.smoothing.bounds import clopper_pearson_lower, clopper_pearson_upper
 
+Record = dict[str, Any]  # one image's result: radius, correct, predicted, ...
 
-def counted_radius(record: dict) -> float:
+
+def counted_radius(record: Record) -> float:
     """The record's radius if it is certified and correct, else 0."""
     return float(record["radius"]) if record["correct"] else 0.0
 
 
-def certified_accuracy(records: Sequence[dict], radius: float) -> float:
+def certified_accuracy(records: Sequence[Record], radius: float) -> float:
     """Fraction of images that are correct with certified radius >= ``radius``."""
     if not records:
         return 0.0
     return sum(1 for r in records if r["correct"] and float(r["radius"]) >= radius) / len(records)
 
 
-def average_certified_radius(records: Sequence[dict]) -> float:
+def average_certified_radius(records: Sequence[Record]) -> float:
     """ACR: the mean counted radius (0 for wrong or abstaining images)."""
     return sum(counted_radius(r) for r in records) / len(records) if records else 0.0
 
 
-def radius_grid(records: Iterable[dict], step: float = 0.25) -> list[float]:
+def radius_grid(records: Iterable[Record], step: float = 0.25) -> list[float]:
     """0, step, 2*step, ... up to and including the first radius where certified accuracy reaches 0."""
     largest = max((counted_radius(r) for r in records), default=0.0)
     count = int(math.floor(largest / step + 1e-9)) + 1  # radii 0 .. floor(largest/step)*step, then one where it is 0
@@ -59,7 +61,7 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> list[float] | None:
     return [mean - half, mean + half]
 
 
-def certify_metrics(records: Sequence[dict], step: float = 0.25) -> dict:
+def certify_metrics(records: Sequence[Record], step: float = 0.25) -> Record:
     """Clean accuracy, ACR (each with a 95% CI over images), certified accuracy on a radius grid, abstain rate."""
     total = len(records)
     correct = sum(1 for r in records if r["correct"])
@@ -76,7 +78,7 @@ def certify_metrics(records: Sequence[dict], step: float = 0.25) -> dict:
     }
 
 
-def predict_metrics(records: Sequence[dict]) -> dict:
+def predict_metrics(records: Sequence[Record]) -> Record:
     """Accuracy of the smoothed prediction (with a 95% CI) and abstain rate."""
     total = len(records)
     correct = sum(1 for r in records if r["correct"])
