@@ -37,11 +37,11 @@ def load_image(path: Path) -> np.ndarray:
     """Resize the short side to 256 (bilinear) and center-crop 224; returns (3, 224, 224) uint8."""
     from PIL import Image
 
-    with Image.open(path) as img:
-        img = img.convert("RGB")
+    with Image.open(path) as file:
+        img = file.convert("RGB")
         w, h = img.size
         scale = RESIZE / min(w, h)
-        img = img.resize((max(CROP, round(w * scale)), max(CROP, round(h * scale))), Image.BILINEAR)
+        img = img.resize((max(CROP, round(w * scale)), max(CROP, round(h * scale))), Image.Resampling.BILINEAR)
         w, h = img.size
         left, top = (w - CROP) // 2, (h - CROP) // 2
         img = img.crop((left, top, left + CROP, top + CROP))

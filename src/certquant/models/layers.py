@@ -11,6 +11,9 @@ from torch import nn
 class Normalize(nn.Module):
     """(x - mean) / std per channel: the first layer of every certquant model, so noise is added before it."""
 
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from certquant.quant.quantizers import ACT_CLIP_METHODS as ACT_CLIPS
+from certquant.quant.quantizers import ACT_CLIP_METHODS
 from certquant.utils.config import check
 
+ACT_CLIPS = ACT_CLIP_METHODS
 WEIGHT_CLIPS = ("auto", "max", "mse")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from certquant.utils.errors import CertquantError
@@ -92,7 +92,7 @@ def build_config(schema: type[T], sources: list[dict[str, Any]] | None = None, o
     """``schema``'s defaults, then each mapping of ``sources`` (e.g. a YAML file's), then dotted ``key=value``
     ``overrides``, merged type-checked; returns a validated instance of ``schema``. One-line errors."""
     try:
-        merged: DictConfig = OmegaConf.structured(schema)
+        merged: Any = OmegaConf.structured(schema)
         for source in sources or []:
             merged = OmegaConf.merge(merged, source)
         if overrides:
