@@ -426,7 +426,8 @@ def markdown(data: dict) -> str:
         f"1 - alpha: every IRS certificate holds at 1 - (alpha + alpha_zeta)); from scratch at "
         f"alpha_b = alpha + alpha_zeta. ACR over all images; seconds per image = mean over the first "
         f"{cfg['timed_images']} images, the real functions called interleaved ({data['threads']} torch thread(s), "
-        f"batch {cfg['batch']}, channels_last, {data['device']}, {data['date']}, no other job running). Speed-up = "
+        f"batch {cfg['batch']}, channels_last, {data['device']}, {data['date']}, "
+        f"{cfg.get('conditions') or 'no other job running'}). Speed-up = "
         "time from scratch needs for the same ACR (interpolated) / IRS time; (>=): IRS's ACR is above every from-scratch point "
         "(lower bound), (<=): below the cheapest one (upper bound); [a, b]: 95% bootstrap interval over the test images "
         f"({BOOTSTRAP_ROUNDS} resamples, times fixed). Full = CERTIFY at n, alpha (the reference).",
@@ -568,6 +569,8 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench_irs"))
     parser.add_argument("--name", default="irs", help="results file stem")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--conditions", default="no other job running",
+                        help="what else ran on the machine while timing (printed with the times)")
     parser.add_argument("--direct-share", type=float, default=None,
                         help="also report each speed-up with the images re-weighted to this share of direct-branch "
                              "images (pA_lower >= gamma), e.g. 0.62 for the reference figures' image set")
