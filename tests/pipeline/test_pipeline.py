@@ -145,7 +145,7 @@ def test_run_sigma_other_than_the_checkpoints_holds_for_the_final_models(checkpo
     from certquant.quant import quantizable_layers, quantize_checkpoint
     from certquant.quant.checkpoint import input_shape
 
-    cfg = config_from_dict({**tiny_config(checkpoint).to_dict(), "sigma": 0.5})
+    cfg = config_from_dict(tiny_config(checkpoint).to_dict(), ["sigma=0.5"])
     pipeline = Pipeline(cfg, tmp_path / "run", progress=False)
     assert pipeline.sigma == 0.5 and load_checkpoint(checkpoint)[1]["sigma"] == 0.25
     policy = Policy.uniform(quantizable_layers(pipeline.model, input_shape(pipeline.info)), 4)
@@ -156,8 +156,9 @@ def test_run_sigma_other_than_the_checkpoints_holds_for_the_final_models(checkpo
     assert info["calibration"]["sigma"] == 0.5 and info["calibration"]["base_sigma"] == 0.25
     assert info["finetune"]["sigma"] == 0.5
     # the activation ranges are those of calibrating on images with noise 0.5 (fine-tuning keeps them), not 0.25
-    f = cfg.finetune
+    q = cfg.quantize
     ranges = {s: load_checkpoint(quantize_checkpoint(checkpoint, policy, tmp_path / f"ref{s}.pt", sigma=s,
-                                                     calib_images=f.calibration_images, calib_seed=f.seed,
+                                                     calib_images=q.calibration_images, calib_seed=q.seed,
+                                                     act_clip=q.act_clip, weight_clip=q.weight_clip,
                                                      device="cpu")[1])[1]["ranges"] for s in (0.25, 0.5)}
     assert info["ranges"] == ranges[0.5] != ranges[0.25]
