@@ -176,7 +176,7 @@ def base_phase(model, info, images, labels, indices, sigma: float, args, folder:
     summary = certify_dataset(model, images, labels, indices, folder / "base", sigma, args.n0, args.n, args.alpha,
                               args.batch, args.seed, identity={"checkpoint_sha256": info["sha256"],
                                                                "dataset": info["dataset"]},
-                              progress=args.progress, channels_last=True, keep_cache=True)
+                              progress=args.progress, channels_last=True, keep_cache=True, resume=True)
     return CacheStore.open(folder / "base"), summary
 
 
@@ -189,7 +189,7 @@ def approx_phase(qmodel, images, labels, indices, sigma: float, args, folder: Pa
     """f' once per image on the base run's selection and estimation noise (= from scratch at n, alpha_b)."""
     certify_dataset(qmodel, images, labels, indices, folder, sigma, args.n0, args.n, args.alpha + args.alpha_zeta,
                     args.batch, args.seed, identity={"model_sha256": model_fingerprint(qmodel)},
-                    progress=args.progress, channels_last=True, keep_cache=True)
+                    progress=args.progress, channels_last=True, keep_cache=True, resume=True)
     records = [json.loads(line) for line in (folder / "certificates.jsonl").read_text().splitlines() if line.strip()]
     by_index = {int(r["index"]): r for r in records}
     return CacheStore.open(folder), [by_index[i] for i in indices]
