@@ -1,7 +1,11 @@
+import importlib
+import sys
+
 import pytest
 import torch
 
 from certquant.models import build, load_checkpoint, save_checkpoint
+from certquant.models.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
 from certquant.utils.errors import CertquantError
 
 
@@ -55,3 +59,36 @@ def test_corrupt_and_missing_files(tmp_path, checkpoint):
     torch.save({"weights": torch.zeros(3)}, other)
     with pytest.raises(CertquantError, match="not a certquant checkpoint"):
         load_checkpoint(other)
+
+
+def test_loader_module_outside_certquant_is_refused_without_importing_it(tmp_path, monkeypatch):
+    """A crafted checkpoint naming a module of its own (on sys.path, with code that runs on import) is refused with
+    one line, and the module is never imported."""
+    marker = tmp_path / "imported"
+    (tmp_path / "evil_loader.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    crafted = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "kind": "evil", "loader_module": "evil_loader",
+               **_info(), "state_dict": {}}
+    for kind in ("evil", "model"):  # refused whether or not the kind is registered
+        torch.save({**crafted, "kind": kind}, tmp_path / f"{kind}.pt")
+        with pytest.raises(CertquantError) as info:
+            load_checkpoint(tmp_path / f"{kind}.pt")
+        message = str(info.value)
+        assert "names loader module 'evil_loader'" in message and "refusing to import" in message
+        assert "\n" not in message
+    assert not marker.exists() and "evil_loader" not in sys.modules
+    torch.save({**crafted, "loader_module": "os\nimport this"}, tmp_path / "multi.pt")
+    with pytest.raises(CertquantError) as info:
+        load_checkpoint(tmp_path / "multi.pt")
+    assert "\n" not in str(info.value)
+
+
+def test_certquant_loader_modules_register_their_kinds():
+    """Every allowed loader module is certquant's and registers a kind when imported."""
+    from certquant.models.checkpoint import _KIND_LOADERS, LOADER_MODULES
+    from certquant.quant.checkpoint import KIND, LOADER_MODULE
+
+    assert LOADER_MODULE in LOADER_MODULES and all(m.startswith("certquant.") for m in LOADER_MODULES)
+    for module in LOADER_MODULES:
+        importlib.import_module(module)
+    assert KIND in _KIND_LOADERS

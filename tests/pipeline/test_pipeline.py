@@ -136,3 +136,29 @@ def test_final_selection_rescores_the_top_policies_on_fresh_images(checkpoint, t
     assert Policy.from_dict(selection["policy"]).w_bits == best["w_bits"] and arq["bitops_fraction"] <= 0.015625
     with pytest.raises(CertquantError, match="final_top_k"):
         tiny_config(checkpoint, final_top_k=0)
+
+
+def test_run_sigma_other_than_the_checkpoints_holds_for_the_final_models(checkpoint, tmp_path):
+    """One sigma per run: a config whose sigma (0.5) differs from the checkpoint's (0.25) calibrates and fine-tunes
+    its final quantized models at 0.5, as it searches and certifies, and the written model records 0.5."""
+    from certquant.pipeline.run import Pipeline
+    from certquant.quant import quantizable_layers, quantize_checkpoint
+    from certquant.quant.checkpoint import input_shape
+
+    cfg = config_from_dict(tiny_config(checkpoint).to_dict(), ["sigma=0.5"])
+    pipeline = Pipeline(cfg, tmp_path / "run", progress=False)
+    assert pipeline.sigma == 0.5 and load_checkpoint(checkpoint)[1]["sigma"] == 0.25
+    policy = Policy.uniform(quantizable_layers(pipeline.model, input_shape(pipeline.info)), 4)
+    folder = tmp_path / "run" / "budget"
+    folder.mkdir(parents=True)
+    _, info = load_checkpoint(pipeline._quantize(policy, folder))
+    assert info["sigma"] == 0.5
+    assert info["calibration"]["sigma"] == 0.5 and info["calibration"]["base_sigma"] == 0.25
+    assert info["finetune"]["sigma"] == 0.5
+    # the activation ranges are those of calibrating on images with noise 0.5 (fine-tuning keeps them), not 0.25
+    q = cfg.quantize
+    ranges = {s: load_checkpoint(quantize_checkpoint(checkpoint, policy, tmp_path / f"ref{s}.pt", sigma=s,
+                                                     calib_images=q.calibration_images, calib_seed=q.seed,
+                                                     act_clip=q.act_clip, weight_clip=q.weight_clip,
+                                                     device="cpu")[1])[1]["ranges"] for s in (0.25, 0.5)}
+    assert info["ranges"] == ranges[0.5] != ranges[0.25]

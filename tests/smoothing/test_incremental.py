@@ -3,12 +3,15 @@ vs two-sided disparity, bit-identical regeneration and one-line errors."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import replace
 
+import numpy as np
+
 import pytest
 import torch
-from scipy.stats import binom, norm
+from scipy.stats import binom, multinomial, norm
 
 from certquant.models import build
 from certquant.smoothing import (
@@ -21,8 +24,10 @@ from certquant.smoothing import (
     incremental_certificate,
     samples_to_evaluate,
 )
+from certquant.smoothing.core import CertificationCache
 from certquant.smoothing.incremental import BRANCH_DIRECT, BRANCH_ZETA, count_disagreements
 from certquant.utils.errors import CertquantError
+import irs_exact
 from linear_models import LinearTwoClass
 
 SIGMA, SHAPE = 0.5, (1, 4, 4)
@@ -59,37 +64,157 @@ def closed_form_pair(p: float, p_prime: float, theta: float) -> tuple[LinearTwoC
     return f, f_prime, x, radius
 
 
-CASES = [  # (p, p', theta, gamma, n_p, branches taken): zeta branch with f' inside f (tight), with disagreements
-    # both ways, direct branch, and p straddling gamma so both branches occur
-    pytest.param(0.8, 0.75, 0.0, 0.99, 400, {BRANCH_ZETA}, id="zeta-nested"),
-    pytest.param(0.8, 0.78, 0.3, 0.99, 400, {BRANCH_ZETA}, id="zeta-rotated"),
-    pytest.param(0.995, 0.97, 0.2, 0.9, 400, {BRANCH_DIRECT}, id="direct"),
-    pytest.param(0.993, 0.98, 0.1, 0.99, 400, {BRANCH_ZETA, BRANCH_DIRECT}, id="both-branches"),
+# (p, p', theta, gamma, n_p, branches taken); alpha = alpha_zeta = 0.05 so that a broken bound shows in few trials
+CASES = [
+    pytest.param(0.9, 0.8, 0.0, 0.99, 100, {BRANCH_ZETA}, id="zeta-nested"),  # f' inside f: the bound is tight
+    pytest.param(0.9, 0.8, 0.3, 0.99, 100, {BRANCH_ZETA}, id="zeta-rotated"),  # disagreements both ways
+    pytest.param(0.995, 0.97, 0.2, 0.9, 400, {BRANCH_DIRECT}, id="direct"),  # q = 0.0435, near the direct level
+    pytest.param(0.995, 0.975, 0.2, 0.9, 100, {BRANCH_DIRECT}, id="direct-level"),  # q = 0; 0.0795 at the paper's
+    pytest.param(0.993, 0.97, 0.0, 0.99, 100, {BRANCH_ZETA, BRANCH_DIRECT}, id="both-branches"),  # p straddles gamma
 ]
-ALPHA, ALPHA_ZETA, N0, N, TRIALS = 0.05, 0.05, 50, 1000, 500  # large alphas so a broken bound shows
+ALPHA, ALPHA_ZETA, N0, N, TRIALS = 0.05, 0.05, 50, 1000, 300
+TAIL = 1e-4  # each count check fails a correct implementation with probability <= 2e-4
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("p, p_prime, theta, gamma, n_p, branches", CASES)
-def test_irs_radius_exceeds_true_radius_at_most_alpha_plus_alpha_zeta(p, p_prime, theta, gamma, n_p, branches):
+def exact_q(p: float, p_prime: float, theta: float, gamma: float, n_p: int, disparity: str,
+            zeta: irs_exact.ZetaRule | None = None, direct_alpha: float = ALPHA) -> float:
+    """P[IRS's certificate is wrong] for this case, exactly (``irs_exact``); by default the library's rule."""
+    return irs_exact.violation_probability(p, p_prime, theta, gamma=gamma, n_p=n_p, n0=N0, n=N, alpha=ALPHA,
+                                           beta=direct_alpha, zeta=zeta or irs_exact.clopper_pearson_zeta(ALPHA_ZETA),
+                                           disparity=disparity)
+
+
+def irs_trials(p: float, p_prime: float, theta: float, gamma: float, n_p: int, trials: int = TRIALS):
+    """Certify f and then f' by IRS (both disparities) ``trials`` times; count the wrong certificates."""
     f, f_prime, x, true_radius = closed_form_pair(p, p_prime, theta)
     violations = {d: 0 for d in DISPARITIES}
     radii = {d: 0.0 for d in DISPARITIES}
     taken = set()
-    for seed in range(TRIALS):
+    for seed in range(trials):
         cache = certify(f, x, SIGMA, n0=N0, n=N, alpha=ALPHA, batch_size=250, seed=seed, keep_cache=True).cache
         certs = {d: certify_incremental(f_prime, cache, x, SIGMA, n_p, gamma, ALPHA_ZETA, d) for d in DISPARITIES}
         for d, cert in certs.items():
-            wrong = cert.label != ABSTAIN and (cert.label != 1 or cert.radius > true_radius + 1e-9)
-            violations[d] += wrong
-            radii[d] += cert.radius / TRIALS
+            violations[d] += cert.label != ABSTAIN and (cert.label != 1 or cert.radius > true_radius + 1e-9)
+            radii[d] += cert.radius / trials
             taken.add(cert.branch)
         assert certs["one-sided"].radius >= certs["two-sided"].radius  # never looser, sample by sample
+    return violations, radii, taken, true_radius
+
+
+def consistent(count: int, q: float, trials: int = TRIALS) -> bool:
+    """Is ``count`` a plausible draw of Binomial(trials, q) (two-sided, TAIL on each side)?"""
+    return binom.ppf(TAIL, trials, q) <= count <= binom.ppf(1 - TAIL, trials, q)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("p, p_prime, theta, gamma, n_p, branches", CASES)
+def test_irs_violation_probability_is_exact_and_at_most_alpha_plus_alpha_zeta(p, p_prime, theta, gamma, n_p,
+                                                                              branches):
+    """IRS is tested as CERTIFY is: the exact probability q that its certificate of f' is wrong (``irs_exact``:
+    every outcome of the counts IRS looks at, for linear f and f') is at most alpha + alpha_zeta, and the count of
+    wrong certificates in TRIALS runs of the real functions is consistent with Binomial(TRIALS, q).
+
+    Power (exact, from ``irs_exact``; TRIALS = 300, alpha = alpha_zeta = 0.05): the check fails
+    - a zeta taken as the point estimate n_d / n_p: q = 0.30 (zeta-nested), 0.26 / 0.28 (zeta-rotated, two- /
+      one-sided), 0.28 (both-branches), all above alpha + alpha_zeta = 0.1, and its count exceeds the consistency
+      limit (12, 10 / 11, 12 wrong certificates) with probability > 1 - 1e-9;
+    - a zeta at confidence 0.5 (Clopper-Pearson at level 1/2): q = 0.23, 0.20 / 0.21, 0.19, the same;
+    - the paper's direct branch at 1 - (alpha + alpha_zeta) (case direct-level: q = 0.0795 against 0 here, limit
+      0): likewise; in case direct q = 0.086 against 0.0435 (power 0.29 only).
+    ``test_broken_irs_variants_fail_the_soundness_check`` runs the first two and the last on the real functions."""
+    violations, radii, taken, true_radius = irs_trials(p, p_prime, theta, gamma, n_p)
     assert taken == branches
-    limit = binom.ppf(1 - 1e-4, TRIALS, ALPHA + ALPHA_ZETA)  # the count is at most Binomial(TRIALS, alpha + alpha_z)
     for d in DISPARITIES:
-        assert violations[d] <= limit, (d, violations[d], limit)
+        q = exact_q(p, p_prime, theta, gamma, n_p, d)
+        assert q <= ALPHA + ALPHA_ZETA  # the guarantee itself, computed exactly for this case
+        assert consistent(violations[d], q), (d, violations[d], q)  # the implementation is that algorithm
         assert radii[d] > 0.5 * true_radius, (d, radii[d], true_radius)  # and the bound is not vacuous
+
+
+BROKEN = [  # (case, variant, zeta rule, direct branch's level)
+    pytest.param(0, "point-estimate", irs_exact.point_estimate_zeta, ALPHA, id="point-estimate-zeta"),
+    pytest.param(0, "confidence-0.5", irs_exact.clopper_pearson_zeta(0.5), ALPHA, id="zeta-at-confidence-0.5"),
+    pytest.param(3, "paper-levels", None, ALPHA + ALPHA_ZETA, id="direct-at-alpha-plus-alpha-zeta"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, variant, zeta, direct_alpha", BROKEN)
+def test_broken_irs_variants_fail_the_soundness_check(monkeypatch, case, variant, zeta, direct_alpha):
+    """The soundness check above has power: IRS with a zeta without confidence, or with the paper's direct level,
+    gives counts it rejects (and the counts match the exact q of that variant, so ``irs_exact`` models it)."""
+    p, p_prime, theta, gamma, n_p = CASES[case].values[:5]
+    import certquant.smoothing.incremental as incremental
+
+    if zeta is not None:
+        monkeypatch.setattr(incremental, "disparity_bound", lambda n_d, n, level: float(zeta(np.array([n_d]), n)[0]))
+    if direct_alpha != ALPHA:  # the direct branch is the only caller of clopper_pearson_lower in incremental.py
+        lower = incremental.clopper_pearson_lower
+        monkeypatch.setattr(incremental, "clopper_pearson_lower", lambda k, n, a: lower(k, n, a + ALPHA_ZETA))
+    violations, _, _, _ = irs_trials(p, p_prime, theta, gamma, n_p)
+    for d in DISPARITIES:
+        q_broken = exact_q(p, p_prime, theta, gamma, n_p, d, zeta, direct_alpha)
+        assert consistent(violations[d], q_broken), (variant, d, violations[d], q_broken)
+        assert not consistent(violations[d], exact_q(p, p_prime, theta, gamma, n_p, d)), (variant, d)
+        if variant != "paper-levels":
+            assert q_broken > ALPHA + ALPHA_ZETA
+
+
+GRID = [(p, p_prime, theta, gamma, n_p, n, alpha, alpha_zeta)
+        for p, p_prime, theta in [(0.99, 0.9, 0.0), (0.97, 0.85, 0.0), (0.9, 0.8, 0.3), (0.993, 0.97, 0.1)]
+        for gamma in (p - 0.04, p - 0.01, p)
+        for n_p, n, alpha, alpha_zeta in [(200, 200, 0.05, 0.05), (100, 1000, 0.01, 0.1)]]
+
+
+def test_exact_violation_at_most_alpha_plus_alpha_zeta_over_a_grid():
+    """The proof in ``certify_incremental``, checked exactly where it bites: p >= gamma with both branches possible
+    (f's bound, zeta and the direct bound all reuse the same samples; n_p = n included). The paper's direct level
+    reaches 0.92 (alpha + alpha_zeta) on this grid (p = 0.99, p' = 0.9, gamma = 0.95, n_p = n = 200)."""
+    for p, p_prime, theta, gamma, n_p, n, alpha, alpha_zeta in GRID:
+        for d in DISPARITIES:
+            q = irs_exact.violation_probability(p, p_prime, theta, gamma=gamma, n_p=n_p, n0=N0, n=n, alpha=alpha,
+                                                beta=alpha, zeta=irs_exact.clopper_pearson_zeta(alpha_zeta),
+                                                disparity=d)
+            assert q <= alpha + alpha_zeta, (p, p_prime, theta, gamma, n_p, n, alpha, alpha_zeta, d, q)
+
+
+def test_exact_violation_matches_a_direct_enumeration():
+    """``irs_exact``'s two-count shortcut against a plain enumeration of every (U, V, W, R) on a tiny case where both
+    branches give wrong certificates (q = 0.1039 / 0.1039; zeta branch alone 0.089, direct alone 0.106)."""
+    p, p_prime, theta, gamma, n_p, n, alpha, alpha_zeta = 0.9, 0.6, 0.5, 0.7, 8, 12, 0.3, 0.45
+    for d in DISPARITIES:
+        got = irs_exact.violation_probability(p, p_prime, theta, gamma=gamma, n_p=n_p, n0=5, n=n, alpha=alpha,
+                                              beta=alpha, zeta=irs_exact.clopper_pearson_zeta(alpha_zeta), disparity=d)
+        assert got == pytest.approx(_enumerated_q(p, p_prime, theta, gamma, n_p, n, alpha, alpha_zeta, d), abs=1e-12)
+
+
+def _enumerated_q(p, p_prime, theta, gamma, n_p, n, alpha, alpha_zeta, disparity) -> float:
+    """P[wrong] by brute force over c_A, the four cell counts of the first n_p samples and the rest, with the
+    library's own ``incremental_certificate`` deciding each outcome."""
+    q11, q10, q01, q00 = irs_exact.cell_probabilities(p, p_prime, theta)
+    select_1 = float(binom.sf(5 // 2, 5, p))
+    total = 0.0
+    for c_a, weight in ((1, select_1), (0, 1 - select_1)):
+        cells = (q11, q10, q01, q00) if c_a == 1 else (q00, q01, q10, q11)
+        for u, v, w in itertools.product(range(n_p + 1), repeat=3):
+            if u + v + w > n_p:
+                continue
+            z = n_p - u - v - w
+            prob_first = float(multinomial.pmf([u, v, w, z], n_p, cells))
+            # f's and f''s classes on the first n_p samples, c_A relative
+            base = torch.tensor([c_a] * (u + v) + [1 - c_a] * (w + z), dtype=torch.uint8)
+            approx = torch.tensor([c_a] * u + [1 - c_a] * v + [c_a] * w + [1 - c_a] * z, dtype=torch.uint8)
+            for r in range(n - n_p + 1):
+                k = u + v + r
+                cache = CertificationCache(c_a=c_a, n_a=k, pa_lower=clopper_pearson_lower(k, n, alpha), n=n,
+                                           sigma=SIGMA, alpha=alpha, seed=0, stage=0, batch_size=n, batch_seeds=[0],
+                                           device="cpu",
+                                           predictions=torch.cat([base, torch.full((n - n_p,), c_a,
+                                                                                   dtype=torch.uint8)]))
+                cert = incremental_certificate(cache, approx, 2, gamma, alpha_zeta, disparity)
+                wrong = cert.label != ABSTAIN and cert.pa_lower > max(0.5, cells[0] + cells[2])
+                total += weight * prob_first * float(binom.pmf(r, n - n_p, cells[0] + cells[1])) * wrong
+    return total
 
 
 def test_one_sided_is_sound_where_two_sided_is_loose():
@@ -170,11 +295,13 @@ def test_branches_follow_gamma_and_formulas(cnn, cnn_cert):
     zeta = disparity_bound(3, 200, 0.01)
     assert c.branch == BRANCH_ZETA and c.n_d == 3 and c.zeta == zeta and c.pa_lower == pytest.approx(0.9 - zeta)
     assert c.label == cache.c_a and c.radius == pytest.approx(0.25 * norm.ppf(0.9 - zeta))
-    # direct branch: Clopper-Pearson on f''s own counts at alpha + alpha_zeta
+    # direct branch: Clopper-Pearson on f''s own counts at the base run's alpha (not alpha + alpha_zeta: the mixture
+    # of branches then holds at 1 - (alpha + alpha_zeta))
     high = replace(cache, pa_lower=0.995)
     c = incremental_certificate(high, preds, 10, gamma=0.99, alpha_zeta=0.01)
     n_a = int((preds.long() == cache.c_a).sum())
-    p_low = clopper_pearson_lower(n_a, 200, cache.alpha + 0.01)
+    p_low = clopper_pearson_lower(n_a, 200, cache.alpha)
+    assert p_low < clopper_pearson_lower(n_a, 200, cache.alpha + 0.01)
     assert c.branch == BRANCH_DIRECT and c.n_a == n_a and c.pa_lower == p_low
     assert c.radius == (0.25 * norm.ppf(p_low) if p_low > 0.5 else 0.0)
     # abstain when pA_lower - zeta <= 1/2

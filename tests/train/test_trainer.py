@@ -1,8 +1,11 @@
 import pytest
 import torch
 
+from certquant.data import load_dataset
 from certquant.models import load_checkpoint
+from certquant.quant import finetune
 from certquant.train import TrainConfig, accuracy, train
+from certquant.train.trainer import noisy_epoch
 from certquant.utils.errors import CertquantError
 
 
@@ -69,3 +72,46 @@ def test_accuracy_under_noise_is_seeded():
     model = build("small-cnn")
     x, y = torch.rand(50, 1, 28, 28), torch.randint(0, 10, (50,))
     assert accuracy(model, x, y, 0.5, seed=1) == accuracy(model, x, y, 0.5, seed=1)
+
+
+def _dropout_net(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)  # the test's own initialisation
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 32), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+                               torch.nn.Linear(32, 10))
+
+
+def _epoch(model: torch.nn.Module, seed: int) -> list[torch.Tensor]:
+    images, labels = load_dataset("synthetic", "train")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    noisy_epoch(model, images[:256], labels[:256], optimizer, 0.25, 64, seed, torch.device("cpu"), progress=False)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_library_calls_leave_the_global_rng_alone(tmp_path):
+    """noisy_epoch, finetune and train draw from their own generators (and from the global RNG only inside a block
+    that restores it): the caller's global RNG state is the same after each call as before."""
+    images, labels = load_dataset("synthetic", "train")
+    epoch_net, finetune_net = _dropout_net(), _dropout_net()
+    calls = {
+        "noisy_epoch": lambda: _epoch(epoch_net, seed=5),
+        "finetune": lambda: finetune(finetune_net, images[:128], labels[:128], 0.25, epochs=1, batch_size=64,
+                                     device="cpu", progress=False),
+        "train": lambda: train(_cfg(), tmp_path / "run"),
+    }
+    for name, call in calls.items():
+        torch.manual_seed(1234)
+        before = torch.get_rng_state()
+        call()
+        assert torch.equal(torch.get_rng_state(), before), name
+
+
+def test_same_seed_same_epoch_whatever_the_global_rng():
+    """The epoch (dropout included) depends on its seed only, not on the caller's global RNG state."""
+    torch.manual_seed(1)
+    a = _epoch(_dropout_net(), seed=5)
+    model = _dropout_net()
+    torch.manual_seed(2)
+    b = _epoch(model, seed=5)
+    c = _epoch(_dropout_net(), seed=6)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert any(not torch.equal(x, y) for x, y in zip(a, c))

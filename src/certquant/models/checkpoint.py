@@ -2,7 +2,9 @@
 arguments, metrics, state_dict), loaded with ``weights_only=True`` and checked before use.
 
 Other kinds of checkpoint (e.g. quantized models) register a loader with ``register_checkpoint_kind``; the file names
-the module that registers it (``loader_module``), so this layer never imports the layers above it.
+the module that registers it (``loader_module``), so this layer never imports the layers above it. A checkpoint is
+data from anywhere: only certquant's own loader modules (``LOADER_MODULES``) are ever imported on its word; any other
+name is refused before anything is imported.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from certquant.utils.io import atomic_torch_save, file_sha256
 CHECKPOINT_FORMAT = "certquant-checkpoint"
 CHECKPOINT_VERSION = 1
 ARCH_KEYS = ("arch", "num_classes", "in_channels", "input_size", "mean", "std")
+
+# the modules a checkpoint may name in ``loader_module`` (each registers its kinds when imported); nothing else is
+# imported on a file's word, since importing a module runs its code
+LOADER_MODULES = ("certquant.quant.checkpoint",)
 
 KindLoader = Callable[[dict[str, Any]], nn.Module]
 _KIND_LOADERS: dict[str, KindLoader] = {}
@@ -117,8 +123,13 @@ def load_checkpoint(
             f"checkpoint '{path}' was trained at sigma {payload['sigma']}, not {expect_sigma}: certify at the training sigma"
         )
     kind = payload.get("kind", "model")
-    if kind not in _KIND_LOADERS and payload.get("loader_module"):
-        importlib.import_module(payload["loader_module"])
+    loader_module = payload.get("loader_module")
+    if loader_module is not None and loader_module not in LOADER_MODULES:
+        shown = str(loader_module)[:80].splitlines()[0] if str(loader_module) else "''"
+        raise CertquantError(f"checkpoint '{path}' names loader module '{shown}', which is not one of certquant's "
+                             f"({', '.join(LOADER_MODULES)}): refusing to import it; re-create the checkpoint with certquant")
+    if kind not in _KIND_LOADERS and loader_module is not None:
+        importlib.import_module(loader_module)
     if kind not in _KIND_LOADERS:
         raise CertquantError(f"checkpoint '{path}' has unknown kind '{kind}'")
     model = _KIND_LOADERS[kind](payload).to(map_location).eval()

@@ -107,11 +107,12 @@ class Pipeline:
         path = folder / "model.pt"
         if path.exists():
             return path
-        _say(f"quantize + fine-tune {folder.name}: {f.epochs} epoch(s) on {f.images} noisy training images")
+        _say(f"quantize + fine-tune {folder.name}: {f.epochs} epoch(s) on {f.images} training images with noise "
+             f"sigma {self.sigma}")
         quantize_checkpoint(self.checkpoint, policy, path, calib_images=q.calibration_images, calib_seed=q.seed,
                             act_clip=q.act_clip, weight_clip=q.weight_clip, finetune_epochs=f.epochs,
                             finetune_images=f.images, lr=f.lr, batch_size=f.batch, seed=f.seed,
-                            device=str(self.device), resume=True)
+                            device=str(self.device), resume=True, sigma=self.sigma)
         return path
 
     def search_only(self) -> dict[tuple[float, str], Policy]:

@@ -25,6 +25,7 @@ from certquant.quant.layers import quantizable_layers
 from certquant.quant.policy import Policy
 from certquant.quant.quantize import activation_ranges, noisy_calibration_batch, prepare, quantize
 from certquant.train.evaluate import resolve_device
+from certquant.utils.config import check_sigma
 from certquant.utils.errors import CertquantError
 from certquant.utils.io import atomic_torch_save
 
@@ -104,21 +105,28 @@ def quantize_checkpoint(
     seed: int = 0,
     device: str = "auto",
     resume: bool = False,
+    sigma: float | None = None,
 ) -> tuple[nn.Module, Path]:
-    """Quantize a checkpoint with ``policy``, calibrated on ``calib_images`` training images carrying the base
-    model's noise sigma; optionally fine-tune (noise-aware, resumable state in ``<out>.finetune/``); write ``out``."""
+    """Quantize a checkpoint with ``policy``, calibrated on ``calib_images`` training images carrying noise of std
+    ``sigma``; optionally fine-tune with the same noise (resumable state in ``<out>.finetune/``); write ``out``.
+
+    ``sigma``: the noise the quantized model will be certified at; None takes the checkpoint's. A run certifying at
+    another sigma than its checkpoint's passes its own, so that one sigma holds for the whole run (calibration,
+    fine-tuning and certification). The written checkpoint records it as its ``sigma`` (the base's stays in
+    ``calibration.base_sigma``)."""
     base, info = load_checkpoint(checkpoint)
     layers = quantizable_layers(base, input_shape(info))
     policy.validate(layers, info["arch"])
     if calib_images < 1:
         raise CertquantError(f"--calib-images must be >= 1, got {calib_images}")
-    sigma = float(info["sigma"])
+    check_sigma(sigma)
+    sigma = float(info["sigma"]) if sigma is None else float(sigma)
     images, labels = _train_images(info)
     calib = noisy_calibration_batch(images, sigma, calib_images, calib_seed)
     dev = resolve_device(device)
     qmodel = quantize(base.to(dev), policy, calib, arch=info["arch"], act_clip=act_clip, weight_clip=weight_clip)
-    calibration = {"images": calib_images, "seed": calib_seed, "sigma": sigma, "split": "train",
-                   "act_clip": act_clip, "weight_clip": weight_clip}
+    calibration = {"images": calib_images, "seed": calib_seed, "sigma": sigma, "base_sigma": float(info["sigma"]),
+                   "split": "train", "act_clip": act_clip, "weight_clip": weight_clip}
     finetune_info = None
     if finetune_epochs > 0:
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
@@ -131,5 +139,5 @@ def quantize_checkpoint(
                  out=state_dir, resume=resume, device=dev)
         finetune_info = {"epochs": finetune_epochs, "images": len(order), "lr": lr, "batch_size": batch_size,
                          "seed": seed, "sigma": sigma, "seconds": time.time() - started, "state_dir": str(state_dir)}
-    path = save_quantized(out, qmodel.cpu(), policy, info, calibration, finetune_info)
+    path = save_quantized(out, qmodel.cpu(), policy, {**info, "sigma": sigma}, calibration, finetune_info)
     return qmodel.eval(), path

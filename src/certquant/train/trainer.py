@@ -23,6 +23,7 @@ from certquant.train.evaluate import accuracy, resolve_device
 from certquant.utils.run_folder import RunFolder
 from certquant.utils.config import check_sigma
 from certquant.utils.errors import CertquantError
+from certquant.utils.seeding import seeded_global_rng
 
 
 @dataclass
@@ -73,24 +74,25 @@ def noisy_epoch(
     progress: bool = True,
 ) -> float:
     """One epoch of cross-entropy on x + N(0, sigma^2 I); shuffling and noise seeded by ``seed``. Returns mean loss.
-    ``progress`` shows a bar of the minibatches."""
+    ``progress`` shows a bar of the minibatches. Shuffling and noise come from their own generators; dropout, which
+    takes none, from the global RNG seeded for the epoch and restored afterwards (``seeded_global_rng``)."""
     model.train()
-    torch.manual_seed(seed)  # dropout, if any
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
     total, count = 0.0, 0
     bar = tqdm(range(0, len(order), batch_size), desc=desc, leave=False, unit="batch", disable=not progress)
-    for start in bar:
-        idx = order[start : start + batch_size]
-        x, y = images[idx].to(device), labels[idx].to(device)
-        x = x + sigma * torch.randn(x.shape, generator=noise_gen, device=device)
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * len(idx)
-        count += len(idx)
-        bar.set_postfix(loss=f"{total / count:.3f}")
+    with seeded_global_rng(seed, device):  # dropout, if any
+        for start in bar:
+            idx = order[start : start + batch_size]
+            x, y = images[idx].to(device), labels[idx].to(device)
+            x = x + sigma * torch.randn(x.shape, generator=noise_gen, device=device)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+            bar.set_postfix(loss=f"{total / count:.3f}")
     return total / max(1, count)
 
 
@@ -106,8 +108,9 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
         train_idx = train_idx[: cfg.train_limit]
     x_train, y_train = images[train_idx], labels[train_idx]
 
-    torch.manual_seed(cfg.seed)
-    model = build(cfg.model, info.num_classes, info.in_channels, info.input_size, info.mean, info.std).to(device)
+    with seeded_global_rng(cfg.seed):  # weight initialisation draws from the global RNG (on the CPU)
+        model = build(cfg.model, info.num_classes, info.in_channels, info.input_size, info.mean, info.std)
+    model = model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = _scheduler(optimizer, cfg)
     history: list[dict[str, Any]] = []
