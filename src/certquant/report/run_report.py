@@ -14,6 +14,7 @@ from certquant.quant import Policy
 from certquant.report.certified import CertifyRun, load_certify_run, plot_certified_accuracy
 from certquant.smoothing.metrics import certify_metrics, certified_accuracy
 from certquant.utils.errors import CertquantError
+from certquant.utils.paths import check_input_path
 from certquant.utils.io import atomic_write_json, atomic_write_text, read_jsonl
 from certquant.utils.tables import markdown_table
 
@@ -60,7 +61,7 @@ def _search_points(folder: Path) -> list[dict[str, Any]]:
 
 def collect_results(out: str | Path) -> dict[str, Any]:
     """Read every stage's output of a run folder into one JSON-able dict."""
-    out = Path(out)
+    out = check_input_path(out, "run folder", "folder", "give the --out folder of 'certquant run'")
     run_file = out / "run.json"
     if not run_file.is_file():
         raise CertquantError(f"{out} holds no run.json: give the --out folder of 'certquant run'")
