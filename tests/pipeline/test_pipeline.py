@@ -19,7 +19,8 @@ from certquant.train import TrainConfig, train
 from certquant.utils.errors import CertquantError
 
 REPO = Path(__file__).resolve().parents[2]
-TIMING_KEYS = ("seconds", "started", "software")  # wall-clock fields
+# wall-clock fields, the machine, and the checkpoint hashes (a quantized checkpoint records when it was made)
+TIMING_KEYS = ("seconds", "started", "software", "machine", "checkpoint_sha256")
 PATH_KEYS = {"search", "checkpoint", "state_dir"}  # where each run lives
 
 
