@@ -137,3 +137,15 @@ def test_final_selection_rescores_the_top_policies_on_fresh_images(checkpoint, t
     assert Policy.from_dict(selection["policy"]).w_bits == best["w_bits"] and arq["bitops_fraction"] <= 0.015625
     with pytest.raises(CertquantError, match="final_top_k"):
         tiny_config(checkpoint, final_top_k=0)
+
+
+def test_results_do_not_depend_on_the_thread_count(checkpoint, tmp_path):
+    """The same run with torch at 1 and at 2 threads gives the same results.json (timings aside): forward passes and
+    agent updates do not depend on the count, and fine-tuning runs at quant.finetuning.FINETUNE_THREADS."""
+    cfg = tiny_config(checkpoint, methods=["arq", "haq"])
+    one = run_pipeline(cfg, tmp_path / "one", progress=False)
+    torch.set_num_threads(2)
+    two = run_pipeline(cfg, tmp_path / "two", progress=False)
+    assert json.loads((tmp_path / "one" / "run.json").read_text())["machine"]["torch_threads"] == 1
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["machine"]["torch_threads"] == 2
+    assert strip_timing(one) == strip_timing(two)

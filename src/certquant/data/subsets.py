@@ -53,7 +53,7 @@ def expand_indices(compact: dict) -> list[int]:
 
 
 def describe_indices(indices: list[int]) -> str:
-    """A short human reading of an index set: 'every 100th from 0 (0, 100, ..., 9900)' or its ranges."""
+    """A short human reading of an index set, e.g. '0 to 9900 in steps of 100' (every 100th of 10,000 images)."""
     compact = compact_indices(indices)
     if compact["count"] == 0:
         return "none"
@@ -65,5 +65,5 @@ def describe_indices(indices: list[int]) -> str:
         elif step == 1:
             parts.append(f"{start}-{last}")
         else:
-            parts.append(f"{start}, {start + step}, ..., {last} (every {step})")
+            parts.append(f"{start} to {last} in steps of {step}")
     return "; ".join(parts)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -79,12 +80,14 @@ def _search_points(folder: Path, chosen: dict[str, Any] | None) -> list[dict[str
 
 
 def layer_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every quantizable layer of a checkpoint's architecture: name, type, weight shape, output shape, MACs and its
+    """Every quantizable layer of a checkpoint's architecture: module name, a short label (conv1, conv2, ..., fc1, in
+    forward order), type, weight shape, output shape, MACs and its
     share of FP32 BitOPs (MACs * 32 * 32 over the model's total: the MACs' share). Built from the architecture
     recorded in the checkpoint (a forward pass of zeros finds the shapes); no weights or data are used."""
     layers = quantizable_layers(build_from_info(payload), input_shape(payload))
     total = sum(layer.macs for layer in layers)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    counts: dict[str, int] = {}
     for layer in layers:
         kh, kw = layer.kernel_size
         if layer.kind == "conv":
@@ -94,7 +97,9 @@ def layer_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
             output = [layer.out_channels, *layer.out_hw]
         else:
             kind, shape, output = "Linear", [layer.out_channels, layer.in_channels], [layer.out_channels]
-        rows.append({"name": layer.name, "type": kind, "weight_shape": shape, "output_shape": output,
+        counts[layer.kind] = counts.get(layer.kind, 0) + 1
+        label = f"{'conv' if layer.kind == 'conv' else 'fc'}{counts[layer.kind]}"
+        rows.append({"name": layer.name, "label": label, "type": kind, "weight_shape": shape, "output_shape": output,
                      "params": layer.params, "macs": layer.macs, "fp32_bitops_share": layer.macs / total})
     return rows
 
@@ -109,10 +114,11 @@ def _paired(a: CertifyRun, b: CertifyRun, value) -> tuple[float, list[float] | N
 
 def _verdict(what: str, diff: float, ci: list[float] | None, unit: str, scale: float = 1.0) -> tuple[str, str]:
     """('ACR -0.005 (paired 95% CI -0.012 to +0.002)', 'inside' | 'below' | 'above')."""
-    text = f"{what} {scale * diff:+.3f}{unit}"
+    digits = 1 if scale != 1.0 else 3
+    text = f"{what} {scale * diff:+.{digits}f}{unit}"
     if ci is None:
         return text, "inside"
-    text += f" (paired 95% CI {scale * ci[0]:+.3f} to {scale * ci[1]:+.3f})"
+    text += f" (paired 95% CI {scale * ci[0]:+.{digits}f} to {scale * ci[1]:+.{digits}f})"
     if ci[0] > 1e-12:
         return text, "above"
     if ci[1] < -1e-12:
@@ -226,13 +232,13 @@ def _bits_rows(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
         return [], []
     bits = {n: {e["name"]: _bits(e) for e in results["policies"][n]["layers"]} for n in names}
     described = results.get("layers") or [{"name": e["name"]} for e in results["policies"][names[0]]["layers"]]
-    headers = ["layer", "type", "weight shape", "output", "FP32 BitOPs %"] + [f"{n} W/A" for n in names]
+    headers = ["layer", "module", "type", "weight shape", "output", "FP32 BitOPs %"] + [f"{n} W/A" for n in names]
     rows = []
     for layer in described:
         shape = "x".join(map(str, layer.get("weight_shape", []))) or "-"
         output = "x".join(map(str, layer.get("output_shape", []))) or "-"
-        share = f"{100 * layer['fp32_bitops_share']:.1f}" if "fp32_bitops_share" in layer else "-"
-        rows.append([layer["name"], layer.get("type", "-"), shape, output, share]
+        share = f"{100 * layer['fp32_bitops_share']:.3g}" if "fp32_bitops_share" in layer else "-"
+        rows.append([layer.get("label", "-"), layer["name"], layer.get("type", "-"), shape, output, share]
                     + [bits[n].get(layer["name"], "-") for n in names])
     return headers, rows
 
@@ -276,7 +282,7 @@ def plot_pareto(results: dict[str, Any], path: Path) -> Path | None:
     for k, (name, points) in enumerate(series.items()):
         color = f"C{k}"
         scatter = ax.scatter([100 * p["bitops_fraction"] for p in points], [p["acr"] for p in points], s=16, alpha=0.6,
-                             color=color, label=f"{name}: {len(points)} policies")
+                             color=color, label=f"{name}: {len(points)} {'policy' if len(points) == 1 else 'policies'}")
         scatter.set_gid(f"policies-{name}")
         chosen = [p for p in points if p["chosen"]]
         if chosen:
@@ -286,7 +292,7 @@ def plot_pareto(results: dict[str, Any], path: Path) -> Path | None:
     front = pareto_front(everything)
     ax.plot([100 * x for x, _ in front], [y for _, y in front], "k--", lw=1, label="Pareto front")
     for k, budget in enumerate(sorted({row["budget"] for row in results["rows"] if row["budget"] is not None})):
-        ax.axvline(100 * budget, color="grey", ls=":", lw=1.2, label=f"budget {100 * budget:.4g}% of FP32 BitOPs")
+        ax.axvline(100 * budget, color="grey", ls=":", lw=1.2, label=f"budget {100 * budget:.6g}% of FP32 BitOPs")
     ax.scatter([], [], s=130, marker="*", color="white", edgecolors="black", label="chosen policy (quantized)")
     ax.set_xlabel("BitOPs (% of FP32)")
     ax.set_ylabel("ACR on the search set")
@@ -327,13 +333,26 @@ def plot_bit_widths(results: dict[str, Any], path: Path) -> Path | None:
     axes[0, 0].legend(fontsize=7, ncol=2, loc="upper right")
     axes[-1, 0].set_xticks(range(len(layer_names)))
     described = {layer["name"]: layer for layer in results.get("layers") or []}
-    axes[-1, 0].set_xticklabels([f"{n}\n{described[n]['type'].split()[0]}" if n in described else n
-                                 for n in layer_names], fontsize=7, rotation=90 if len(layer_names) > 12 else 0)
+    axes[-1, 0].set_xticklabels([_tick(n, described.get(n)) for n in layer_names], fontsize=7,
+                                rotation=90 if len(layer_names) > 12 else 0)
     fig.suptitle("Bit-widths per layer of each method's chosen policy", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def provenance_json(provenance: dict[str, Any]) -> str:
+    """The provenance as indented JSON with every list of numbers on one line (index ranges stay short)."""
+    text = json.dumps(provenance, indent=1)
+    return re.sub(r"\[[\s\d.,eE+-]*\]", lambda m: json.dumps(json.loads(m.group(0))), text)
+
+
+def _tick(name: str, layer: dict[str, Any] | None) -> str:
+    """A layer's x label in the bit chart: label, module name, type and share of FP32 BitOPs."""
+    if layer is None:
+        return name
+    return f"{layer['label']} ({name})\n{layer['type']}\n{100 * layer['fp32_bitops_share']:.3g}% BitOPs"
 
 
 def _summary_line(results: dict[str, Any]) -> str:
@@ -374,7 +393,7 @@ def _markdown_report(results: dict[str, Any], plots: dict[str, Path]) -> str:
                 lines += ["Each layer with its type, weight shape, output shape and share of FP32 BitOPs, and each "
                           "method's weight/activation bits:", "", markdown_table(bh, brows), ""]
     lines += ["## Provenance", "", "Index sets are written as ranges [start, stop, step].", "", "```json",
-              json.dumps(results["provenance"], indent=1), "```", ""]
+              provenance_json(results["provenance"]), "```", ""]
     return "\n".join(lines)
 
 
@@ -421,7 +440,7 @@ def _html_report(results: dict[str, Any], plots: dict[str, Path], svgs: dict[str
              ("software", ", ".join(f"{k} {v}" for k, v in software.items())), ("started", prov.get("started"))]
     parts += ["<h2>Provenance</h2>", _html_table(["", ""], [[k, v] for k, v in facts], "layers"),
               "<details><summary>raw provenance (JSON; index sets as ranges [start, stop, step])</summary><pre>",
-              html.escape(json.dumps(prov, indent=1)), "</pre></details></body></html>"]
+              html.escape(provenance_json(prov)), "</pre></details></body></html>"]
     return "\n".join(parts)
 
 

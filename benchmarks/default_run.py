@@ -1,0 +1,70 @@
+"""The README's default-run table, regenerated in one command.
+
+Runs exactly the README's command (``certquant run``: the embedded default config, torch's default thread count)
+into a fresh work folder, times it, and copies what it wrote (results.json, report.md, report.html, the plots and
+run.json with the machine) to ``benchmarks/results/default-run/``; ``benchmarks/results/default-run.{json,md}`` hold
+the command, the wall-clock time, the machine and the table. ``tests/test_readme.py`` checks that the README's table
+is that results.json's.
+
+    python benchmarks/default_run.py                      # ~5 minutes on an idle 2-core CPU
+    python benchmarks/default_run.py --resume             # continue an interrupted run (its time is then not valid)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import RESULTS, ROOT, write_results
+
+from certquant.report.run_report import summary_table
+from certquant.utils.threads import machine_info
+
+NAME = "default-run"
+COMMAND = ["certquant", "run"]  # the README's command; --out is the work folder
+COPIED = ("results.json", "report.md", "report.html", "run.json", "certified_accuracy.png", "bitops_vs_acr.png",
+          "bit_widths.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / NAME, help="run folder of certquant run")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --work (timing then not valid)")
+    parser.add_argument("--no-progress", action="store_true", help="hide certquant's progress bars")
+    args = parser.parse_args()
+    if args.work.exists() and not args.resume:
+        sys.exit(f"error: {args.work} exists: pass --resume to continue it, or delete it for a fresh, timed run")
+    command = COMMAND + ["--out", str(args.work)] + (["--resume"] if args.resume else []) + \
+        (["--no-progress"] if args.no_progress else [])
+    machine = machine_info()
+    started = time.perf_counter()
+    subprocess.run(command, check=True, cwd=ROOT)
+    seconds = time.perf_counter() - started
+    target = RESULTS / NAME
+    target.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:
+        if (args.work / name).is_file():
+            shutil.copyfile(args.work / name, target / name)
+    results = json.loads((args.work / "results.json").read_text())
+    shown = " ".join(COMMAND + (["--resume"] if args.resume else []))
+    timing = f"{seconds // 60:.0f} min {seconds % 60:.0f} s" if not args.resume else "not valid (resumed)"
+    markdown = "\n".join([
+        f"# The default run (`{' '.join(COMMAND)}`)", "",
+        f"Command: `{shown}` (here with `--out {args.work.relative_to(ROOT) if args.work.is_relative_to(ROOT) else args.work}`), "
+        f"the embedded default config; regenerate with `python benchmarks/default_run.py`.", "",
+        f"Wall-clock: {timing} on {machine['cpu']} ({machine['cpu_count']} cores, torch {machine['torch_threads']} "
+        f"threads, OMP_NUM_THREADS={machine['omp_num_threads']}).", "",
+        summary_table(results), "",
+        f"Report: `{NAME}/report.md`, `{NAME}/report.html`; every number: `{NAME}/results.json`.", ""])
+    write_results(NAME, {"command": shown, "wall_seconds": None if args.resume else seconds, "resumed": args.resume,
+                         "machine": machine, "rows": results["rows"]}, markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
