@@ -104,6 +104,7 @@ def quantize_checkpoint(
     seed: int = 0,
     device: str = "auto",
     resume: bool = False,
+    progress: bool = True,
 ) -> tuple[nn.Module, Path]:
     """Quantize a checkpoint with ``policy``, calibrated on ``calib_images`` training images carrying the base
     model's noise sigma; optionally fine-tune (noise-aware, resumable state in ``<out>.finetune/``); write ``out``."""
@@ -128,7 +129,7 @@ def quantize_checkpoint(
         state_dir = out_path.parent / f"{out_path.stem}.finetune"
         started = time.time()
         finetune(qmodel, images[order], labels[order], sigma, finetune_epochs, lr=lr, batch_size=batch_size, seed=seed,
-                 out=state_dir, resume=resume, device=dev)
+                 out=state_dir, resume=resume, device=dev, progress=progress)
         finetune_info = {"epochs": finetune_epochs, "images": len(order), "lr": lr, "batch_size": batch_size,
                          "seed": seed, "sigma": sigma, "seconds": time.time() - started, "state_dir": str(state_dir),
                          "threads": FINETUNE_THREADS if dev.type == "cpu" else None}
