@@ -64,7 +64,7 @@ def _commands(files, checkpoint, tmp_path) -> dict[str, list[str]]:
         "predict": ["predict", "--checkpoint", checkpoint, "--n", "50", "--out", out],
         "cost": ["cost", "--checkpoint", checkpoint, "--uniform", "4"],
         "quantize": ["quantize", "--checkpoint", checkpoint, "--uniform", "4", "--out", str(tmp_path / "q.pt")],
-        "search": ["search", "--checkpoint", checkpoint, "--budget", "0.5", "--out", out],
+        "search": ["search", f"checkpoint={checkpoint}", "dataset=synthetic", "--out", out],
         "evaluate": ["evaluate", "--checkpoint", checkpoint],
         "run": ["run", "--config", str(config), "--out", out],
     }
