@@ -35,9 +35,10 @@ def run(tmp_path_factory) -> Path:
     cfg = config_from_dict({
         "dataset": "synthetic", "checkpoint": str(checkpoint), "device": "cpu",
         "certify": {"n0": 10, "n": 100, "skip": 50, "max_images": 4, "batch": 50},
-        "search": {"budgets": [0.015625], "methods": METHODS, "episodes": 3, "warmup": 2, "search_images": 3,
-                   "n_p": 40},
-        "finetune": {"epochs": 1, "images": 128, "calibration_images": 32, "batch": 64},
+        "search": {"budgets": [0.015625], "methods": METHODS, "episodes": 3, "agent": {"warmup_episodes": 2},
+                   "search_images": 3, "n_p": 40},
+        "finetune": {"epochs": 1, "images": 128, "batch": 64},
+        "quantize": {"calibration_images": 32},
     })
     run_pipeline(cfg, root / "run", progress=False)
     return root / "run"
