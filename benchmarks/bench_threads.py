@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import torch
-from common import write_results
 
 from certquant.data import load_dataset
 from certquant.models import load_checkpoint
@@ -23,6 +22,7 @@ from certquant.quant.finetuning import finetune
 from certquant.search.ddpg import DDPGAgent, DDPGConfig
 from certquant.utils.tables import markdown_table
 from certquant.utils.threads import machine_info, torch_threads
+from common import write_results
 
 CHECKPOINT = "small-cnn-fmnist-s0.25"
 
@@ -38,8 +38,9 @@ def _quantized(train_x: torch.Tensor, bits: int) -> torch.nn.Module:
 
 
 def forward_rows(test_x: torch.Tensor, train_x: torch.Tensor) -> list[list]:
-    noisy = test_x[:8].repeat_interleave(200, 0) + 0.25 * torch.randn(1600, 1, 28, 28,
-                                                                      generator=torch.Generator().manual_seed(0))
+    noisy = test_x[:8].repeat_interleave(200, 0) + 0.25 * torch.randn(
+        1600, 1, 28, 28, generator=torch.Generator().manual_seed(0)
+    )
     rows = []
     for name, model in (("FP32", load_checkpoint(CHECKPOINT)[0]), ("W4A4", _quantized(train_x, 4))):
         for channels_last in (False, True):
@@ -48,11 +49,19 @@ def forward_rows(test_x: torch.Tensor, train_x: torch.Tensor) -> list[list]:
             out = {}
             for threads in (1, 2):
                 with torch_threads(threads), torch.no_grad():
-                    out[threads] = torch.cat([model(noisy[i:i + 200].contiguous(memory_format=fmt))
-                                              for i in range(0, 1600, 200)])
+                    out[threads] = torch.cat(
+                        [model(noisy[i : i + 200].contiguous(memory_format=fmt)) for i in range(0, 1600, 200)]
+                    )
             flips = int((out[1].argmax(1) != out[2].argmax(1)).sum())
-            rows.append([f"forward {name}{' channels_last' if channels_last else ''} (1,600 noisy images)",
-                         float((out[1] - out[2]).abs().max()), f"{flips} argmax flips", "", ""])
+            rows.append(
+                [
+                    f"forward {name}{' channels_last' if channels_last else ''} (1,600 noisy images)",
+                    float((out[1] - out[2]).abs().max()),
+                    f"{flips} argmax flips",
+                    "",
+                    "",
+                ]
+            )
     return rows
 
 
@@ -63,8 +72,9 @@ def quantize_rows(train_x: torch.Tensor) -> list[list]:
         for threads in (1, 2):
             with torch_threads(threads):
                 states[threads] = {k: v.clone() for k, v in _quantized(train_x, bits).state_dict().items()}
-        rows.append([f"quantize W{bits}A{bits} (512 noisy calibration images)", _max_diff(states[1], states[2]), "",
-                     "", ""])
+        rows.append(
+            [f"quantize W{bits}A{bits} (512 noisy calibration images)", _max_diff(states[1], states[2]), "", "", ""]
+        )
     return rows
 
 
@@ -86,8 +96,19 @@ def _finetuned(train_x: torch.Tensor, train_y: torch.Tensor, outer: int, threads
     with torch_threads(outer):
         model = _quantized(train_x, 4)
         started = time.perf_counter()
-        finetune(model, train_x[:2560], train_y[:2560], 0.25, 1, lr=0.01, batch_size=128, seed=0, device="cpu",
-                 progress=False, threads=threads)
+        finetune(
+            model,
+            train_x[:2560],
+            train_y[:2560],
+            0.25,
+            1,
+            lr=0.01,
+            batch_size=128,
+            seed=0,
+            device="cpu",
+            progress=False,
+            threads=threads,
+        )
         return {k: v.clone() for k, v in model.state_dict().items()}, time.perf_counter() - started
 
 
@@ -96,23 +117,50 @@ def main() -> None:
     train_x, train_y = load_dataset("fashion-mnist", "train")
     rows = forward_rows(test_x, train_x) + quantize_rows(train_x)
     free = {t: _agent(t) for t in (1, 2)}
-    rows.append(["DDPG: 160 updates (state 10, hidden 300, batch 64)", _max_diff(free[1][0], free[2][0]), "",
-                 f"{free[1][1]:.2f}", f"{free[2][1]:.2f}"])
+    rows.append(
+        [
+            "DDPG: 160 updates (state 10, hidden 300, batch 64)",
+            _max_diff(free[1][0], free[2][0]),
+            "",
+            f"{free[1][1]:.2f}",
+            f"{free[2][1]:.2f}",
+        ]
+    )
     loose = {t: _finetuned(train_x, train_y, t, None) for t in (1, 2)}
-    rows.append(["fine-tune W4A4, 20 batches of 128, at torch's count", _max_diff(loose[1][0], loose[2][0]), "",
-                 f"{loose[1][1]:.2f}", f"{loose[2][1]:.2f}"])
+    rows.append(
+        [
+            "fine-tune W4A4, 20 batches of 128, at torch's count",
+            _max_diff(loose[1][0], loose[2][0]),
+            "",
+            f"{loose[1][1]:.2f}",
+            f"{loose[2][1]:.2f}",
+        ]
+    )
     fixed = {t: _finetuned(train_x, train_y, t, 1) for t in (1, 2)}
-    rows.append(["fine-tune W4A4, 20 batches, at FINETUNE_THREADS = 1 (outer count 1 / 2)",
-                 _max_diff(fixed[1][0], fixed[2][0]), "", f"{fixed[1][1]:.2f}", f"{fixed[2][1]:.2f}"])
+    rows.append(
+        [
+            "fine-tune W4A4, 20 batches, at FINETUNE_THREADS = 1 (outer count 1 / 2)",
+            _max_diff(fixed[1][0], fixed[2][0]),
+            "",
+            f"{fixed[1][1]:.2f}",
+            f"{fixed[2][1]:.2f}",
+        ]
+    )
     machine = machine_info()
     headers = ["computation", "max abs difference, 1 vs 2 threads", "note", "s at 1 thread", "s at 2 threads"]
     shown = [[r[0], f"{r[1]:.3g}", r[2], r[3], r[4]] for r in rows]
-    markdown = "\n".join([
-        "# Results against torch's thread count", "",
-        f"`python benchmarks/bench_threads.py` on {machine['cpu']} ({machine['cpu_count']} cores), torch "
-        f"{torch.__version__}; 1 and 2 threads in the same process; timings alternate within the run and depend on "
-        "the machine's load (other jobs were running).", "",
-        markdown_table(headers, shown), ""])
+    markdown = "\n".join(
+        [
+            "# Results against torch's thread count",
+            "",
+            f"`python benchmarks/bench_threads.py` on {machine['cpu']} ({machine['cpu_count']} cores), torch "
+            f"{torch.__version__}; 1 and 2 threads in the same process; timings alternate within the run and depend on "
+            "the machine's load (other jobs were running).",
+            "",
+            markdown_table(headers, shown),
+            "",
+        ]
+    )
     write_results("threads", {"machine": machine, "rows": [dict(zip(headers, r)) for r in rows]}, markdown)
     print(markdown)
 

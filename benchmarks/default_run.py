@@ -23,15 +23,21 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, ROOT, write_results
-
 from certquant.report.run_report import summary_table
 from certquant.utils.threads import machine_info
+from common import RESULTS, ROOT, write_results
 
 NAME = "default-run"
 COMMAND = ["certquant", "run"]  # the README's command; --out is the work folder
-COPIED = ("results.json", "report.md", "report.html", "run.json", "certified_accuracy.png", "bitops_vs_acr.png",
-          "bit_widths.png")
+COPIED = (
+    "results.json",
+    "report.md",
+    "report.html",
+    "run.json",
+    "certified_accuracy.png",
+    "bitops_vs_acr.png",
+    "bit_widths.png",
+)
 
 
 def _logged_seconds(log: Path) -> float:
@@ -47,10 +53,17 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / NAME, help="run folder of certquant run")
     parser.add_argument("--resume", action="store_true", help="continue the run in --work (timing then not valid)")
     parser.add_argument("--no-progress", action="store_true", help="hide certquant's progress bars")
-    parser.add_argument("--report-only", action="store_true", help="do not run: rebuild the report of the finished "
-                        "run in --work (certquant report) and copy it")
-    parser.add_argument("--log", type=Path, help="with --report-only: certquant's log of that run (its '[certquant "
-                        "run] all stages done in N s' line gives the time); copied beside the results")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="do not run: rebuild the report of the finished run in --work (certquant report) and copy it",
+    )
+    parser.add_argument(
+        "--log",
+        type=Path,
+        help="with --report-only: certquant's log of that run (its '[certquant "
+        "run] all stages done in N s' line gives the time); copied beside the results",
+    )
     parser.add_argument("--note", help="a sentence about the circumstances (e.g. the machine's load), kept with it")
     args = parser.parse_args()
     machine = machine_info()
@@ -61,8 +74,12 @@ def main() -> None:
     else:
         if args.work.exists() and not args.resume:
             sys.exit(f"error: {args.work} exists: pass --resume to continue it, or delete it for a fresh, timed run")
-        command = COMMAND + ["--out", str(args.work)] + (["--resume"] if args.resume else []) + \
-            (["--no-progress"] if args.no_progress else [])
+        command = (
+            COMMAND
+            + ["--out", str(args.work)]
+            + (["--resume"] if args.resume else [])
+            + (["--no-progress"] if args.no_progress else [])
+        )
         started = time.perf_counter()
         subprocess.run(command, check=True, cwd=ROOT)
         seconds = None if args.resume else time.perf_counter() - started
@@ -77,17 +94,35 @@ def main() -> None:
     results = json.loads((args.work / "results.json").read_text())
     shown = " ".join(COMMAND + (["--resume"] if args.resume else []))
     timing = f"{seconds // 60:.0f} min {seconds % 60:.0f} s" if seconds is not None else "not measured (resumed)"
-    markdown = "\n".join([
-        f"# The default run (`{' '.join(COMMAND)}`)", "",
-        f"Command: `{shown}` (with `--out` a work folder), the embedded default config; regenerate with "
-        "`python benchmarks/default_run.py`.", "",
-        f"Wall-clock: {timing} on {machine['cpu']} ({machine['cpu_count']} cores, torch {machine['torch_threads']} "
-        f"threads, OMP_NUM_THREADS={machine['omp_num_threads']}).", "",
-        *([args.note, ""] if args.note else []),
-        summary_table(results), "",
-        f"Report: `{NAME}/report.md`, `{NAME}/report.html`; every number: `{NAME}/results.json`.", ""])
-    write_results(NAME, {"command": shown, "wall_seconds": seconds, "resumed": args.resume, "note": args.note,
-                         "machine": machine, "rows": results["rows"]}, markdown)
+    markdown = "\n".join(
+        [
+            f"# The default run (`{' '.join(COMMAND)}`)",
+            "",
+            f"Command: `{shown}` (with `--out` a work folder), the embedded default config; regenerate with "
+            "`python benchmarks/default_run.py`.",
+            "",
+            f"Wall-clock: {timing} on {machine['cpu']} ({machine['cpu_count']} cores, torch {machine['torch_threads']} "
+            f"threads, OMP_NUM_THREADS={machine['omp_num_threads']}).",
+            "",
+            *([args.note, ""] if args.note else []),
+            summary_table(results),
+            "",
+            f"Report: `{NAME}/report.md`, `{NAME}/report.html`; every number: `{NAME}/results.json`.",
+            "",
+        ]
+    )
+    write_results(
+        NAME,
+        {
+            "command": shown,
+            "wall_seconds": seconds,
+            "resumed": args.resume,
+            "note": args.note,
+            "machine": machine,
+            "rows": results["rows"],
+        },
+        markdown,
+    )
     print(markdown)
 
 

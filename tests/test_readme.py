@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -33,18 +33,21 @@ def markdown_tables(text: str) -> list[Table]:
             block.append((number, line))
         elif block:
             if len(block) >= 2 and set(block[1][1].replace("|", "").strip()) <= set("-: "):
-                tables.append({"line": block[0][0], "header": _cells(block[0][1]),
-                               "rows": [_cells(row) for _, row in block[2:]]})
+                tables.append(
+                    {"line": block[0][0], "header": _cells(block[0][1]), "rows": [_cells(row) for _, row in block[2:]]}
+                )
             block = []
     return tables
 
 
 def _rows_in(name: str) -> Callable[[Table], None]:
     """Every README row is a row of a table in benchmarks/results/<name> (cell by cell)."""
+
     def check(table: Table) -> None:
         source = {tuple(row) for t in markdown_tables((RESULTS / name).read_text()) for row in t["rows"]}
         for row in table["rows"]:
             assert tuple(row) in source, f"README line {table['line']}: row {row} is not in benchmarks/results/{name}"
+
     return check
 
 
@@ -66,10 +69,16 @@ def _zoo(table: Table) -> None:
 
 def _certify(table: Table) -> None:
     summary = json.loads((RESULTS / "certify-small-cnn-fmnist-s0.25-500" / "summary.json").read_text())
-    ci = lambda key: f"{summary[key]:.3f} (95% CI {summary[key + '_ci95'][0]:.3f}-{summary[key + '_ci95'][1]:.3f})"
+
+    def ci(key: str) -> str:
+        return f"{summary[key]:.3f} (95% CI {summary[key + '_ci95'][0]:.3f}-{summary[key + '_ci95'][1]:.3f})"
+
     acc = summary["certified_accuracy"]
-    expected = [ci("clean_accuracy"), ci("acr")] + [f"{acc[r]:.3f}" for r in ("0.25", "0.5", "0.75", "1")] + \
-               [f"{summary['abstain_rate']:.3f}"]
+    expected = (
+        [ci("clean_accuracy"), ci("acr")]
+        + [f"{acc[r]:.3f}" for r in ("0.25", "0.5", "0.75", "1")]
+        + [f"{summary['abstain_rate']:.3f}"]
+    )
     assert table["rows"] == [expected]
 
 
@@ -82,27 +91,68 @@ def _irs(table: Table) -> None:
         else:
             text = (RESULTS / "irs.md").read_text().split(f"## sigma = {sigma} (")[1].split("\n## ")[0]
         percent = n_p.split("%")[0]
-        rows = [dict(zip(t["header"], row)) for t in markdown_tables(text) for row in t["rows"]
-                if row[0] == policy and row[2].endswith(f"({percent}%)")]
+        rows = [
+            dict(zip(t["header"], row))
+            for t in markdown_tables(text)
+            for row in t["rows"]
+            if row[0] == policy and row[2].endswith(f"({percent}%)")
+        ]
         assert len(rows) == 1, (sigma, policy, n_p, images)
         got = rows[0]
         assert (two.replace("**", ""), one) == (got["speed-up 2s"], got["speed-up 1s"]), (sigma, policy, n_p, images)
 
 
-RESULT_TABLE = ["model", "config", "BitOPs / FP32", "clean", "noisy", "d clean", "d noisy", "FT clean", "FT noisy",
-                "FT d clean", "FT d noisy"]
+RESULT_TABLE = [
+    "model",
+    "config",
+    "BitOPs / FP32",
+    "clean",
+    "noisy",
+    "d clean",
+    "d noisy",
+    "FT clean",
+    "FT noisy",
+    "FT d clean",
+    "FT d noisy",
+]
 SEARCH_TABLE = ["model", "BitOPs %", "clean acc", "ACR", "cert acc r=0.25", "cert acc r=0.5", "search s"]
 # (header, occurrence among tables with that header) -> check; None: a table of names, not of measured numbers
 SOURCES: dict[tuple[tuple[str, ...], int], Callable[[Table], None] | None] = {
-    (("model", "BitOPs %", "size (KiB)", "clean acc", "ACR", "cert acc r=0.25", "cert acc r=0.5", "cert acc r=0.75",
-      "cert acc r=1", "search s"), 0): _default_run,
+    (
+        (
+            "model",
+            "BitOPs %",
+            "size (KiB)",
+            "clean acc",
+            "ACR",
+            "cert acc r=0.25",
+            "cert acc r=0.5",
+            "cert acc r=0.75",
+            "cert acc r=1",
+            "search s",
+        ),
+        0,
+    ): _default_run,
     (("name", "model", "clean test accuracy", "accuracy under N(0, sigma^2)"), 0): _zoo,
     (("command", "what it does", "details"), 0): None,
-    (("clean smoothed accuracy", "ACR", "cert. acc. r = 0.25", "r = 0.5", "r = 0.75", "r = 1.0", "abstain"), 0): _certify,
+    (
+        ("clean smoothed accuracy", "ACR", "cert. acc. r = 0.25", "r = 0.5", "r = 0.75", "r = 1.0", "abstain"),
+        0,
+    ): _certify,
     (tuple(RESULT_TABLE), 0): _rows_in("quant.md"),
     (tuple(RESULT_TABLE), 1): _rows_in("quant-resnet20.md"),
-    (("sigma", "policy", "n_p", "images", "two-sided (published)", "one-sided (default)",
-      "reference two- / one-sided"), 0): _irs,
+    (
+        (
+            "sigma",
+            "policy",
+            "n_p",
+            "images",
+            "two-sided (published)",
+            "one-sided (default)",
+            "reference two- / one-sided",
+        ),
+        0,
+    ): _irs,
     (tuple(SEARCH_TABLE), 0): _rows_in("search.md"),
     (tuple(SEARCH_TABLE), 1): _rows_in("search-resnet20.md"),
     (("name", "where it comes from"), 0): None,
@@ -124,8 +174,11 @@ def test_every_readme_table_has_a_declared_source():
     assert not unknown, f"README tables without a committed source (add one to SOURCES): {unknown}"
 
 
-@pytest.mark.parametrize("key,table", [(k, t) for k, t in _readme_tables() if SOURCES.get(k) is not None],
-                         ids=lambda value: f"line{value['line']}" if isinstance(value, dict) else "")
+@pytest.mark.parametrize(
+    "key,table",
+    [(k, t) for k, t in _readme_tables() if SOURCES.get(k) is not None],
+    ids=lambda value: f"line{value['line']}" if isinstance(value, dict) else "",
+)
 def test_readme_table_matches_its_result_file(key, table):
     SOURCES[key](table)
 

@@ -30,16 +30,37 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def run(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("report")
-    checkpoint = train(TrainConfig(dataset="synthetic", model="small-cnn", sigma=0.25, epochs=1, lr=0.05, val_size=200,
-                                   train_limit=600, device="cpu"), root / "ckpt")
-    cfg = config_from_dict({
-        "dataset": "synthetic", "checkpoint": str(checkpoint), "device": "cpu",
-        "certify": {"n0": 10, "n": 100, "skip": 50, "max_images": 4, "batch": 50},
-        "search": {"budgets": [0.015625], "methods": METHODS, "episodes": 3, "agent": {"warmup_episodes": 2},
-                   "search_images": 3, "n_p": 40},
-        "finetune": {"epochs": 1, "images": 128, "batch": 64},
-        "quantize": {"calibration_images": 32},
-    })
+    checkpoint = train(
+        TrainConfig(
+            dataset="synthetic",
+            model="small-cnn",
+            sigma=0.25,
+            epochs=1,
+            lr=0.05,
+            val_size=200,
+            train_limit=600,
+            device="cpu",
+        ),
+        root / "ckpt",
+    )
+    cfg = config_from_dict(
+        {
+            "dataset": "synthetic",
+            "checkpoint": str(checkpoint),
+            "device": "cpu",
+            "certify": {"n0": 10, "n": 100, "skip": 50, "max_images": 4, "batch": 50},
+            "search": {
+                "budgets": [0.015625],
+                "methods": METHODS,
+                "episodes": 3,
+                "agent": {"warmup_episodes": 2},
+                "search_images": 3,
+                "n_p": 40,
+            },
+            "finetune": {"epochs": 1, "images": 128, "batch": 64},
+            "quantize": {"calibration_images": 32},
+        }
+    )
     run_pipeline(cfg, root / "run", progress=False)
     return root / "run"
 
@@ -52,9 +73,13 @@ def test_results_hold_hashes_every_policy_layers_and_meaning(run):
     series = pareto_series(results)
     assert list(series) == NAMES  # HAQ's policies too, scored with ARQ's estimator after its search
     for name in NAMES:
-        distinct = {(tuple(r["w_bits"]), tuple(r["a_bits"]))
-                    for r in map(json.loads, (run / "budget-0.015625" / name.split("@")[0] / "search" /
-                                              "history.jsonl").read_text().splitlines())}
+        distinct = {
+            (tuple(r["w_bits"]), tuple(r["a_bits"]))
+            for r in map(
+                json.loads,
+                (run / "budget-0.015625" / name.split("@")[0] / "search" / "history.jsonl").read_text().splitlines(),
+            )
+        }
         assert len(series[name]) == len(distinct) and sum(p["chosen"] for p in series[name]) == 1
     assert all(p["acr_from"] == "ARQ's estimator after the search" for p in series["haq@0.015625"])
     assert [layer["name"] for layer in results["layers"]] == LAYERS
@@ -104,16 +129,31 @@ window.addEventListener('load', () => {
 </script></body>"""
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no browser: headless Chromium is not installed (Debian: apt-get install "
-                                             "chromium chromium-driver; scripts/setup.sh does it when run as root)")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no browser: headless Chromium is not installed (Debian: apt-get install "
+    "chromium chromium-driver; scripts/setup.sh does it when run as root)",
+)
 def test_report_html_in_headless_chromium(run, tmp_path):
     """Layout measured by the browser: a probe script appended to a copy of report.html records what is drawn."""
     page = tmp_path / "probe.html"
     page.write_text((run / "report.html").read_text().replace("</body>", PROBE))
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-               f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900", "--virtual-time-budget=10000",
-               "--dump-dom", page.as_uri()]
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1280,900",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        page.as_uri(),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=180)
     match = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)
     assert match, f"no probe output (exit {done.returncode}): {done.stderr[-2000:]}"
@@ -127,7 +167,9 @@ def test_report_html_in_headless_chromium(run, tmp_path):
     assert all(f"{name}: {len(series[name])} polic" in seen["scatterText"] for name in NAMES)
     expected_bars = {f"bits-{name}-{which}-{layer}" for name in NAMES for which in "wa" for layer in LAYERS}
     assert set(seen["bars"]) == expected_bars and all(seen["bars"].values())  # drawn, with a size
-    assert all(f"{label} ({layer})" in seen["bitsText"] for label, layer in zip(["conv1", "conv2", "fc1", "fc2"], LAYERS))
+    assert all(
+        f"{label} ({layer})" in seen["bitsText"] for label, layer in zip(["conv1", "conv2", "fc1", "fc2"], LAYERS)
+    )
     assert seen["layerTable"][1].split("\t")[:4] == ["conv2", "1.3", "Conv2d 3x3", "64x32x3x3"]
     above = seen["above"]
     assert "certquant report" in above and "n0 = 10, n = 100, alpha = 0.001" in above

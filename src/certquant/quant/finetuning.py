@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,9 +14,9 @@ from torch import nn
 
 from certquant.train.evaluate import resolve_device
 from certquant.train.trainer import noisy_epoch
-from certquant.utils.run_folder import RunFolder
 from certquant.utils.config import check_sigma
 from certquant.utils.errors import CertquantError
+from certquant.utils.run_folder import RunFolder
 from certquant.utils.threads import torch_threads
 
 STATE_FILE = "finetune_state.pt"

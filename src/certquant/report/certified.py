@@ -9,8 +9,8 @@ from typing import Sequence
 
 from certquant.smoothing.metrics import average_certified_radius, certified_accuracy, radius_grid
 from certquant.utils.errors import CertquantError
-from certquant.utils.paths import check_input_path
 from certquant.utils.io import read_jsonl
+from certquant.utils.paths import check_input_path
 from certquant.utils.tables import markdown_table
 
 

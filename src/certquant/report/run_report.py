@@ -23,10 +23,10 @@ from certquant.quant import Policy, quantizable_layers
 from certquant.quant.checkpoint import input_shape
 from certquant.report.certified import CertifyRun, load_certify_run, plot_certified_accuracy
 from certquant.search.selection import SCORES_FILE
-from certquant.smoothing.metrics import certify_metrics, certified_accuracy, counted_radius, mean_ci
+from certquant.smoothing.metrics import certified_accuracy, certify_metrics, counted_radius, mean_ci
 from certquant.utils.errors import CertquantError
-from certquant.utils.paths import check_input_path
 from certquant.utils.io import atomic_write_json, atomic_write_text, file_sha256, read_jsonl
+from certquant.utils.paths import check_input_path
 from certquant.utils.tables import markdown_table
 
 RADII = (0.25, 0.5, 0.75, 1.0)
@@ -38,15 +38,29 @@ def _method_folders(out: Path, identity: dict[str, Any]) -> list[tuple[float, st
     return [(float(s["budget"]), s["method"], out / s["folder"]) for s in identity.get("stages", [])]
 
 
-def _row(name: str, method: str, budget: float | None, run: CertifyRun, cost: dict[str, Any],
-         search: dict[str, Any] | None, finetune: dict[str, Any] | None, sha256: str) -> dict[str, Any]:
+def _row(
+    name: str,
+    method: str,
+    budget: float | None,
+    run: CertifyRun,
+    cost: dict[str, Any],
+    search: dict[str, Any] | None,
+    finetune: dict[str, Any] | None,
+    sha256: str,
+) -> dict[str, Any]:
     metrics = certify_metrics(run.records)
     summary = run.summary or {}
     return {
-        "name": name, "method": method, "budget": budget,
-        "bitops_fraction": cost["bitops_fraction"], "model_size_bits": cost["model_size_bits"],
-        "clean_accuracy": metrics["clean_accuracy"], "clean_accuracy_ci95": metrics["clean_accuracy_ci95"],
-        "acr": metrics["acr"], "acr_ci95": metrics["acr_ci95"], "abstain_rate": metrics["abstain_rate"],
+        "name": name,
+        "method": method,
+        "budget": budget,
+        "bitops_fraction": cost["bitops_fraction"],
+        "model_size_bits": cost["model_size_bits"],
+        "clean_accuracy": metrics["clean_accuracy"],
+        "clean_accuracy_ci95": metrics["clean_accuracy_ci95"],
+        "acr": metrics["acr"],
+        "acr_ci95": metrics["acr_ci95"],
+        "abstain_rate": metrics["abstain_rate"],
         "certified_accuracy": {f"{r:g}": certified_accuracy(run.records, r) for r in RADII},
         "num_images": metrics["num_images"],
         "search_seconds": search.get("seconds") if search else None,
@@ -62,6 +76,7 @@ def _search_points(folder: Path, chosen: dict[str, Any] | None) -> list[dict[str
     measure ACR (HAQ's) takes it from ``SCORES_FILE`` (ARQ's estimator on the same search set) when the run wrote
     one. ``chosen`` marks the policy the run quantized (same bits)."""
     scored = {(tuple(r["w_bits"]), tuple(r["a_bits"])): r["terms"] for r in read_jsonl(folder / "search" / SCORES_FILE)}
+    chosen_key = (tuple(chosen["w_bits"]), tuple(chosen["a_bits"])) if chosen else None
     points, seen = [], set()
     for record in read_jsonl(folder / "search" / "history.jsonl"):
         key = (tuple(record["w_bits"]), tuple(record["a_bits"]))
@@ -70,12 +85,20 @@ def _search_points(folder: Path, chosen: dict[str, Any] | None) -> list[dict[str
         seen.add(key)
         terms = record.get("terms", {})
         acr_terms = terms if terms.get("acr") is not None else scored.get(key, {})
-        points.append({"episode": record["episode"], "bitops_fraction": record["bitops_fraction"],
-                       "reward": record["reward"], "acr": acr_terms.get("acr"),
-                       "clean_accuracy": acr_terms.get("clean_accuracy"), "noisy_accuracy": terms.get("noisy_accuracy"),
-                       "acr_from": "search reward" if terms.get("acr") is not None else
-                                   ("ARQ's estimator after the search" if key in scored else None),
-                       "chosen": bool(chosen) and key == (tuple(chosen["w_bits"]), tuple(chosen["a_bits"]))})
+        points.append(
+            {
+                "episode": record["episode"],
+                "bitops_fraction": record["bitops_fraction"],
+                "reward": record["reward"],
+                "acr": acr_terms.get("acr"),
+                "clean_accuracy": acr_terms.get("clean_accuracy"),
+                "noisy_accuracy": terms.get("noisy_accuracy"),
+                "acr_from": "search reward"
+                if terms.get("acr") is not None
+                else ("ARQ's estimator after the search" if key in scored else None),
+                "chosen": key == chosen_key,
+            }
+        )
     return points
 
 
@@ -91,16 +114,29 @@ def layer_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
     for layer in layers:
         kh, kw = layer.kernel_size
         if layer.kind == "conv":
-            kind = f"Conv2d {kh}x{kw}" + (f" stride {layer.stride[0]}" if layer.stride != (1, 1) else "") + \
-                   (" depthwise" if layer.is_depthwise else (f" groups {layer.groups}" if layer.groups > 1 else ""))
+            kind = (
+                f"Conv2d {kh}x{kw}"
+                + (f" stride {layer.stride[0]}" if layer.stride != (1, 1) else "")
+                + (" depthwise" if layer.is_depthwise else (f" groups {layer.groups}" if layer.groups > 1 else ""))
+            )
             shape = [layer.out_channels, layer.in_channels // layer.groups, kh, kw]
             output = [layer.out_channels, *layer.out_hw]
         else:
             kind, shape, output = "Linear", [layer.out_channels, layer.in_channels], [layer.out_channels]
         counts[layer.kind] = counts.get(layer.kind, 0) + 1
         label = f"{'conv' if layer.kind == 'conv' else 'fc'}{counts[layer.kind]}"
-        rows.append({"name": layer.name, "label": label, "type": kind, "weight_shape": shape, "output_shape": output,
-                     "params": layer.params, "macs": layer.macs, "fp32_bitops_share": layer.macs / total})
+        rows.append(
+            {
+                "name": layer.name,
+                "label": label,
+                "type": kind,
+                "weight_shape": shape,
+                "output_shape": output,
+                "params": layer.params,
+                "macs": layer.macs,
+                "fp32_bitops_share": layer.macs / total,
+            }
+        )
     return rows
 
 
@@ -140,16 +176,27 @@ def compare_to_fp32(row: dict[str, Any], run: CertifyRun, fp32: CertifyRun) -> d
         said = []
         for name, side in (("ACR", acr_side), ("clean accuracy", clean_side)):
             if side != "inside":
-                said.append(f"its {name} is {'lower' if side == 'below' else 'higher'} than FP32's beyond sampling "
-                            "noise (the interval excludes 0)")
+                said.append(
+                    f"its {name} is {'lower' if side == 'below' else 'higher'} than FP32's beyond sampling "
+                    "noise (the interval excludes 0)"
+                )
             else:
                 said.append(f"its {name} is within sampling noise of FP32's")
         meaning = "; ".join(said)
-    sentence = (f"{row['name']} ({100 * row['bitops_fraction']:.2f}% of FP32's BitOPs): {acr_text}, {clean_text} "
-                f"against FP32; {meaning}.")
-    return {"name": row["name"], "acr_difference": d_acr, "acr_difference_ci95": acr_ci, "acr_verdict": acr_side,
-            "clean_accuracy_difference": d_clean, "clean_accuracy_difference_ci95": clean_ci,
-            "clean_accuracy_verdict": clean_side, "sentence": sentence}
+    sentence = (
+        f"{row['name']} ({100 * row['bitops_fraction']:.2f}% of FP32's BitOPs): {acr_text}, {clean_text} "
+        f"against FP32; {meaning}."
+    )
+    return {
+        "name": row["name"],
+        "acr_difference": d_acr,
+        "acr_difference_ci95": acr_ci,
+        "acr_verdict": acr_side,
+        "clean_accuracy_difference": d_clean,
+        "clean_accuracy_difference_ci95": clean_ci,
+        "clean_accuracy_verdict": clean_side,
+        "sentence": sentence,
+    }
 
 
 def collect_results(out: str | Path) -> dict[str, Any]:
@@ -172,8 +219,16 @@ def collect_results(out: str | Path) -> dict[str, Any]:
         search_summary_path = folder / "search" / "summary.json"
         search = json.loads(search_summary_path.read_text()) if search_summary_path.is_file() else None
         run = load_certify_run(folder / "certify", name)
-        row = _row(name, method, budget, run, payload["cost"], search, payload.get("finetune"),
-                   file_sha256(folder / "model.pt"))
+        row = _row(
+            name,
+            method,
+            budget,
+            run,
+            payload["cost"],
+            search,
+            payload.get("finetune"),
+            file_sha256(folder / "model.pt"),
+        )
         rows.append(row)
         if fp_cost["model_size_bits"] is None:
             fp_cost["model_size_bits"] = 32 * _quantized_weight_count(payload)
@@ -192,12 +247,18 @@ def collect_results(out: str | Path) -> dict[str, Any]:
         "policies": policies,
         "searches": searches,
         "provenance": {
-            "dataset": cfg["dataset"], "checkpoint": identity["checkpoint"],
-            "checkpoint_sha256": identity["checkpoint_sha256"], "arch": arch,
-            "sigma": identity["sigma"], "test_indices": compact_indices(identity["test_indices"]),
-            "certify": cfg["certify"], "search": cfg["search"], "quantize": cfg["quantize"],
+            "dataset": cfg["dataset"],
+            "checkpoint": identity["checkpoint"],
+            "checkpoint_sha256": identity["checkpoint_sha256"],
+            "arch": arch,
+            "sigma": identity["sigma"],
+            "test_indices": compact_indices(identity["test_indices"]),
+            "certify": cfg["certify"],
+            "search": cfg["search"],
+            "quantize": cfg["quantize"],
             "finetune": cfg["finetune"],
-            "software": run_info.get("software"), "machine": run_info.get("machine"),
+            "software": run_info.get("software"),
+            "machine": run_info.get("machine"),
             "started": run_info.get("created"),
         },
         "_runs": runs,
@@ -207,17 +268,30 @@ def collect_results(out: str | Path) -> dict[str, Any]:
 def _quantized_weight_count(payload: dict[str, Any]) -> int:
     """Number of weights in the policy's layers (FP32's model size is 32 bits each, in the cost model's units)."""
     names = {name for name, _ in Policy.from_dict(payload["policy"]).items()}
-    return sum(v.numel() for k, v in payload["state_dict"].items() if k.endswith(".weight") and k[: -len(".weight")] in names)
+    return sum(
+        v.numel() for k, v in payload["state_dict"].items() if k.endswith(".weight") and k[: -len(".weight")] in names
+    )
 
 
 def _table_rows(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    headers = ["model", "BitOPs %", "size (KiB)", "clean acc", "ACR"] + [f"cert acc r={r:g}" for r in RADII] + ["search s"]
+    headers = (
+        ["model", "BitOPs %", "size (KiB)", "clean acc", "ACR"] + [f"cert acc r={r:g}" for r in RADII] + ["search s"]
+    )
     rows = []
     for row in results["rows"]:
         size = f"{row['model_size_bits'] / 8 / 1024:.1f}" if row["model_size_bits"] else "-"
         search = f"{row['search_seconds']:.0f}" if row["search_seconds"] is not None else "-"
-        rows.append([row["name"], f"{100 * row['bitops_fraction']:.3f}", size, f"{row['clean_accuracy']:.3f}",
-                     f"{row['acr']:.3f}"] + [f"{row['certified_accuracy'][f'{r:g}']:.3f}" for r in RADII] + [search])
+        rows.append(
+            [
+                row["name"],
+                f"{100 * row['bitops_fraction']:.3f}",
+                size,
+                f"{row['clean_accuracy']:.3f}",
+                f"{row['acr']:.3f}",
+            ]
+            + [f"{row['certified_accuracy'][f'{r:g}']:.3f}" for r in RADII]
+            + [search]
+        )
     return headers, rows
 
 
@@ -238,8 +312,10 @@ def _bits_rows(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
         shape = "x".join(map(str, layer.get("weight_shape", []))) or "-"
         output = "x".join(map(str, layer.get("output_shape", []))) or "-"
         share = f"{100 * layer['fp32_bitops_share']:.3g}" if "fp32_bitops_share" in layer else "-"
-        rows.append([layer.get("label", "-"), layer["name"], layer.get("type", "-"), shape, output, share]
-                    + [bits[n].get(layer["name"], "-") for n in names])
+        rows.append(
+            [layer.get("label", "-"), layer["name"], layer.get("type", "-"), shape, output, share]
+            + [bits[n].get(layer["name"], "-") for n in names]
+        )
     return headers, rows
 
 
@@ -281,17 +357,31 @@ def plot_pareto(results: dict[str, Any], path: Path) -> Path | None:
     everything = []
     for k, (name, points) in enumerate(series.items()):
         color = f"C{k}"
-        scatter = ax.scatter([100 * p["bitops_fraction"] for p in points], [p["acr"] for p in points], s=16, alpha=0.6,
-                             color=color, label=f"{name}: {len(points)} {'policy' if len(points) == 1 else 'policies'}")
+        scatter = ax.scatter(
+            [100 * p["bitops_fraction"] for p in points],
+            [p["acr"] for p in points],
+            s=16,
+            alpha=0.6,
+            color=color,
+            label=f"{name}: {len(points)} {'policy' if len(points) == 1 else 'policies'}",
+        )
         scatter.set_gid(f"policies-{name}")
         chosen = [p for p in points if p["chosen"]]
         if chosen:
-            ax.scatter([100 * p["bitops_fraction"] for p in chosen], [p["acr"] for p in chosen], s=130, marker="*",
-                       color=color, edgecolors="black", linewidths=0.6, zorder=3)
+            ax.scatter(
+                [100 * p["bitops_fraction"] for p in chosen],
+                [p["acr"] for p in chosen],
+                s=130,
+                marker="*",
+                color=color,
+                edgecolors="black",
+                linewidths=0.6,
+                zorder=3,
+            )
         everything += [(p["bitops_fraction"], p["acr"]) for p in points]
     front = pareto_front(everything)
     ax.plot([100 * x for x, _ in front], [y for _, y in front], "k--", lw=1, label="Pareto front")
-    for k, budget in enumerate(sorted({row["budget"] for row in results["rows"] if row["budget"] is not None})):
+    for budget in sorted({row["budget"] for row in results["rows"] if row["budget"] is not None}):
         ax.axvline(100 * budget, color="grey", ls=":", lw=1.2, label=f"budget {100 * budget:.6g}% of FP32 BitOPs")
     ax.scatter([], [], s=130, marker="*", color="white", edgecolors="black", label="chosen policy (quantized)")
     ax.set_xlabel("BitOPs (% of FP32)")
@@ -333,8 +423,9 @@ def plot_bit_widths(results: dict[str, Any], path: Path) -> Path | None:
     axes[0, 0].legend(fontsize=7, ncol=2, loc="upper right")
     axes[-1, 0].set_xticks(range(len(layer_names)))
     described = {layer["name"]: layer for layer in results.get("layers") or []}
-    axes[-1, 0].set_xticklabels([_tick(n, described.get(n)) for n in layer_names], fontsize=7,
-                                rotation=90 if len(layer_names) > 12 else 0)
+    axes[-1, 0].set_xticklabels(
+        [_tick(n, described.get(n)) for n in layer_names], fontsize=7, rotation=90 if len(layer_names) > 12 else 0
+    )
     fig.suptitle("Bit-widths per layer of each method's chosen policy", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -360,9 +451,11 @@ def _summary_line(results: dict[str, Any]) -> str:
     prov = results["provenance"]
     c = prov["certify"]
     indices = prov["test_indices"]
-    return (f"{prov['arch']} on {prov['dataset']}, sigma = {prov['sigma']}; CERTIFY with n0 = {c['n0']}, n = {c['n']}, "
-            f"alpha = {c['alpha']} on {indices['count']} test images ({describe_ranges(indices)}); ACR and accuracies "
-            "carry 95% confidence intervals in results.json.")
+    return (
+        f"{prov['arch']} on {prov['dataset']}, sigma = {prov['sigma']}; CERTIFY with n0 = {c['n0']}, n = {c['n']}, "
+        f"alpha = {c['alpha']} on {indices['count']} test images ({describe_ranges(indices)}); ACR and accuracies "
+        "carry 95% confidence intervals in results.json."
+    )
 
 
 def describe_ranges(compact: dict[str, Any]) -> str:
@@ -373,9 +466,11 @@ def describe_ranges(compact: dict[str, Any]) -> str:
 
 
 def _sections(results: dict[str, Any]) -> list[tuple[str, str]]:
-    return [("certified", "Certified accuracy vs radius (test images)"),
-            ("pareto", "BitOPs vs ACR of every evaluated policy, every method (search set)"),
-            ("bits", "Bit-widths per layer")]
+    return [
+        ("certified", "Certified accuracy vs radius (test images)"),
+        ("pareto", "BitOPs vs ACR of every evaluated policy, every method (search set)"),
+        ("bits", "Bit-widths per layer"),
+    ]
 
 
 def _markdown_report(results: dict[str, Any], plots: dict[str, Path]) -> str:
@@ -390,10 +485,23 @@ def _markdown_report(results: dict[str, Any], plots: dict[str, Path]) -> str:
         if key == "bits":
             bh, brows = _bits_rows(results)
             if brows:
-                lines += ["Each layer with its type, weight shape, output shape and share of FP32 BitOPs, and each "
-                          "method's weight/activation bits:", "", markdown_table(bh, brows), ""]
-    lines += ["## Provenance", "", "Index sets are written as ranges [start, stop, step].", "", "```json",
-              provenance_json(results["provenance"]), "```", ""]
+                lines += [
+                    "Each layer with its type, weight shape, output shape and share of FP32 BitOPs, and each "
+                    "method's weight/activation bits:",
+                    "",
+                    markdown_table(bh, brows),
+                    "",
+                ]
+    lines += [
+        "## Provenance",
+        "",
+        "Index sets are written as ranges [start, stop, step].",
+        "",
+        "```json",
+        provenance_json(results["provenance"]),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -407,23 +515,29 @@ def _html_table(headers: list[str], rows: list[list[Any]], css: str = "") -> str
 def _inline_svg(path: Path) -> str:
     """An SVG file's <svg> element, scaled to the page width, for inlining (the page stays self-contained)."""
     text = path.read_text(encoding="utf-8")
-    svg = text[text.index("<svg"):]
+    svg = text[text.index("<svg") :]
     return svg.replace("<svg ", "<svg style='max-width:100%;height:auto' ", 1)
 
 
 def _html_report(results: dict[str, Any], plots: dict[str, Path], svgs: dict[str, Path]) -> str:
     prov = results["provenance"]
     headers, rows = _table_rows(results)
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>certquant report</title><style>",
-             "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}",
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}",
-             "table.layers td:nth-child(-n+2){text-align:left}",
-             "pre{background:#f7f7f7;padding:1em;overflow:auto}details{margin:1em 0}</style></head><body>",
-             "<h1>certquant report</h1>",
-             f"<p class='summary'>{html.escape(_summary_line(results))}</p>", _html_table(headers, rows)]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>certquant report</title><style>",
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}",
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}",
+        "table.layers td:nth-child(-n+2){text-align:left}",
+        "pre{background:#f7f7f7;padding:1em;overflow:auto}details{margin:1em 0}</style></head><body>",
+        "<h1>certquant report</h1>",
+        f"<p class='summary'>{html.escape(_summary_line(results))}</p>",
+        _html_table(headers, rows),
+    ]
     if results["comparisons"]:
-        parts.append("<h2>What the numbers mean against FP32</h2><ul class='meaning'>"
-                     + "".join(f"<li>{html.escape(c['sentence'])}</li>" for c in results["comparisons"]) + "</ul>")
+        parts.append(
+            "<h2>What the numbers mean against FP32</h2><ul class='meaning'>"
+            + "".join(f"<li>{html.escape(c['sentence'])}</li>" for c in results["comparisons"])
+            + "</ul>"
+        )
     for key, title in _sections(results):
         if key in svgs:
             parts.append(f"<h2>{title}</h2><figure id='{key}'>{_inline_svg(svgs[key])}</figure>")
@@ -435,12 +549,20 @@ def _html_report(results: dict[str, Any], plots: dict[str, Path], svgs: dict[str
             if brows:
                 parts.append(_html_table(bh, brows, "layers"))
     software = prov.get("software") or {}
-    facts = [("checkpoint", prov["checkpoint"]), ("checkpoint sha256", prov["checkpoint_sha256"]),
-             ("test images", f"{prov['test_indices']['count']}: {describe_ranges(prov['test_indices'])}"),
-             ("software", ", ".join(f"{k} {v}" for k, v in software.items())), ("started", prov.get("started"))]
-    parts += ["<h2>Provenance</h2>", _html_table(["", ""], [[k, v] for k, v in facts], "layers"),
-              "<details><summary>raw provenance (JSON; index sets as ranges [start, stop, step])</summary><pre>",
-              html.escape(provenance_json(prov)), "</pre></details></body></html>"]
+    facts = [
+        ("checkpoint", prov["checkpoint"]),
+        ("checkpoint sha256", prov["checkpoint_sha256"]),
+        ("test images", f"{prov['test_indices']['count']}: {describe_ranges(prov['test_indices'])}"),
+        ("software", ", ".join(f"{k} {v}" for k, v in software.items())),
+        ("started", prov.get("started")),
+    ]
+    parts += [
+        "<h2>Provenance</h2>",
+        _html_table(["", ""], [[k, v] for k, v in facts], "layers"),
+        "<details><summary>raw provenance (JSON; index sets as ranges [start, stop, step])</summary><pre>",
+        html.escape(provenance_json(prov)),
+        "</pre></details></body></html>",
+    ]
     return "\n".join(parts)
 
 
@@ -450,12 +572,12 @@ def write_report(out: str | Path) -> dict[str, Any]:
     results = collect_results(out)
     runs = results.pop("_runs")
     plots = {"certified": plot_certified_accuracy(runs, out / PLOTS["certified"], "certified accuracy (test subset)")}
-    svgs = {}
+    svgs: dict[str, Path] = {}
     for key, plot in (("pareto", plot_pareto), ("bits", plot_bit_widths)):
         path = plot(results, out / PLOTS[key])
-        if path is not None:
-            plots[key] = path
-            svgs[key] = plot(results, out / f".{key}.svg")  # inlined into report.html, then removed
+        svg = plot(results, out / f".{key}.svg") if path is not None else None  # inlined into report.html, removed
+        if path is not None and svg is not None:
+            plots[key], svgs[key] = path, svg
     atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "report.md", _markdown_report(results, plots))
     atomic_write_text(out / "report.html", _html_report(results, plots, svgs))

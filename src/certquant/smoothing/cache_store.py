@@ -31,8 +31,8 @@ from torch import nn
 from certquant.smoothing.core import CertificationCache
 from certquant.smoothing.noise import ESTIMATION, batch_counts, batch_seed
 from certquant.utils.errors import CertquantError
-from certquant.utils.paths import check_input_path
 from certquant.utils.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl
+from certquant.utils.paths import check_input_path
 
 CACHE_DIR = "irs_cache"
 KEY_FILE = "key.json"
