@@ -126,4 +126,6 @@ def test_analyze(checkpoint, tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = runner.invoke(app, ["analyze", str(tmp_path / "s1")])
     assert result.exit_code == 0 and (tmp_path / "s1" / "certified_accuracy.png").is_file()
+    assert_one_line_error(runner.invoke(app, ["analyze", str(tmp_path / "absent")]), "not found")
+    (tmp_path / "empty").mkdir()
     assert_one_line_error(runner.invoke(app, ["analyze", str(tmp_path / "empty")]), "no certificates.jsonl")

@@ -19,7 +19,8 @@ import yaml
 from certquant.train import TrainConfig, train
 
 KILLS = 10
-TIMING_KEYS = ("seconds", "started", "software", "created")
+# wall-clock fields, the machine, and checkpoint hashes (a quantized checkpoint records when it was made)
+TIMING_KEYS = ("seconds", "started", "software", "created", "machine", "checkpoint_sha256")
 PATH_KEYS = {"search", "checkpoint", "state_dir", "checkpoint_path", "base_run"}
 
 

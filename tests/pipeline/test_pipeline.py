@@ -19,7 +19,8 @@ from certquant.train import TrainConfig, train
 from certquant.utils.errors import CertquantError
 
 REPO = Path(__file__).resolve().parents[2]
-TIMING_KEYS = ("seconds", "started", "software")  # wall-clock fields
+# wall-clock fields, the machine, and the checkpoint hashes (a quantized checkpoint records when it was made)
+TIMING_KEYS = ("seconds", "started", "software", "machine", "checkpoint_sha256")
 PATH_KEYS = {"search", "checkpoint", "state_dir"}  # where each run lives
 
 
@@ -162,3 +163,15 @@ def test_run_sigma_other_than_the_checkpoints_holds_for_the_final_models(checkpo
                                                      act_clip=q.act_clip, weight_clip=q.weight_clip,
                                                      device="cpu")[1])[1]["ranges"] for s in (0.25, 0.5)}
     assert info["ranges"] == ranges[0.5] != ranges[0.25]
+
+
+def test_results_do_not_depend_on_the_thread_count(checkpoint, tmp_path):
+    """The same run with torch at 1 and at 2 threads gives the same results.json (timings aside): forward passes and
+    agent updates do not depend on the count, and fine-tuning runs at quant.finetuning.FINETUNE_THREADS."""
+    cfg = tiny_config(checkpoint, methods=["arq", "haq"])
+    one = run_pipeline(cfg, tmp_path / "one", progress=False)
+    torch.set_num_threads(2)
+    two = run_pipeline(cfg, tmp_path / "two", progress=False)
+    assert json.loads((tmp_path / "one" / "run.json").read_text())["machine"]["torch_threads"] == 1
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["machine"]["torch_threads"] == 2
+    assert strip_timing(one) == strip_timing(two)

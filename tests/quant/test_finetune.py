@@ -62,3 +62,25 @@ def test_finetune_bad_arguments(make_cnn, synthetic):
         finetune(q, images, labels, sigma=0.0, epochs=1)
     with pytest.raises(CertquantError, match="matching"):
         finetune(q, images, labels[:10], sigma=0.25, epochs=1)
+
+
+def _finetuned_at(outer_threads, make_cnn, images, labels, **kwargs):
+    torch.set_num_threads(outer_threads)
+    q = finetune(_quantized(make_cnn, images), images, labels, sigma=0.25, epochs=1, lr=0.05, batch_size=128,
+                 device="cpu", progress=False, **kwargs)
+    return {k: v.clone() for k, v in q.state_dict().items()}
+
+
+def test_finetune_gives_the_same_model_whatever_the_thread_count(make_cnn, synthetic):
+    """The backward pass splits each batch's gradient sums across threads, so 1 and 2 threads round differently
+    (shown here with ``threads=None``, torch's count: weights differ); fine-tuning at FINETUNE_THREADS gives
+    bitwise the same model with 1 or 2 threads outside it, and the outer count is restored."""
+    images, labels = synthetic
+    one = _finetuned_at(1, make_cnn, images, labels)
+    two = _finetuned_at(2, make_cnn, images, labels)
+    assert torch.get_num_threads() == 2
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    free_one = _finetuned_at(1, make_cnn, images, labels, threads=None)
+    free_two = _finetuned_at(2, make_cnn, images, labels, threads=None)
+    assert all(torch.equal(one[k], free_one[k]) for k in one)  # FINETUNE_THREADS is 1
+    assert not all(torch.equal(free_one[k], free_two[k]) for k in one)  # what the fixed count removes

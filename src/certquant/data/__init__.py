@@ -12,7 +12,7 @@ from certquant.data.registry import (
     load_dataset,
     register_dataset,
 )
-from certquant.data.subsets import every_kth, train_val_split
+from certquant.data.subsets import compact_indices, describe_indices, every_kth, expand_indices, train_val_split
 
 # Importing the loaders registers them.
 from certquant.data import mnist_family as _mnist_family  # noqa: F401,E402
@@ -22,8 +22,11 @@ from certquant.data import synthetic as _synthetic  # noqa: F401,E402
 
 __all__ = [
     "DatasetInfo",
+    "compact_indices",
     "dataset_info",
+    "describe_indices",
     "every_kth",
+    "expand_indices",
     "fetch_dataset",
     "list_datasets",
     "load_dataset",

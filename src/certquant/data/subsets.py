@@ -23,3 +23,47 @@ def train_val_split(total: int, val_size: int, seed: int = 0) -> tuple[torch.Ten
         raise CertquantError(f"validation size {val_size} must be in [0, {total})")
     order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
     return order[val_size:].sort().values, order[:val_size].sort().values
+
+
+def compact_indices(indices: list[int]) -> dict:
+    """An index set written compactly: ``{"count": N, "ranges": [[start, stop, step], ...]}``, each range meaning
+    ``range(start, stop, step)``, in order (every 100th of 10,000 images is one range). ``expand_indices`` inverts it."""
+    ranges: list[list[int]] = []
+    values = [int(i) for i in indices]
+    k = 0
+    while k < len(values):
+        start = values[k]
+        if k + 1 < len(values) and values[k + 1] > start:
+            step = values[k + 1] - start
+            end = k + 1
+            while end + 1 < len(values) and values[end + 1] - values[end] == step:
+                end += 1
+            if end - k >= 2 or step == 1 or k + 2 >= len(values):  # 3+ terms, a consecutive pair, the last pair
+                ranges.append([start, values[end] + step, step])
+                k = end + 1
+                continue
+        ranges.append([start, start + 1, 1])
+        k += 1
+    return {"count": len(values), "ranges": ranges}
+
+
+def expand_indices(compact: dict) -> list[int]:
+    """The index list ``compact_indices`` wrote compactly."""
+    return [i for start, stop, step in compact["ranges"] for i in range(start, stop, step)]
+
+
+def describe_indices(indices: list[int]) -> str:
+    """A short human reading of an index set, e.g. '0 to 9900 in steps of 100' (every 100th of 10,000 images)."""
+    compact = compact_indices(indices)
+    if compact["count"] == 0:
+        return "none"
+    parts = []
+    for start, stop, step in compact["ranges"]:
+        last = start + (stop - start - 1) // step * step
+        if last == start:
+            parts.append(f"{start}")
+        elif step == 1:
+            parts.append(f"{start}-{last}")
+        else:
+            parts.append(f"{start} to {last} in steps of {step}")
+    return "; ".join(parts)

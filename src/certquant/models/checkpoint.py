@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from certquant.models.registry import build
-from certquant.utils.errors import CertquantError
+from certquant.utils.errors import CertquantError, short_reason
 from certquant.utils.io import atomic_torch_save, file_sha256
+from certquant.utils.paths import check_input_path, looks_like_text
 
 CHECKPOINT_FORMAT = "certquant-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -57,8 +58,7 @@ def load_weights(model: nn.Module, state_dict: dict[str, Any], what: str) -> nn.
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "shape mismatch"
-        raise CertquantError(f"{what} ({first})") from None
+        raise CertquantError(f"{what} ({short_reason(exc, 160)})") from None
     return model
 
 
@@ -82,18 +82,54 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, info: dict[str, A
     return Path(path)
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive (PyTorch >= 1.6)
+CHECKPOINT_HINT = "give a certquant checkpoint file or a zoo name (see 'certquant zoo')"
+
+
+def check_checkpoint_file(path: str | os.PathLike) -> Path:
+    """Refuse, in one line naming what is wrong, a path that cannot be a checkpoint: missing, a folder, empty, a text
+    file, another binary format, a truncated or damaged archive. Called before ``torch.load`` sees the file."""
+    path = check_input_path(path, "checkpoint", "file", CHECKPOINT_HINT)
+    with open(path, "rb") as handle:
+        head = handle.read(4096)
+    if not head.startswith(ZIP_MAGIC):
+        what = "a text file" if looks_like_text(head) else "a file of another format"
+        raise CertquantError(f"checkpoint '{path}' is {what}, not a certquant checkpoint: {CHECKPOINT_HINT}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise CertquantError(f"checkpoint '{path}' is truncated or damaged (its zip archive is incomplete): copy or "
+                             "re-create it") from None
+    if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in names):
+        raise CertquantError(f"checkpoint '{path}' is a zip archive but not a PyTorch checkpoint: {CHECKPOINT_HINT}")
+    return path
+
+
+def _load_reason(exc: BaseException) -> str:
+    """What ``torch.load`` found wrong, in a few words: the unpickler's own reason rather than the weights_only
+    preamble that heads its message."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        after = [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
+        reason = after[0] if after and not after[0].startswith("Check the documentation") else ""
+        return short_reason(RuntimeError(f"a safe load refused its contents: {reason}".rstrip(": ")))
+    return short_reason(exc)
+
+
 def read_payload(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate a checkpoint file without building the model."""
-    path = Path(path)
-    if not path.is_file():
-        raise CertquantError(f"checkpoint '{path}' not found: give a file path or a zoo name (see 'certquant zoo')")
+    path = check_checkpoint_file(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise CertquantError(f"checkpoint '{path}' is corrupt or not a certquant checkpoint ({reason}); re-create it") from None
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError,
+            IndexError, AttributeError, TypeError) as exc:
+        raise CertquantError(f"checkpoint '{path}' is corrupt or not a certquant checkpoint ({_load_reason(exc)}): "
+                             "re-create it") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CertquantError(f"'{path}' is not a certquant checkpoint (no '{CHECKPOINT_FORMAT}' header)")
+        raise CertquantError(f"'{path}' is a PyTorch file but not a certquant checkpoint (no '{CHECKPOINT_FORMAT}' "
+                             "header)")
     if payload.get("version", 0) > CHECKPOINT_VERSION:
         raise CertquantError(f"checkpoint '{path}' has format version {payload['version']}; upgrade certquant")
     return payload

@@ -26,7 +26,7 @@ from certquant.quant import LayerInfo, Policy, quantizable_layers, quantize_chec
 from certquant.quant.checkpoint import input_shape
 from certquant.report.run_report import write_report
 from certquant.search import BitWidthEnv
-from certquant.search.job import build_search, final_selection
+from certquant.search.job import build_search, final_selection, score_search_policies
 from certquant.search.runner import BEST_FILE, SUMMARY_FILE
 from certquant.smoothing import certify_dataset
 from certquant.train import resolve_device
@@ -102,6 +102,13 @@ class Pipeline:
         return final_selection(search_dir, self.model, self.info, self.sigma, s, self.cfg.certify, method,
                                self.device)
 
+    def _score_acr(self, budget: float, method: str, search_dir: Path) -> None:
+        """ARQ's search-set ACR of every policy a search with another reward evaluated (the report's BitOPs-vs-ACR
+        plot shows every method's policies on the same axes); resumable, one line per policy."""
+        _say(f"score {method}'s policies at budget {budget:g} with ARQ's certified radius on the same search set")
+        score_search_policies(search_dir, self.model, self.info, self.sigma, self.cfg.search, self.cfg.certify,
+                              self.device, progress=self.progress)
+
     def _quantize(self, policy: Policy, folder: Path) -> Path:
         q, f = self.cfg.quantize, self.cfg.finetune
         path = folder / "model.pt"
@@ -112,7 +119,11 @@ class Pipeline:
         quantize_checkpoint(self.checkpoint, policy, path, calib_images=q.calibration_images, calib_seed=q.seed,
                             act_clip=q.act_clip, weight_clip=q.weight_clip, finetune_epochs=f.epochs,
                             finetune_images=f.images, lr=f.lr, batch_size=f.batch, seed=f.seed,
+<<<<<<< HEAD
                             device=str(self.device), resume=True, sigma=self.sigma)
+=======
+                            device=str(self.device), resume=True, progress=self.progress)
+>>>>>>> firsthour
         return path
 
     def search_only(self) -> dict[tuple[float, str], Policy]:
@@ -127,6 +138,8 @@ class Pipeline:
         for budget, method in self.stages:
             folder = self.out / stage_folder(budget, method)
             policy = self.search(budget, method)
+            if method == "haq":
+                self._score_acr(budget, method, folder / "search")
             qmodel, _ = load_checkpoint(self._quantize(policy, folder), map_location=self.device)
             self._certify(qmodel, folder / "certify", f"{method}@{budget:g}")
         _say(f"all stages done in {time.time() - started:.0f}s (this session); writing the report")

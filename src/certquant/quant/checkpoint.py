@@ -20,7 +20,7 @@ from certquant.data import load_dataset, train_val_split
 from certquant.models import load_checkpoint, register_checkpoint_kind
 from certquant.models.checkpoint import ARCH_KEYS, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, build_from_info, load_weights
 from certquant.quant.cost import bitops, bitops_fraction, model_size_bits
-from certquant.quant.finetuning import finetune
+from certquant.quant.finetuning import FINETUNE_THREADS, finetune
 from certquant.quant.layers import quantizable_layers
 from certquant.quant.policy import Policy
 from certquant.quant.quantize import activation_ranges, noisy_calibration_batch, prepare, quantize
@@ -105,7 +105,11 @@ def quantize_checkpoint(
     seed: int = 0,
     device: str = "auto",
     resume: bool = False,
+<<<<<<< HEAD
     sigma: float | None = None,
+=======
+    progress: bool = True,
+>>>>>>> firsthour
 ) -> tuple[nn.Module, Path]:
     """Quantize a checkpoint with ``policy``, calibrated on ``calib_images`` training images carrying noise of std
     ``sigma``; optionally fine-tune with the same noise (resumable state in ``<out>.finetune/``); write ``out``.
@@ -136,8 +140,14 @@ def quantize_checkpoint(
         state_dir = out_path.parent / f"{out_path.stem}.finetune"
         started = time.time()
         finetune(qmodel, images[order], labels[order], sigma, finetune_epochs, lr=lr, batch_size=batch_size, seed=seed,
-                 out=state_dir, resume=resume, device=dev)
+                 out=state_dir, resume=resume, device=dev, progress=progress)
         finetune_info = {"epochs": finetune_epochs, "images": len(order), "lr": lr, "batch_size": batch_size,
+<<<<<<< HEAD
                          "seed": seed, "sigma": sigma, "seconds": time.time() - started, "state_dir": str(state_dir)}
     path = save_quantized(out, qmodel.cpu(), policy, {**info, "sigma": sigma}, calibration, finetune_info)
+=======
+                         "seed": seed, "sigma": sigma, "seconds": time.time() - started, "state_dir": str(state_dir),
+                         "threads": FINETUNE_THREADS if dev.type == "cpu" else None}
+    path = save_quantized(out, qmodel.cpu(), policy, info, calibration, finetune_info)
+>>>>>>> firsthour
     return qmodel.eval(), path

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,11 +14,15 @@ from torch import nn
 
 from certquant.train.evaluate import resolve_device
 from certquant.train.trainer import noisy_epoch
-from certquant.utils.run_folder import RunFolder
 from certquant.utils.config import check_sigma
 from certquant.utils.errors import CertquantError
+from certquant.utils.run_folder import RunFolder
+from certquant.utils.threads import torch_threads
 
 STATE_FILE = "finetune_state.pt"
+# Fine-tuning's gradient sums depend on how many threads split them (utils.threads); one thread gives the same model
+# on every machine and OMP_NUM_THREADS. Measured cost on the default run's fine-tuning: see README, *The main job*.
+FINETUNE_THREADS = 1
 
 
 def finetune(
@@ -37,12 +40,14 @@ def finetune(
     weight_decay: float = 1e-4,
     device: str | torch.device = "auto",
     progress: bool = True,
+    threads: int | None = FINETUNE_THREADS,
 ) -> nn.Module:
     """Fine-tune ``qmodel`` in place on ``images`` + N(0, sigma^2 I) for ``epochs`` (SGD with momentum, cosine decay
     per epoch) and return it in eval mode. Use the sigma the base model was trained and will be certified at.
 
     With ``out`` (a folder), ``out/finetune_state.pt`` is written after every epoch and ``resume=True`` continues from
     it, drawing exactly the shuffles and noise an uninterrupted run would. ``progress`` shows a bar per epoch.
+    ``threads``: torch CPU threads while fine-tuning (``FINETUNE_THREADS``; None: torch's current count).
     """
     check_sigma(sigma)
     if epochs < 0 or batch_size < 1 or lr <= 0:
@@ -73,8 +78,9 @@ def finetune(
 
     started = time.time()
     for epoch in range(start, epochs):
-        loss = noisy_epoch(qmodel, images, labels, optimizer, sigma, batch_size, seed * 1000 + epoch, dev,
-                           desc=f"fine-tune {epoch + 1}/{epochs}", progress=progress)
+        with torch_threads(threads if dev.type == "cpu" else None):
+            loss = noisy_epoch(qmodel, images, labels, optimizer, sigma, batch_size, seed * 1000 + epoch, dev,
+                               desc=f"fine-tune {epoch + 1}/{epochs}", progress=progress)
         scheduler.step()
         history.append({"epoch": epoch + 1, "loss": loss, "seconds": time.time() - started})
         if folder is not None:

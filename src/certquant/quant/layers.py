@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from certquant.utils.errors import CertquantError
+from certquant.utils.errors import CertquantError, short_reason
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def quantizable_layers(model: nn.Module, input_shape: Sequence[int]) -> list[Lay
         with torch.no_grad():
             model(torch.zeros(shape, device=device))
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        first = short_reason(exc, 160)
         raise CertquantError(f"the model does not run on input shape {shape[1:]} ({first}): give the shape it was built for") from None
     finally:
         for handle in handles:

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from certquant.quant.layers import LayerInfo
 from certquant.utils.errors import CertquantError
 from certquant.utils.io import atomic_write_json
+from certquant.utils.paths import read_input_text
 
 POLICY_FORMAT = "certquant-policy"
 POLICY_VERSION = 1
@@ -171,13 +172,11 @@ class Policy:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Policy":
-        path = Path(path)
-        if not path.is_file():
-            raise CertquantError(f"policy file '{path}' not found")
+        text = read_input_text(path, "policy file", "give a policy JSON (e.g. a search's best_policy.json)")
         try:
-            return cls.from_json(path.read_text(encoding="utf-8"))
+            return cls.from_json(text)
         except CertquantError as exc:
-            raise CertquantError(f"{path}: {exc}") from None
+            raise CertquantError(f"policy file '{path}': {exc}") from None
 
     # display ---------------------------------------------------------------------------------------------------
     def table(self, layers: Sequence[LayerInfo]) -> str:

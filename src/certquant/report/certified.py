@@ -10,6 +10,7 @@ from typing import Sequence
 from certquant.smoothing.metrics import average_certified_radius, certified_accuracy, radius_grid
 from certquant.utils.errors import CertquantError
 from certquant.utils.io import read_jsonl
+from certquant.utils.paths import check_input_path
 from certquant.utils.tables import markdown_table
 
 
@@ -24,7 +25,7 @@ class CertifyRun:
 
 def load_certify_run(path: str | Path, name: str | None = None) -> CertifyRun:
     """Read ``certificates.jsonl`` (and ``summary.json`` if present) from a run folder."""
-    path = Path(path)
+    path = check_input_path(path, "certify run", "folder", "give the --out folder of 'certquant certify'")
     jsonl = path / "certificates.jsonl"
     if not jsonl.is_file():
         raise CertquantError(f"{path} holds no certificates.jsonl: give the --out folder of 'certquant certify'")

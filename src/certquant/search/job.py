@@ -16,7 +16,7 @@ from certquant.quant import Policy
 from certquant.search.config import SearchSettings
 from certquant.search.evaluators import PolicyEvaluator
 from certquant.search.runner import Search, SearchConfig
-from certquant.search.selection import reselect
+from certquant.search.selection import reselect, score_history
 from certquant.smoothing.config import CertifyConfig
 from certquant.utils.errors import CertquantError
 
@@ -77,3 +77,14 @@ def final_selection(search_dir: str | Path, model: nn.Module, info: dict[str, An
     indices = validation_indices(info, settings.final_images, settings.seed, offset=settings.search_images)
     evaluator = evaluator_on(model, info, sigma, settings, certify_config, method, indices, device)
     return reselect(search_dir, evaluator.layers, evaluator, settings.final_top_k, arch=info["arch"])
+
+
+def score_search_policies(search_dir: str | Path, model: nn.Module, info: dict[str, Any], sigma: float,
+                          settings: SearchSettings, certify_config: CertifyConfig, device: torch.device,
+                          progress: bool = False) -> list[dict]:
+    """``selection.score_history`` of the finished search in ``search_dir`` with ARQ's scoring on the search's own
+    set (the same seeded draw of held-out validation images): ARQ's ACR terms for the policies of a search whose
+    reward did not measure them (HAQ's)."""
+    indices = validation_indices(info, settings.search_images, settings.seed)
+    evaluator = evaluator_on(model, info, sigma, settings, certify_config, "arq", indices, device)
+    return score_history(search_dir, evaluator.layers, evaluator, arch=info["arch"], progress=progress)

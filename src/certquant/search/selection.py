@@ -14,12 +14,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from tqdm import tqdm
+
 from certquant.quant import LayerInfo, Policy
 from certquant.utils.errors import CertquantError
-from certquant.utils.io import atomic_write_json, read_jsonl
+from certquant.utils.io import append_jsonl, atomic_write_json, read_jsonl
 
 SELECTION_FILE = "final_selection.json"
 FINAL_POLICY_FILE = "final_policy.json"  # `certquant search --final-top-k`: the chosen policy alone
+SCORES_FILE = "acr_scores.jsonl"  # ARQ's terms of every policy of a search whose reward did not measure them (HAQ)
 
 Evaluator = Callable[[Policy], dict[str, Any]]
 
@@ -63,6 +66,31 @@ def reselect(search_dir: str | Path, layers: Sequence[LayerInfo], evaluator: Eva
     atomic_write_json(path, {"k": k, "chosen_episode": chosen["episode"], "candidates": candidates,
                              "policy": policy.to_dict()})
     return policy
+
+
+def score_history(search_dir: str | Path, layers: Sequence[LayerInfo], evaluator: Evaluator,
+                  arch: str | None = None, progress: bool = False) -> list[dict]:
+    """Score every distinct policy the finished search in ``search_dir`` evaluated with ``evaluator`` and return one
+    record per policy (episode, bits, BitOPs fraction, terms). Used to put HAQ's policies, whose reward is noisy
+    accuracy, on the same BitOPs-versus-ACR axes as ARQ's: the evaluator is ARQ's, on the same search set and noise.
+    Each record is appended to ``SCORES_FILE`` as soon as it is measured, so a killed run resumes at the next one."""
+    path = Path(search_dir) / SCORES_FILE
+    history = list(read_jsonl(Path(search_dir) / "history.jsonl"))
+    if not history:
+        raise CertquantError(f"{search_dir} holds no search history: run the search before scoring its policies")
+    done = {(tuple(r["w_bits"]), tuple(r["a_bits"])): r for r in read_jsonl(path)}
+    todo: dict[tuple, dict] = {}
+    for line in history:  # each distinct policy once, at its first episode
+        key = (tuple(line["w_bits"]), tuple(line["a_bits"]))
+        if key not in done:
+            todo.setdefault(key, line)
+    for key, line in tqdm(todo.items(), total=len(todo), desc="score policies", unit="policy", disable=not progress):
+        policy = Policy.from_lists(layers, line["w_bits"], line["a_bits"], arch=arch)
+        terms = evaluator(policy)
+        done[key] = {"episode": line["episode"], "w_bits": line["w_bits"], "a_bits": line["a_bits"],
+                     "bitops_fraction": line["bitops_fraction"], "terms": terms}
+        append_jsonl(path, done[key])
+    return list(done.values())
 
 
 def _read(path: Path) -> dict:

@@ -32,6 +32,7 @@ from certquant.smoothing.core import CertificationCache
 from certquant.smoothing.noise import ESTIMATION, batch_counts, batch_seed
 from certquant.utils.errors import CertquantError
 from certquant.utils.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl
+from certquant.utils.paths import check_input_path
 
 CACHE_DIR = "irs_cache"
 KEY_FILE = "key.json"
@@ -140,6 +141,7 @@ class CacheStore:
     @classmethod
     def open(cls, path: str | Path) -> "CacheStore":
         """Open ``RUN/irs_cache`` (or the cache folder itself); one line if there is none."""
+        check_input_path(path, "base run", "folder", "give the --out folder of 'certquant certify --keep-cache'")
         folder = _cache_folder(path)
         if not (folder / KEY_FILE).exists():
             raise CertquantError(f"{Path(path)} holds no IRS cache: certify the base model with --keep-cache "

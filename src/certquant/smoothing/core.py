@@ -20,7 +20,7 @@ from torch import nn
 from certquant.smoothing.bounds import certified_radius, clopper_pearson_lower
 from certquant.smoothing.noise import ESTIMATION, PREDICTION, SELECTION, batch_counts, batch_seed, noisy_batches
 from certquant.smoothing.config import check_sigma
-from certquant.utils.errors import CertquantError
+from certquant.utils.errors import CertquantError, short_reason
 
 ABSTAIN = -1
 
@@ -124,7 +124,7 @@ def _first_forward(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     try:
         logits = model(batch)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        first = short_reason(exc, 160)
         raise CertquantError(f"image of shape {tuple(batch.shape[1:])} does not fit the model ({first}): "
                              "pass images of the model's input shape (C, H, W)") from None
     if logits.dim() != 2 or logits.shape[1] < 2:

@@ -20,7 +20,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from certquant.utils.errors import CertquantError
+from certquant.utils.errors import CertquantError, short_reason
+from certquant.utils.paths import read_input_text
 
 T = TypeVar("T")
 
@@ -111,13 +112,11 @@ def build_config(schema: type[T], sources: list[dict[str, Any]] | None = None, o
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML config file as a mapping, with one-line errors for a missing, unreadable or non-mapping file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CertquantError(f"config '{path}' not found: pass --config with an existing YAML file (see configs/)")
+    text = read_input_text(path, "config", "pass --config with an existing YAML file (see configs/)")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise CertquantError(f"config '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise CertquantError(f"config '{path}' is not valid YAML: {short_reason(exc, 160)}") from None
     if not isinstance(values, dict):
         raise CertquantError(f"config '{path}' must be a mapping of keys to values, got {type(values).__name__}")
     return values

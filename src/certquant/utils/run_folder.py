@@ -16,6 +16,7 @@ from typing import Any
 from certquant.utils.errors import CertquantError
 from certquant.utils.io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_jsonl
 from certquant.utils.provenance import software_versions
+from certquant.utils.threads import machine_info
 
 IDENTITY_FILE = "run.json"
 
@@ -76,7 +77,7 @@ class RunFolder:
         if self.path.is_dir() and any(p.name != IDENTITY_FILE for p in self.path.iterdir()) and not resume:
             raise CertquantError(f"{self.path} is not empty and holds no run: choose another --out")
         atomic_write_json(self.path / IDENTITY_FILE, {
-            "identity": {"kind": self.kind, **self.identity}, "software": software_versions(),
+            "identity": {"kind": self.kind, **self.identity}, "software": software_versions(), "machine": machine_info(),
             "created": datetime.datetime.now().isoformat(timespec="seconds")})
         return False
 

@@ -1,0 +1,188 @@
+"""Every table of numbers in README.md matches the committed result file it quotes (benchmarks/results/, and the
+zoo's manifest for the zoo table). A README table without a declared source fails the test, so a new figure cannot
+enter the README without the file behind it.
+
+The default run's table is checked against ``benchmarks/results/default-run/results.json``, which
+``python benchmarks/default_run.py`` regenerates (it runs the README's ``certquant run``)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from certquant.report.run_report import summary_table
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+Table = dict  # {"line": int, "header": list[str], "rows": list[list[str]]}
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
+def markdown_tables(text: str) -> list[Table]:
+    """Every pipe table of a markdown text: its first line number, header cells and body rows' cells."""
+    tables, block = [], []
+    for number, line in enumerate(text.splitlines() + [""], start=1):
+        if line.startswith("|"):
+            block.append((number, line))
+        elif block:
+            if len(block) >= 2 and set(block[1][1].replace("|", "").strip()) <= set("-: "):
+                tables.append(
+                    {"line": block[0][0], "header": _cells(block[0][1]), "rows": [_cells(row) for _, row in block[2:]]}
+                )
+            block = []
+    return tables
+
+
+def _rows_in(name: str) -> Callable[[Table], None]:
+    """Every README row is a row of a table in benchmarks/results/<name> (cell by cell)."""
+
+    def check(table: Table) -> None:
+        source = {tuple(row) for t in markdown_tables((RESULTS / name).read_text()) for row in t["rows"]}
+        for row in table["rows"]:
+            assert tuple(row) in source, f"README line {table['line']}: row {row} is not in benchmarks/results/{name}"
+
+    return check
+
+
+def _default_run(table: Table) -> None:
+    """The README's default-run table is exactly the table the committed run's results.json gives."""
+    results = json.loads((RESULTS / "default-run" / "results.json").read_text())
+    expected = markdown_tables(summary_table(results))[0]
+    assert table["header"] == expected["header"]
+    assert table["rows"] == expected["rows"], "README's default-run table differs from benchmarks/results/default-run"
+
+
+def _zoo(table: Table) -> None:
+    entries = {e["name"]: e for e in json.loads((ROOT / "src" / "certquant" / "zoo" / "zoo.json").read_text())}
+    assert len(table["rows"]) == len(entries)
+    for name, _, clean, noisy in table["rows"]:
+        entry = entries[name.strip("`")]
+        assert (clean, noisy) == (f"{100 * entry['clean_accuracy']:.2f}%", f"{100 * entry['noisy_accuracy']:.2f}%")
+
+
+def _certify(table: Table) -> None:
+    summary = json.loads((RESULTS / "certify-small-cnn-fmnist-s0.25-500" / "summary.json").read_text())
+
+    def ci(key: str) -> str:
+        return f"{summary[key]:.3f} (95% CI {summary[key + '_ci95'][0]:.3f}-{summary[key + '_ci95'][1]:.3f})"
+
+    acc = summary["certified_accuracy"]
+    expected = (
+        [ci("clean_accuracy"), ci("acr")]
+        + [f"{acc[r]:.3f}" for r in ("0.25", "0.5", "0.75", "1")]
+        + [f"{summary['abstain_rate']:.3f}"]
+    )
+    assert table["rows"] == [expected]
+
+
+def _irs(table: Table) -> None:
+    """Each row's two measured speed-ups (two-sided, one-sided) are the benchmark file's, for that sigma, policy, n_p
+    and number of images (the reference column quotes the reference implementation's published figures)."""
+    for sigma, policy, n_p, images, two, one, _ in table["rows"]:
+        if images == "500":
+            text = (RESULTS / f"irs-s{sigma}-500.md").read_text()
+        else:
+            text = (RESULTS / "irs.md").read_text().split(f"## sigma = {sigma} (")[1].split("\n## ")[0]
+        percent = n_p.split("%")[0]
+        rows = [
+            dict(zip(t["header"], row))
+            for t in markdown_tables(text)
+            for row in t["rows"]
+            if row[0] == policy and row[2].endswith(f"({percent}%)")
+        ]
+        assert len(rows) == 1, (sigma, policy, n_p, images)
+        got = rows[0]
+        assert (two.replace("**", ""), one) == (got["speed-up 2s"], got["speed-up 1s"]), (sigma, policy, n_p, images)
+
+
+RESULT_TABLE = [
+    "model",
+    "config",
+    "BitOPs / FP32",
+    "clean",
+    "noisy",
+    "d clean",
+    "d noisy",
+    "FT clean",
+    "FT noisy",
+    "FT d clean",
+    "FT d noisy",
+]
+SEARCH_TABLE = ["model", "BitOPs %", "clean acc", "ACR", "cert acc r=0.25", "cert acc r=0.5", "search s"]
+# (header, occurrence among tables with that header) -> check; None: a table of names, not of measured numbers
+SOURCES: dict[tuple[tuple[str, ...], int], Callable[[Table], None] | None] = {
+    (
+        (
+            "model",
+            "BitOPs %",
+            "size (KiB)",
+            "clean acc",
+            "ACR",
+            "cert acc r=0.25",
+            "cert acc r=0.5",
+            "cert acc r=0.75",
+            "cert acc r=1",
+            "search s",
+        ),
+        0,
+    ): _default_run,
+    (("name", "model", "clean test accuracy", "accuracy under N(0, sigma^2)"), 0): _zoo,
+    (("command", "what it does", "details"), 0): None,
+    (
+        ("clean smoothed accuracy", "ACR", "cert. acc. r = 0.25", "r = 0.5", "r = 0.75", "r = 1.0", "abstain"),
+        0,
+    ): _certify,
+    (tuple(RESULT_TABLE), 0): _rows_in("quant.md"),
+    (tuple(RESULT_TABLE), 1): _rows_in("quant-resnet20.md"),
+    (
+        (
+            "sigma",
+            "policy",
+            "n_p",
+            "images",
+            "two-sided (published)",
+            "one-sided (default)",
+            "reference two- / one-sided",
+        ),
+        0,
+    ): _irs,
+    (tuple(SEARCH_TABLE), 0): _rows_in("search.md"),
+    (tuple(SEARCH_TABLE), 1): _rows_in("search-resnet20.md"),
+    (("name", "where it comes from"), 0): None,
+}
+
+
+def _readme_tables() -> list[tuple[tuple[tuple[str, ...], int], Table]]:
+    seen: dict[tuple[str, ...], int] = {}
+    keyed = []
+    for table in markdown_tables((ROOT / "README.md").read_text()):
+        header = tuple(table["header"])
+        keyed.append(((header, seen.get(header, 0)), table))
+        seen[header] = seen.get(header, 0) + 1
+    return keyed
+
+
+def test_every_readme_table_has_a_declared_source():
+    unknown = [(table["line"], key[0]) for key, table in _readme_tables() if key not in SOURCES]
+    assert not unknown, f"README tables without a committed source (add one to SOURCES): {unknown}"
+
+
+@pytest.mark.parametrize(
+    "key,table",
+    [(k, t) for k, t in _readme_tables() if SOURCES.get(k) is not None],
+    ids=lambda value: f"line{value['line']}" if isinstance(value, dict) else "",
+)
+def test_readme_table_matches_its_result_file(key, table):
+    SOURCES[key](table)
+
+
+def test_markdown_tables_parse_escaped_pipes():
+    text = "| a | b |\n|---|---|\n| `x \\| y` | 1 |\n\n| c |\n|---|\n| 2 |\n"
+    assert [t["rows"] for t in markdown_tables(text)] == [[["`x \\| y`", "1"]], [["2"]]]
