@@ -119,11 +119,7 @@ class Pipeline:
         quantize_checkpoint(self.checkpoint, policy, path, calib_images=q.calibration_images, calib_seed=q.seed,
                             act_clip=q.act_clip, weight_clip=q.weight_clip, finetune_epochs=f.epochs,
                             finetune_images=f.images, lr=f.lr, batch_size=f.batch, seed=f.seed,
-<<<<<<< HEAD
-                            device=str(self.device), resume=True, sigma=self.sigma)
-=======
-                            device=str(self.device), resume=True, progress=self.progress)
->>>>>>> firsthour
+                            device=str(self.device), resume=True, sigma=self.sigma, progress=self.progress)
         return path
 
     def search_only(self) -> dict[tuple[float, str], Policy]:

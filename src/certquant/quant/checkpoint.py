@@ -105,11 +105,8 @@ def quantize_checkpoint(
     seed: int = 0,
     device: str = "auto",
     resume: bool = False,
-<<<<<<< HEAD
     sigma: float | None = None,
-=======
     progress: bool = True,
->>>>>>> firsthour
 ) -> tuple[nn.Module, Path]:
     """Quantize a checkpoint with ``policy``, calibrated on ``calib_images`` training images carrying noise of std
     ``sigma``; optionally fine-tune with the same noise (resumable state in ``<out>.finetune/``); write ``out``.
@@ -142,12 +139,7 @@ def quantize_checkpoint(
         finetune(qmodel, images[order], labels[order], sigma, finetune_epochs, lr=lr, batch_size=batch_size, seed=seed,
                  out=state_dir, resume=resume, device=dev, progress=progress)
         finetune_info = {"epochs": finetune_epochs, "images": len(order), "lr": lr, "batch_size": batch_size,
-<<<<<<< HEAD
-                         "seed": seed, "sigma": sigma, "seconds": time.time() - started, "state_dir": str(state_dir)}
-    path = save_quantized(out, qmodel.cpu(), policy, {**info, "sigma": sigma}, calibration, finetune_info)
-=======
                          "seed": seed, "sigma": sigma, "seconds": time.time() - started, "state_dir": str(state_dir),
                          "threads": FINETUNE_THREADS if dev.type == "cpu" else None}
-    path = save_quantized(out, qmodel.cpu(), policy, info, calibration, finetune_info)
->>>>>>> firsthour
+    path = save_quantized(out, qmodel.cpu(), policy, {**info, "sigma": sigma}, calibration, finetune_info)
     return qmodel.eval(), path
