@@ -27,7 +27,7 @@ import operator
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -58,20 +58,30 @@ _FLATTEN_METHODS = ("view", "reshape", "flatten")
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """``export:`` of a run config: export each final model and certify the exported file beside it."""
+    """``export`` of a run config: export each final model, certify the exported file beside the PyTorch model."""
 
-    format: str = "onnx"  # the only format
-    opset: int = INT4_OPSET  # 13..21; 21 stores <= 4-bit weights as int4
-    integer_kernels: bool = True  # let onnxruntime fuse 8-bit layers into integer kernels (bias rounded to int32)
-    certify: bool = True  # certify the exported file (else export only)
-    agreement_samples: int = 10_000  # noisy test samples on which the two models' predictions are compared
+    format: Optional[str] = None
+    """onnx: export each final model as a QDQ ONNX file and certify it as onnxruntime runs it; null: no export
+    (``export: onnx`` is short for ``export: {format: onnx}``)."""
+    opset: int = INT4_OPSET
+    """ONNX opset, 13..21; 21 stores weights of <= 4 bits as packed int4."""
+    integer_kernels: bool = True
+    """Let onnxruntime run W8A8 layers as integer kernels (bias rounded to int32); false: float on the levels."""
+    certify: bool = True
+    """Certify the exported file on the test subset and write its certificate card (false: export only)."""
+    agreement_samples: int = 10_000
+    """Noisy test samples on which the exported file's and the PyTorch model's predictions are compared."""
 
     def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise CertquantError(f"export format '{self.format}' is not supported: use onnx")
+        if self.format is not None and self.format not in FORMATS:
+            raise CertquantError(f"export format '{self.format}' is not supported: use onnx (or null: no export)")
         check_opset(self.opset)
         if self.agreement_samples < 1:
             raise CertquantError(f"export.agreement_samples must be >= 1, got {self.agreement_samples}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.format is not None
 
 
 @dataclass
@@ -150,12 +160,13 @@ class _Graph:
     def int_const(self, hint: str, type_name: str, values: np.ndarray) -> str:
         """An integer initializer of an ONNX type (int4/uint4 are packed two per byte by onnx)."""
         name = self.name(hint)
-        dtype = getattr(self.onnx.TensorProto, type_name.upper())
         values = np.asarray(values)
         if type_name in ("int4", "uint4"):
-            tensor = self.onnx.helper.make_tensor(name, dtype, list(values.shape), values.reshape(-1).astype(np.int64).tolist())
+            ml_dtypes = require("ml_dtypes")  # onnx's own dependency: numpy int4 arrays, packed into raw_data
+            values = values.astype(getattr(ml_dtypes, type_name))
         else:
-            tensor = self.onnx.numpy_helper.from_array(values.astype(np.dtype(type_name)), name)
+            values = values.astype(np.dtype(type_name))
+        tensor = self.onnx.numpy_helper.from_array(values, name)
         self.initializers.append(tensor)
         return name
 

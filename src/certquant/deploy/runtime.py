@@ -173,3 +173,12 @@ def integer_kernels(path: str | os.PathLike, threads: int = 1) -> dict[str, Any]
     integer = {op: n for op, n in counts.items() if op in INTEGER_OPS}
     floating = {op: n for op, n in counts.items() if op in FLOAT_COMPUTE_OPS}
     return {"integer": integer, "float": floating, "all": dict(sorted(counts.items()))}
+
+
+def _register() -> None:
+    from certquant.models.checkpoint import register_file_loader
+
+    register_file_loader(".onnx", load_onnx)
+
+
+_register()
