@@ -93,17 +93,19 @@ def fidelity(args: argparse.Namespace) -> list[dict]:
                 row[f"agreement_{variant}_ci95"] = agreement["ci95"]
                 row["agreement_samples"] = agreement["total"]
             certify_images = args.certify_images.get(model_name, 100)
+            n = args.certify_n.get(model_name, args.n)
             if certify_images > 0:
-                indices = every_kth(len(images), len(images) // certify_images, certify_images)
+                # the first K of every 100th test image, so a larger K later resumes the same runs
+                indices = every_kth(len(images), args.certify_skip, certify_images)
                 shape = input_shape(info)
                 for label, model in (("torch", qmodel), ("onnx", load_onnx(files["int"])[0])):
                     summary = certify_dataset(model, images, labels, indices, folder / f"certify-{label}", sigma,
-                                              args.n0, args.n, args.alpha, 1000, 0, identity={"model": label},
+                                              args.n0, n, args.alpha, 1000, 0, identity={"model": label},
                                               input_shape=shape, progress=False, channels_last=False)
                     row[f"acr_{label}"] = summary["acr"]
                     row[f"clean_{label}"] = summary["clean_accuracy"]
                     row[f"seconds_{label}"] = summary["total_seconds"]
-                row["certify_images"], row["n"] = certify_images, args.n
+                row["certify_images"], row["n"] = certify_images, n
                 row["acr_diff"] = row["acr_onnx"] - row["acr_torch"]
                 same = 0
                 torch_records = [json.loads(line) for line in (folder / "certify-torch" / "certificates.jsonl").open()]
@@ -189,14 +191,15 @@ def fidelity_markdown(rows: list[dict], args: argparse.Namespace) -> str:
              f"Command: `python benchmarks/bench_deploy.py {' '.join(sys.argv[1:])}`. Quantized with noisy calibration "
              f"(512 training images), no fine-tuning; agreement on {args.agreement_samples} noisy test samples "
              f"({args.agreement_images} test images, the first samples of each image's certification noise); CERTIFY "
-             f"n0 = {args.n0}, n = {args.n}, alpha = {args.alpha}, the same noise for both models.", "",
-             "| model | policy | BitOPs % | agreement (integer kernels) | agreement (float on levels) | certified images "
+             f"n0 = {args.n0}, n as in the table, alpha = {args.alpha} on the first K of every {args.certify_skip}th "
+             "test image, the same noise for both models.", "",
+             "| model | policy | BitOPs % | agreement (integer kernels) | agreement (float on levels) | images K | n "
              "| ACR PyTorch | ACR ONNX | ACR diff | clean acc PyTorch / ONNX | identical certificates |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        cert = (f"{r['certify_images']} | {r['acr_torch']:.4f} | {r['acr_onnx']:.4f} | {r['acr_diff']:+.4f} | "
+        cert = (f"{r['certify_images']} | {r['n']} | {r['acr_torch']:.4f} | {r['acr_onnx']:.4f} | {r['acr_diff']:+.4f} | "
                 f"{r['clean_torch']:.3f} / {r['clean_onnx']:.3f} | {r['identical_certificates']}/{r['certify_images']}"
-                if "acr_torch" in r else "- | - | - | - | - | -")
+                if "acr_torch" in r else "- | - | - | - | - | - | -")
         lines.append(f"| {r['model']} | {r['policy']} | {100 * r['bitops_fraction']:.3f} | {100 * r['agreement_int']:.2f}% "
                      f"| {100 * r['agreement_float']:.2f}% | {cert} |")
     return "\n".join(lines) + "\n"
@@ -231,7 +234,9 @@ def main() -> None:
     parser.add_argument("--agreement-samples", type=int, default=10_000)
     parser.add_argument("--agreement-images", type=int, default=100)
     parser.add_argument("--certify-images", nargs="+", default=["small-cnn=100", "resnet20=20"],
-                        help="MODEL=K: certify K test images (every (10000/K)-th); 0 skips")
+                        help="MODEL=K: certify the first K of every --certify-skip-th test image; 0 skips")
+    parser.add_argument("--certify-skip", type=int, default=100)
+    parser.add_argument("--certify-n", nargs="+", default=[], help="MODEL=N: another n for that model")
     parser.add_argument("--n0", type=int, default=100)
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--alpha", type=float, default=0.001)
@@ -242,6 +247,7 @@ def main() -> None:
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
     args.certify_images = {k: int(v) for k, v in (item.split("=") for item in args.certify_images)}
+    args.certify_n = {k: int(v) for k, v in (item.split("=") for item in args.certify_n)}
     torch.set_num_threads(args.threads)
     args.device = device_name(torch.device("cpu"))
     if args.part == "fidelity":
