@@ -101,7 +101,7 @@ def fidelity(args: argparse.Namespace) -> list[dict]:
                 for label, model in (("torch", qmodel), ("onnx", load_onnx(files["int"])[0])):
                     summary = certify_dataset(model, images, labels, indices, folder / f"certify-{label}", sigma,
                                               args.n0, n, args.alpha, 1000, 0, identity={"model": label},
-                                              input_shape=shape, progress=False, channels_last=False)
+                                              input_shape=shape, progress=False, channels_last=False, resume=True)
                     row[f"acr_{label}"] = summary["acr"]
                     row[f"clean_{label}"] = summary["clean_accuracy"]
                     row[f"seconds_{label}"] = summary["total_seconds"]

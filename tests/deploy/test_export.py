@@ -126,6 +126,7 @@ def test_unsupported_opsets_and_modules_are_refused(tmp_path):
         ExportConfig(opset=11)
     with pytest.raises(CertquantError, match="format"):
         ExportConfig(format="tflite")
+    assert not ExportConfig().enabled and ExportConfig(format="onnx").enabled
 
     class Odd(torch.nn.Module):
         def forward(self, x):

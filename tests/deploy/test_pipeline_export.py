@@ -25,21 +25,26 @@ def config(checkpoint: str, export):
     return config_from_dict({
         "dataset": "synthetic", "checkpoint": checkpoint, "device": "cpu",
         "certify": {"n0": 10, "n": 100, "skip": 100, "max_images": 3, "batch": 50},
-        "search": {"budgets": [0.015625], "methods": ["uniform"], "episodes": 1, "warmup": 1, "search_images": 3,
-                   "n_p": 40},
-        "finetune": {"epochs": 1, "images": 128, "calibration_images": 32, "batch": 64},
+        "search": {"budgets": [0.015625], "methods": ["uniform"], "episodes": 1, "agent": {"warmup_episodes": 1},
+                   "search_images": 3, "n_p": 40},
+        "finetune": {"epochs": 1, "images": 128, "batch": 64},
+        "quantize": {"calibration_images": 32},
         "export": export,
     })
 
 
 def test_export_config_forms():
-    assert config("c.pt", "onnx").export == ExportConfig()
-    assert config("c.pt", None).export is None
-    assert config("c.pt", {"opset": 13, "agreement_samples": 50}).export == ExportConfig(opset=13, agreement_samples=50)
+    assert config("c.pt", "onnx").export == ExportConfig(format="onnx")
+    assert not config_from_dict({}).export.enabled
+    assert config("c.pt", {"format": "onnx", "opset": 13}).export == ExportConfig(format="onnx", opset=13)
+    assert config_from_dict({}, ["export=onnx", "export.agreement_samples=50"]).export == ExportConfig(
+        format="onnx", agreement_samples=50)
     with pytest.raises(CertquantError, match="unknown config key 'export.speed'"):
         config("c.pt", {"speed": 1})
     with pytest.raises(CertquantError, match="opset 9 is not supported"):
         config("c.pt", {"opset": 9})
+    with pytest.raises(CertquantError, match="format 'tflite' is not supported"):
+        config("c.pt", "tflite")
 
 
 def test_run_exports_certifies_and_reports_side_by_side(checkpoint, tmp_path):

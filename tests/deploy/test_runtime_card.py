@@ -70,7 +70,8 @@ def test_certify_cli_on_onnx_resumes_and_card_checks_the_hash(exported, tmp_path
     assert card["n"] == 100 and card["sigma"] == 0.25 and card["dataset"] == "synthetic"
     assert [layer["w_bits"] for layer in card["policy"]["layers"]] == [4, 4, 4, 4]
     # the card does not change the graph's identity: the certify run resumes on the carded file
-    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, args + ["--resume"])
+    assert result.exit_code == 0, result.output
     # an edited graph no longer matches its card
     proto = onnx.load(str(onnx_path))
     scale = next(t for t in proto.graph.initializer if t.name.endswith("weight_scale"))

@@ -89,7 +89,7 @@ def collect_results(out: str | Path) -> dict[str, Any]:
     cfg = identity["config"]
     return {
         "rows": rows,
-        "exported": _exported_rows(out, rows),
+        "exported": _exported_rows(out, identity, rows),
         "policies": policies,
         "searches": searches,
         "provenance": {
@@ -104,12 +104,12 @@ def collect_results(out: str | Path) -> dict[str, Any]:
     }
 
 
-def _exported_rows(out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _exported_rows(out: Path, identity: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """With ``export: onnx``: per method, the fake-quantized model's and the exported file's certified figures and the
     share of noisy samples on which their predictions agree."""
     by_name = {row["name"]: row for row in rows}
     exported = []
-    for budget, method, folder in _method_folders(out):
+    for budget, method, folder in _method_folders(out, identity):
         name = f"{method}@{budget:g}"
         run_dir = folder / "onnx-certify"
         if name not in by_name or not (run_dir / "summary.json").is_file():
