@@ -56,6 +56,7 @@ def make_card(summary: dict[str, Any], info: dict[str, Any], digest: str) -> dic
         "acr": summary.get("acr"), "certified_accuracy": summary.get("certified_accuracy"),
         "abstain_rate": summary.get("abstain_rate"), "policy": info.get("policy"),
         "bitops_fraction": (info.get("cost") or {}).get("bitops_fraction"),
+        "export": {k: v for k, v in (info.get("export") or {}).items() if k != "layers"},
         "certified": time.strftime("%Y-%m-%dT%H:%M:%S"), "software": software_versions(),
     }
 
