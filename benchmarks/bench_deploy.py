@@ -7,8 +7,9 @@ Two parts (``--part``):
   the exported file (run by onnxruntime; with integer kernels, and with ``--no-integer-kernels``) predicts what the
   PyTorch model predicts, and CERTIFY of both on the same test images with the same noise (ACR, clean accuracy).
 - ``speed``: latency at batch 1 and throughput at batch 256 of the PyTorch FP32 model (the reference, measured in the
-  same run), onnxruntime FP32, W8A8 and the exported 4-bit and mixed policies; file sizes; which layers onnxruntime
-  runs as integer kernels (counted in the graph it optimizes).
+  same run), onnxruntime FP32, W8A8 and the exported 4-bit and mixed policies, each also with onnxruntime's QDQ
+  handling off (``session.disable_quant_qdq``: weights dequantized once at load, float kernels); file sizes; which
+  layers onnxruntime runs as integer kernels (counted in the graph it optimizes).
 
 Results: ``benchmarks/results/<name>.json`` and ``.md``; work files (resumable) under ``--work``.
 """
@@ -136,14 +137,16 @@ def speed(args: argparse.Namespace) -> list[dict]:
         base, info = load_checkpoint(MODELS[model_name])
         shape = input_shape(info)
         x1, x256 = torch.rand(1, *shape), torch.rand(256, *shape)
-        entries = [("PyTorch FP32", "torch", base, None)]
+        entries = [("PyTorch FP32", "torch", base, None, False)]
         for kind in ("FP32",) + tuple(args.policies):
             q_path, files = prepare(model_name, kind, args.work)
-            entries.append((f"onnxruntime {kind}", "onnx", None, files["int"]))
+            entries.append((f"onnxruntime {kind}", "onnx", None, files["int"], False))
             if kind == "W8A8":
-                entries.append(("onnxruntime W8A8, no integer kernels", "onnx", None, files["float"]))
+                entries.append(("onnxruntime W8A8, no integer kernels", "onnx", None, files["float"], False))
+            if kind != "FP32":
+                entries.append((f"onnxruntime {kind}, QDQ folded (disable_quant_qdq)", "onnx", None, files["int"], True))
         fp32_size = None
-        for label, engine, model, path in entries:
+        for label, engine, model, path, fold in entries:
             if engine == "torch":
                 model.eval()
 
@@ -156,13 +159,13 @@ def speed(args: argparse.Namespace) -> list[dict]:
                         m(x256)
                 size = kernels = None
             else:
-                session = make_session(path, threads=args.threads)
+                session = make_session(path, threads=args.threads, fold_qdq=fold)
                 name = session.get_inputs()[0].name
                 a1, a256 = x1.numpy(), x256.numpy()
                 run1 = lambda s=session, n=name, a=a1: s.run(None, {n: a})  # noqa: E731
                 run256 = lambda s=session, n=name, a=a256: s.run(None, {n: a})  # noqa: E731
                 size = path.stat().st_size
-                kernels = integer_kernels(path)
+                kernels = integer_kernels(path, fold_qdq=fold)
                 if label == "onnxruntime FP32":
                     fp32_size = size
             lat = timed(run1, args.latency_repeats, 20)

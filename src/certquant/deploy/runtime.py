@@ -34,9 +34,12 @@ INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat", 
 FLOAT_COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "NchwcConv")
 
 
-def session_options(threads: int | None = None, optimized_path: str | None = None) -> Any:
+def session_options(threads: int | None = None, optimized_path: str | None = None, fold_qdq: bool = False) -> Any:
     """Session options: all graph optimizations (QDQ fusion into integer kernels), ``threads`` intra-op threads
-    (default: torch's thread count, so OMP_NUM_THREADS / torch.set_num_threads govern both), warnings off."""
+    (default: torch's thread count, so OMP_NUM_THREADS / torch.set_num_threads govern both), warnings off.
+    ``fold_qdq`` sets onnxruntime's ``session.disable_quant_qdq``: no QDQ fusion, so the weights' DequantizeLinear is
+    folded into float constants at load and every layer runs float kernels on the quantized levels (measured faster
+    than the integer kernels on this CPU, see benchmarks/results/deploy-speed.md)."""
     ort = require("onnxruntime")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -45,16 +48,20 @@ def session_options(threads: int | None = None, optimized_path: str | None = Non
     options.log_severity_level = 3
     if optimized_path:
         options.optimized_model_filepath = optimized_path
+    if fold_qdq:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
     return options
 
 
-def make_session(model: bytes | str | os.PathLike, threads: int | None = None, optimized_path: str | None = None) -> Any:
+def make_session(model: bytes | str | os.PathLike, threads: int | None = None, optimized_path: str | None = None,
+                 fold_qdq: bool = False) -> Any:
     """An InferenceSession on the CPU provider; a file ONNX Runtime cannot load (e.g. an opset it does not implement)
     becomes one line."""
     ort = require("onnxruntime")
     source = model if isinstance(model, bytes) else str(model)
     try:
-        return ort.InferenceSession(source, session_options(threads, optimized_path), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, session_options(threads, optimized_path, fold_qdq),
+                                    providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types from C++
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CertquantError(f"onnxruntime {ort.__version__} cannot load the model ({first})") from None
@@ -157,7 +164,7 @@ def load_onnx(path: str | os.PathLike, expect_dataset: str | None = None, thread
     return model, info
 
 
-def integer_kernels(path: str | os.PathLike, threads: int = 1) -> dict[str, Any]:
+def integer_kernels(path: str | os.PathLike, threads: int = 1, fold_qdq: bool = False) -> dict[str, Any]:
     """What ONNX Runtime actually runs: the op counts of its optimized graph, split into integer kernels and float
     compute (conv / matmul / gemm), read from the graph it writes after its QDQ fusions."""
     import tempfile
@@ -165,7 +172,7 @@ def integer_kernels(path: str | os.PathLike, threads: int = 1) -> dict[str, Any]
     onnx = require("onnx")
     with tempfile.TemporaryDirectory() as tmp:
         optimized = str(Path(tmp) / "optimized.onnx")
-        make_session(path, threads, optimized)
+        make_session(path, threads, optimized, fold_qdq)
         graph = onnx.load(optimized).graph
     counts: dict[str, int] = {}
     for node in graph.node:
