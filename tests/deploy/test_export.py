@@ -142,3 +142,14 @@ def test_same_model_same_file(tmp_path):
     export_onnx(model, SHAPE, tmp_path / "a.onnx")
     export_onnx(model, SHAPE, tmp_path / "b.onnx")
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_fold_qdq_session_runs_float_on_the_levels(tmp_path):
+    model = quantized(make_model("resnet20"), "W8A8")
+    path = tmp_path / "m.onnx"
+    export_onnx(model, SHAPE, path)
+    assert integer_kernels(path, fold_qdq=True)["integer"] == {}
+    x = noisy_inputs(64)
+    folded = torch.from_numpy(make_session(path, threads=1, fold_qdq=True).run(None, {"pixels": x.numpy()})[0])
+    with torch.no_grad():
+        assert torch.equal(folded.argmax(1), model(x).argmax(1))
