@@ -26,8 +26,6 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, device_name, write_results  # noqa: E402
-
 from certquant.data import every_kth, load_dataset  # noqa: E402
 from certquant.deploy import export_checkpoint, integer_kernels, load_onnx, prediction_agreement  # noqa: E402
 from certquant.deploy.runtime import make_session  # noqa: E402
@@ -36,6 +34,7 @@ from certquant.quant import Policy, quantizable_layers, quantize_checkpoint  # n
 from certquant.quant.checkpoint import input_shape  # noqa: E402
 from certquant.smoothing import certify_dataset  # noqa: E402
 from certquant.utils.io import atomic_write_json  # noqa: E402
+from common import ROOT, device_name, write_results  # noqa: E402
 
 MODELS = {"small-cnn": "small-cnn-fmnist-s0.25", "resnet20": "resnet20-fmnist-s0.25"}
 POLICIES = ("W8A8", "W4A4", "mixed")
@@ -81,14 +80,29 @@ def fidelity(args: argparse.Namespace) -> list[dict]:
             images, labels = load_dataset(info["dataset"], "test")
             sigma = float(info["sigma"])
             agree_idx = every_kth(len(images), len(images) // args.agreement_images, args.agreement_images)
-            row = {"model": model_name, "policy": kind, "sigma": sigma,
-                   "bitops_fraction": load_checkpoint(q_path)[1]["cost"]["bitops_fraction"]}
+            row = {
+                "model": model_name,
+                "policy": kind,
+                "sigma": sigma,
+                "bitops_fraction": load_checkpoint(q_path)[1]["cost"]["bitops_fraction"],
+            }
             for variant, path in files.items():
                 path_json = folder / f"agreement-{variant}.json"
                 if not path_json.exists():
                     onnx_model, _ = load_onnx(path)
-                    atomic_write_json(path_json, prediction_agreement(qmodel, onnx_model, images, agree_idx, sigma,
-                                                                      args.agreement_samples, seed=0, batch_size=1000))
+                    atomic_write_json(
+                        path_json,
+                        prediction_agreement(
+                            qmodel,
+                            onnx_model,
+                            images,
+                            agree_idx,
+                            sigma,
+                            args.agreement_samples,
+                            seed=0,
+                            batch_size=1000,
+                        ),
+                    )
                 agreement = json.loads(path_json.read_text())
                 row[f"agreement_{variant}"] = agreement["share"]
                 row[f"agreement_{variant}_ci95"] = agreement["ci95"]
@@ -100,9 +114,24 @@ def fidelity(args: argparse.Namespace) -> list[dict]:
                 indices = every_kth(len(images), args.certify_skip, certify_images)
                 shape = input_shape(info)
                 for label, model in (("torch", qmodel), ("onnx", load_onnx(files["int"])[0])):
-                    summary = certify_dataset(model, images, labels, indices, folder / f"certify-{label}", sigma,
-                                              args.n0, n, args.alpha, 1000, 0, identity={"model": label},
-                                              input_shape=shape, progress=False, channels_last=False, resume=True)
+                    summary = certify_dataset(
+                        model,
+                        images,
+                        labels,
+                        indices,
+                        folder / f"certify-{label}",
+                        sigma,
+                        args.n0,
+                        n,
+                        args.alpha,
+                        1000,
+                        0,
+                        identity={"model": label},
+                        input_shape=shape,
+                        progress=False,
+                        channels_last=False,
+                        resume=True,
+                    )
                     row[f"acr_{label}"] = summary["acr"]
                     row[f"clean_{label}"] = summary["clean_accuracy"]
                     row[f"seconds_{label}"] = summary["total_seconds"]
@@ -110,10 +139,14 @@ def fidelity(args: argparse.Namespace) -> list[dict]:
                 row["acr_diff"] = row["acr_onnx"] - row["acr_torch"]
                 same = 0
                 torch_records = [json.loads(line) for line in (folder / "certify-torch" / "certificates.jsonl").open()]
-                onnx_records = {r["index"]: r for r in map(json.loads, (folder / "certify-onnx" / "certificates.jsonl").open())}
+                onnx_records = {
+                    r["index"]: r for r in map(json.loads, (folder / "certify-onnx" / "certificates.jsonl").open())
+                }
                 for r in torch_records:
                     o = onnx_records.get(r["index"])
-                    same += int(o is not None and o["predicted"] == r["predicted"] and abs(o["radius"] - r["radius"]) < 1e-9)
+                    same += int(
+                        o is not None and o["predicted"] == r["predicted"] and abs(o["radius"] - r["radius"]) < 1e-9
+                    )
                 row["identical_certificates"] = same
             print(json.dumps(row), flush=True)
             rows.append(row)
@@ -148,19 +181,22 @@ def speed(args: argparse.Namespace) -> list[dict]:
             if kind == "W8A8":
                 entries.append(("onnxruntime W8A8, no integer kernels", "onnx", None, files["float"], False))
             if kind != "FP32":
-                entries.append((f"onnxruntime {kind}, QDQ folded (disable_quant_qdq)", "onnx", None, files["int"], True))
+                entries.append(
+                    (f"onnxruntime {kind}, QDQ folded (disable_quant_qdq)", "onnx", None, files["int"], True)
+                )
         fp32_size = None
         for label, engine, model, path, fold in entries:
             if engine == "torch":
                 model.eval()
 
-                def run1(m=model):
+                def run1(m=model, x=x1):
                     with torch.inference_mode():
-                        m(x1)
+                        m(x)
 
-                def run256(m=model):
+                def run256(m=model, x=x256):
                     with torch.inference_mode():
-                        m(x256)
+                        m(x)
+
                 size = kernels = None
             else:
                 session = make_session(path, threads=args.threads, fold_qdq=fold)
@@ -174,12 +210,17 @@ def speed(args: argparse.Namespace) -> list[dict]:
                     fp32_size = size
             lat, lat_wall = timed(run1, args.latency_repeats, 20)
             thr, thr_wall = timed(run256, args.throughput_repeats, 3)
-            row = {"model": model_name, "engine": label, "latency_ms": 1000 * statistics.median(lat),
-                   "latency_ms_wall": 1000 * statistics.median(lat_wall),
-                   "throughput_img_s": 256 / statistics.median(thr),
-                   "throughput_img_s_wall": 256 / statistics.median(thr_wall), "file_bytes": size,
-                   "integer_kernels": kernels["integer"] if kernels else None,
-                   "float_compute": kernels["float"] if kernels else None}
+            row = {
+                "model": model_name,
+                "engine": label,
+                "latency_ms": 1000 * statistics.median(lat),
+                "latency_ms_wall": 1000 * statistics.median(lat_wall),
+                "throughput_img_s": 256 / statistics.median(thr),
+                "throughput_img_s_wall": 256 / statistics.median(thr_wall),
+                "file_bytes": size,
+                "integer_kernels": kernels["integer"] if kernels else None,
+                "float_compute": kernels["float"] if kernels else None,
+            }
             print(json.dumps(row), flush=True)
             rows.append(row)
         reference = next(r for r in rows if r["model"] == model_name and r["engine"] == "PyTorch FP32")
@@ -195,44 +236,59 @@ def speed(args: argparse.Namespace) -> list[dict]:
 
 
 def fidelity_markdown(rows: list[dict], args: argparse.Namespace) -> str:
-    lines = ["# Exported ONNX vs fake-quantized PyTorch", "",
-             f"Command: `python benchmarks/bench_deploy.py {' '.join(sys.argv[1:])}`. Quantized with noisy calibration "
-             f"(512 training images), no fine-tuning; agreement on {args.agreement_samples} noisy test samples "
-             f"({args.agreement_images} test images, the first samples of each image's certification noise); CERTIFY "
-             f"n0 = {args.n0}, n as in the table, alpha = {args.alpha} on the first K of every {args.certify_skip}th "
-             "test image, the same noise for both models.", "",
-             "| model | policy | BitOPs % | agreement (integer kernels) | agreement (float on levels) | images K | n "
-             "| ACR PyTorch | ACR ONNX | ACR diff | clean acc PyTorch / ONNX | identical certificates |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Exported ONNX vs fake-quantized PyTorch",
+        "",
+        f"Command: `python benchmarks/bench_deploy.py {' '.join(sys.argv[1:])}`. Quantized with noisy calibration "
+        f"(512 training images), no fine-tuning; agreement on {args.agreement_samples} noisy test samples "
+        f"({args.agreement_images} test images, the first samples of each image's certification noise); CERTIFY "
+        f"n0 = {args.n0}, n as in the table, alpha = {args.alpha} on the first K of every {args.certify_skip}th "
+        "test image, the same noise for both models.",
+        "",
+        "| model | policy | BitOPs % | agreement (integer kernels) | agreement (float on levels) | images K | n "
+        "| ACR PyTorch | ACR ONNX | ACR diff | clean acc PyTorch / ONNX | identical certificates |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        cert = (f"{r['certify_images']} | {r['n']} | {r['acr_torch']:.4f} | {r['acr_onnx']:.4f} | {r['acr_diff']:+.4f} | "
-                f"{r['clean_torch']:.3f} / {r['clean_onnx']:.3f} | {r['identical_certificates']}/{r['certify_images']}"
-                if "acr_torch" in r else "- | - | - | - | - | - | -")
-        lines.append(f"| {r['model']} | {r['policy']} | {100 * r['bitops_fraction']:.3f} | {100 * r['agreement_int']:.2f}% "
-                     f"| {100 * r['agreement_float']:.2f}% | {cert} |")
+        cert = (
+            f"{r['certify_images']} | {r['n']} | {r['acr_torch']:.4f} | {r['acr_onnx']:.4f} | {r['acr_diff']:+.4f} | "
+            f"{r['clean_torch']:.3f} / {r['clean_onnx']:.3f} | {r['identical_certificates']}/{r['certify_images']}"
+            if "acr_torch" in r
+            else "- | - | - | - | - | - | -"
+        )
+        lines.append(
+            f"| {r['model']} | {r['policy']} | {100 * r['bitops_fraction']:.3f} | {100 * r['agreement_int']:.2f}% "
+            f"| {100 * r['agreement_float']:.2f}% | {cert} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def speed_markdown(rows: list[dict], args: argparse.Namespace) -> str:
-    lines = ["# Deploy speed and size", "",
-             f"Command: `python benchmarks/bench_deploy.py {' '.join(sys.argv[1:])}` on {args.device}; onnxruntime "
-             f"with {args.threads} intra-op thread(s), PyTorch with {args.threads}; latency = median CPU time of "
-             f"{args.latency_repeats} batch-1 runs, throughput = 256 / median CPU time of {args.throughput_repeats} "
-             "batch-256 runs (CPU time of the calling thread, which does all the work with one thread: robust to other "
-             "jobs on the machine; wall-clock medians in the JSON); the PyTorch FP32 reference is measured in the "
-             "same run.", "",
-             "| model | engine | latency ms (b=1) | x vs PyTorch | x vs ORT FP32 | images/s (b=256) | x vs PyTorch "
-             "| x vs ORT FP32 | file KiB | size vs FP32 | integer kernels | float conv/gemm |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Deploy speed and size",
+        "",
+        f"Command: `python benchmarks/bench_deploy.py {' '.join(sys.argv[1:])}` on {args.device}; onnxruntime "
+        f"with {args.threads} intra-op thread(s), PyTorch with {args.threads}; latency = median CPU time of "
+        f"{args.latency_repeats} batch-1 runs, throughput = 256 / median CPU time of {args.throughput_repeats} "
+        "batch-256 runs (CPU time of the calling thread, which does all the work with one thread: robust to other "
+        "jobs on the machine; wall-clock medians in the JSON); the PyTorch FP32 reference is measured in the "
+        "same run.",
+        "",
+        "| model | engine | latency ms (b=1) | x vs PyTorch | x vs ORT FP32 | images/s (b=256) | x vs PyTorch "
+        "| x vs ORT FP32 | file KiB | size vs FP32 | integer kernels | float conv/gemm |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         size = f"{r['file_bytes'] / 1024:.1f}" if r["file_bytes"] else "-"
         ratio = f"{r['size_vs_fp32']:.3f}" if r["size_vs_fp32"] else "-"
         ints = ", ".join(f"{k} {v}" for k, v in (r["integer_kernels"] or {}).items()) or "-"
         floats = ", ".join(f"{k} {v}" for k, v in (r["float_compute"] or {}).items()) or "-"
-        lines.append(f"| {r['model']} | {r['engine']} | {r['latency_ms']:.3f} | {r['latency_speedup_vs_torch']:.2f} | "
-                     f"{r['latency_speedup_vs_ort_fp32']:.2f} | {r['throughput_img_s']:.0f} | "
-                     f"{r['throughput_speedup_vs_torch']:.2f} | {r['throughput_speedup_vs_ort_fp32']:.2f} | {size} | "
-                     f"{ratio} | {ints} | {floats} |")
+        lines.append(
+            f"| {r['model']} | {r['engine']} | {r['latency_ms']:.3f} | {r['latency_speedup_vs_torch']:.2f} | "
+            f"{r['latency_speedup_vs_ort_fp32']:.2f} | {r['throughput_img_s']:.0f} | "
+            f"{r['throughput_speedup_vs_torch']:.2f} | {r['throughput_speedup_vs_ort_fp32']:.2f} | {size} | "
+            f"{ratio} | {ints} | {floats} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -243,8 +299,12 @@ def main() -> None:
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
     parser.add_argument("--agreement-samples", type=int, default=10_000)
     parser.add_argument("--agreement-images", type=int, default=100)
-    parser.add_argument("--certify-images", nargs="+", default=["small-cnn=100", "resnet20=20"],
-                        help="MODEL=K: certify the first K of every --certify-skip-th test image; 0 skips")
+    parser.add_argument(
+        "--certify-images",
+        nargs="+",
+        default=["small-cnn=100", "resnet20=20"],
+        help="MODEL=K: certify the first K of every --certify-skip-th test image; 0 skips",
+    )
     parser.add_argument("--certify-skip", type=int, default=100)
     parser.add_argument("--certify-n", nargs="+", default=[], help="MODEL=N: another n for that model")
     parser.add_argument("--n0", type=int, default=100)
@@ -262,12 +322,18 @@ def main() -> None:
     args.device = device_name(torch.device("cpu"))
     if args.part == "fidelity":
         rows = fidelity(args)
-        write_results(args.name or "deploy-fidelity", {"rows": rows, "args": {k: str(v) for k, v in vars(args).items()}},
-                      fidelity_markdown(rows, args))
+        write_results(
+            args.name or "deploy-fidelity",
+            {"rows": rows, "args": {k: str(v) for k, v in vars(args).items()}},
+            fidelity_markdown(rows, args),
+        )
     else:
         rows = speed(args)
-        write_results(args.name or "deploy-speed", {"rows": rows, "args": {k: str(v) for k, v in vars(args).items()}},
-                      speed_markdown(rows, args))
+        write_results(
+            args.name or "deploy-speed",
+            {"rows": rows, "args": {k: str(v) for k, v in vars(args).items()}},
+            speed_markdown(rows, args),
+        )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ from certquant.quant import Policy, noisy_calibration_batch, quantizable_layers,
 pytest.importorskip("onnxruntime")  # the deploy extra; scripts/setup.sh installs it, so CI runs these tests
 
 
-def make_model(arch: str, seed: int = 0, in_channels: int = 1, size: int = 28, train_bn: bool = True) -> torch.nn.Module:
+def make_model(
+    arch: str, seed: int = 0, in_channels: int = 1, size: int = 28, train_bn: bool = True
+) -> torch.nn.Module:
     """A seeded model; BatchNorm running statistics set to non-trivial values so folding them is tested."""
     torch.manual_seed(seed)
     info = dataset_info("synthetic")
@@ -35,8 +37,12 @@ def mixed_policy(layers) -> Policy:
 
 def quantized(model: torch.nn.Module, kind: str, shape=(1, 28, 28), sigma: float = 0.25) -> torch.nn.Module:
     layers = quantizable_layers(model, shape)
-    policy = {"W8A8": Policy.uniform(layers, 8, 8), "W4A4": Policy.uniform(layers, 4, 4),
-              "W3A2": Policy.uniform(layers, 3, 2), "mixed": mixed_policy(layers)}[kind]
+    policy = {
+        "W8A8": Policy.uniform(layers, 8, 8),
+        "W4A4": Policy.uniform(layers, 4, 4),
+        "W3A2": Policy.uniform(layers, 3, 2),
+        "mixed": mixed_policy(layers),
+    }[kind]
     images, _ = load_dataset("synthetic", "train")
     if shape[0] != 1:
         images = images.repeat(1, shape[0], 1, 1)[:, :, : shape[1], : shape[2]]

@@ -12,7 +12,6 @@ from certquant.deploy.export import ExportConfig
 from certquant.deploy.runtime import make_session
 from certquant.quant import QuantConv2d
 from certquant.utils.errors import CertquantError
-
 from conftest import make_model, noisy_inputs, quantized
 
 SHAPE = (1, 28, 28)

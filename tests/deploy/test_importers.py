@@ -10,7 +10,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from certquant.cli.main import app
-from certquant.deploy import export_onnx, import_cohen, import_torch, load_onnx
+from certquant.deploy import export_onnx, import_cohen, load_onnx
 from certquant.models import load_checkpoint
 from certquant.quant import Policy, quantizable_layers, quantize
 from certquant.smoothing import certify
@@ -23,11 +23,13 @@ runner = CliRunner()
 
 
 def _bn(prefix: str, channels: int, g: torch.Generator) -> dict:
-    return {f"{prefix}.weight": 1 + 0.1 * torch.randn(channels, generator=g),
-            f"{prefix}.bias": 0.1 * torch.randn(channels, generator=g),
-            f"{prefix}.running_mean": 0.1 * torch.randn(channels, generator=g),
-            f"{prefix}.running_var": 0.5 + torch.rand(channels, generator=g),
-            f"{prefix}.num_batches_tracked": torch.tensor(100)}
+    return {
+        f"{prefix}.weight": 1 + 0.1 * torch.randn(channels, generator=g),
+        f"{prefix}.bias": 0.1 * torch.randn(channels, generator=g),
+        f"{prefix}.running_mean": 0.1 * torch.randn(channels, generator=g),
+        f"{prefix}.running_var": 0.5 + torch.rand(channels, generator=g),
+        f"{prefix}.num_batches_tracked": torch.tensor(100),
+    }
 
 
 def cohen_cifar_state(depth: int, seed: int = 0, classes: int = 10) -> dict:
@@ -93,14 +95,33 @@ def test_cohen_cifar_resnet20_imports_to_the_same_function(tmp_path):
 
 def test_cohen_cifar_resnet110_imported_quantized_exported_and_certified(tmp_path):
     src = save_cohen(tmp_path / "checkpoint.pth.tar", cohen_cifar_state(110, seed=2), "cifar_resnet110")
-    result = runner.invoke(app, ["import", "--format", "cohen", str(src), "--arch", "cifar_resnet110", "--dataset",
-                                 "cifar10", "--sigma", "0.5", "--out", str(tmp_path / "r110.pt")])
+    result = runner.invoke(
+        app,
+        [
+            "import",
+            "--format",
+            "cohen",
+            str(src),
+            "--arch",
+            "cifar_resnet110",
+            "--dataset",
+            "cifar10",
+            "--sigma",
+            "0.5",
+            "--out",
+            str(tmp_path / "r110.pt"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     model, info = load_checkpoint(tmp_path / "r110.pt", expect_arch="resnet110b", expect_sigma=0.5)
     layers = quantizable_layers(model, (3, 32, 32))
     assert len(layers) == 112  # the stem, 54 blocks x 2 convs, 2 option-B shortcut convs, fc
     g = torch.Generator().manual_seed(0)
-    qmodel = quantize(model, Policy.uniform(layers, 8, 8), torch.rand(16, 3, 32, 32, generator=g) + 0.5 * torch.randn(16, 3, 32, 32, generator=g))
+    qmodel = quantize(
+        model,
+        Policy.uniform(layers, 8, 8),
+        torch.rand(16, 3, 32, 32, generator=g) + 0.5 * torch.randn(16, 3, 32, 32, generator=g),
+    )
     x = torch.rand(3, 32, 32, generator=g)
     cert = certify(qmodel, x, 0.5, n0=5, n=20, alpha=0.01, batch_size=25, seed=0)
     export_onnx(qmodel, (3, 32, 32), tmp_path / "r110.onnx", info={"dataset": "cifar10", "sigma": 0.5})
@@ -145,18 +166,63 @@ def test_cohen_imagenet_resnet50_maps_torchvision_names(tmp_path):
 
 def test_mismatched_cohen_files_are_refused_in_one_line(tmp_path):
     r20 = save_cohen(tmp_path / "r20.pth.tar", cohen_cifar_state(20), "cifar_resnet20")
-    result = runner.invoke(app, ["import", "--format", "cohen", str(r20), "--arch", "cifar_resnet110", "--dataset",
-                                 "cifar10", "--sigma", "0.25", "--out", str(tmp_path / "x.pt")])
+    result = runner.invoke(
+        app,
+        [
+            "import",
+            "--format",
+            "cohen",
+            str(r20),
+            "--arch",
+            "cifar_resnet110",
+            "--dataset",
+            "cifar10",
+            "--sigma",
+            "0.25",
+            "--out",
+            str(tmp_path / "x.pt"),
+        ],
+    )
     assert_one_line_error(result, "says arch 'cifar_resnet20'")
     # no 'arch' in the file: the keys decide (ResNet-20 has 3 blocks per stage, ResNet-110 needs 18)
     torch.save({"state_dict": cohen_cifar_state(20)}, tmp_path / "bare.pt")
-    result = runner.invoke(app, ["import", "--format", "cohen", str(tmp_path / "bare.pt"), "--arch", "cifar_resnet110",
-                                 "--dataset", "cifar10", "--sigma", "0.25", "--out", str(tmp_path / "x.pt")])
+    result = runner.invoke(
+        app,
+        [
+            "import",
+            "--format",
+            "cohen",
+            str(tmp_path / "bare.pt"),
+            "--arch",
+            "cifar_resnet110",
+            "--dataset",
+            "cifar10",
+            "--sigma",
+            "0.25",
+            "--out",
+            str(tmp_path / "x.pt"),
+        ],
+    )
     assert_one_line_error(result, "keys do not fit cifar_resnet110", "missing")
     # 100 classes: the shapes do not fit CIFAR-10
     torch.save({"state_dict": cohen_cifar_state(20, classes=100)}, tmp_path / "c100.pt")
-    result = runner.invoke(app, ["import", "--format", "cohen", str(tmp_path / "c100.pt"), "--arch", "cifar_resnet20",
-                                 "--dataset", "cifar10", "--sigma", "0.25", "--out", str(tmp_path / "x.pt")])
+    result = runner.invoke(
+        app,
+        [
+            "import",
+            "--format",
+            "cohen",
+            str(tmp_path / "c100.pt"),
+            "--arch",
+            "cifar_resnet20",
+            "--dataset",
+            "cifar10",
+            "--sigma",
+            "0.25",
+            "--out",
+            str(tmp_path / "x.pt"),
+        ],
+    )
     assert_one_line_error(result, "'1.fc.weight' has shape (100, 64)")
     assert not (tmp_path / "x.pt").exists()
 
@@ -173,14 +239,14 @@ def test_pickled_code_is_never_run(tmp_path):
         import_cohen(tmp_path / "module.pt", "cifar_resnet20", "cifar10", 0.25, tmp_path / "x.pt")
 
 
-USER_MODULE = '''
+USER_MODULE = """
 import torch
 from torch import nn
 
 def tiny(num_classes=10):
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(4, num_classes))
-'''
+"""
 
 
 def test_torch_factory_import_and_requantize(tmp_path, monkeypatch):
@@ -191,9 +257,26 @@ def test_torch_factory_import_and_requantize(tmp_path, monkeypatch):
     torch.manual_seed(0)
     net = user_nets.tiny()
     torch.save({"model": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "w.pt")
-    result = runner.invoke(app, ["import", "--format", "torch", "user_nets:tiny", str(tmp_path / "w.pt"), "--dataset",
-                                 "synthetic", "--sigma", "0.25", "--mean", "0.5", "--std", "0.25",
-                                 "--out", str(tmp_path / "tiny.pt")])
+    result = runner.invoke(
+        app,
+        [
+            "import",
+            "--format",
+            "torch",
+            "user_nets:tiny",
+            str(tmp_path / "w.pt"),
+            "--dataset",
+            "synthetic",
+            "--sigma",
+            "0.25",
+            "--mean",
+            "0.5",
+            "--std",
+            "0.25",
+            "--out",
+            str(tmp_path / "tiny.pt"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     model, info = load_checkpoint(tmp_path / "tiny.pt")  # rebuilt from the factory's name
     assert info["arch"] == "user_nets:tiny"
@@ -202,9 +285,37 @@ def test_torch_factory_import_and_requantize(tmp_path, monkeypatch):
         assert torch.allclose(model(x), net((x - 0.5) / 0.25), atol=1e-6)
     # mismatched weights for the factory: one line
     torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "bad.pt")
-    result = runner.invoke(app, ["import", "--format", "torch", "user_nets:tiny", str(tmp_path / "bad.pt"),
-                                 "--dataset", "synthetic", "--sigma", "0.25", "--out", str(tmp_path / "bad-out.pt")])
+    result = runner.invoke(
+        app,
+        [
+            "import",
+            "--format",
+            "torch",
+            "user_nets:tiny",
+            str(tmp_path / "bad.pt"),
+            "--dataset",
+            "synthetic",
+            "--sigma",
+            "0.25",
+            "--out",
+            str(tmp_path / "bad-out.pt"),
+        ],
+    )
     assert_one_line_error(result, "does not fit user_nets:tiny")
-    result = runner.invoke(app, ["import", "--format", "torch", "user_nets:nothing", str(tmp_path / "w.pt"),
-                                 "--dataset", "synthetic", "--sigma", "0.25", "--out", str(tmp_path / "x.pt")])
+    result = runner.invoke(
+        app,
+        [
+            "import",
+            "--format",
+            "torch",
+            "user_nets:nothing",
+            str(tmp_path / "w.pt"),
+            "--dataset",
+            "synthetic",
+            "--sigma",
+            "0.25",
+            "--out",
+            str(tmp_path / "x.pt"),
+        ],
+    )
     assert_one_line_error(result, "has no callable 'nothing'")

@@ -32,11 +32,24 @@ def exported(tmp_path):
     """A W4A4 quantized checkpoint of a small CNN on the synthetic data set and its ONNX export (via the CLI)."""
     info = dataset_info("synthetic")
     base = tmp_path / "base.pt"
-    save_checkpoint(base, make_model("small-cnn"), {"arch": "small-cnn", "num_classes": 10, "in_channels": 1,
-                                                  "input_size": 28, "mean": list(info.mean), "std": list(info.std),
-                                                  "dataset": "synthetic", "sigma": 0.25})
+    save_checkpoint(
+        base,
+        make_model("small-cnn"),
+        {
+            "arch": "small-cnn",
+            "num_classes": 10,
+            "in_channels": 1,
+            "input_size": 28,
+            "mean": list(info.mean),
+            "std": list(info.std),
+            "dataset": "synthetic",
+            "sigma": 0.25,
+        },
+    )
     model, _ = load_checkpoint(base)
-    quantize_checkpoint(base, Policy.uniform(quantizable_layers(model, SHAPE), 4, 4), tmp_path / "q.pt", calib_images=64)
+    quantize_checkpoint(
+        base, Policy.uniform(quantizable_layers(model, SHAPE), 4, 4), tmp_path / "q.pt", calib_images=64
+    )
     result = runner.invoke(app, ["export", "--checkpoint", str(tmp_path / "q.pt"), "--out", str(tmp_path / "q.onnx")])
     assert result.exit_code == 0, result.output
     return tmp_path / "q.pt", tmp_path / "q.onnx"
@@ -58,8 +71,24 @@ def test_onnx_classifier_certifies_like_the_fake_quantized_model(exported):
 
 def test_certify_cli_on_onnx_resumes_and_card_checks_the_hash(exported, tmp_path):
     _, onnx_path = exported
-    args = ["certify", "--checkpoint", str(onnx_path), "--n0", "10", "--n", "100", "--max", "3", "--skip", "50",
-            "--batch", "50", "--out", str(tmp_path / "run"), "--no-progress"]
+    args = [
+        "certify",
+        "--checkpoint",
+        str(onnx_path),
+        "--n0",
+        "10",
+        "--n",
+        "100",
+        "--max",
+        "3",
+        "--skip",
+        "50",
+        "--batch",
+        "50",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -84,8 +113,12 @@ def test_certify_cli_on_onnx_resumes_and_card_checks_the_hash(exported, tmp_path
 
 def test_card_refuses_a_run_of_another_graph(exported, tmp_path):
     _, onnx_path = exported
-    summary = {"arguments": {"sigma": 0.25, "n0": 10, "n": 100, "alpha": 0.001}, "indices": [0],
-               "checkpoint_sha256": "0" * 64, "acr": 0.1}
+    summary = {
+        "arguments": {"sigma": 0.25, "n0": 10, "n": 100, "alpha": 0.001},
+        "indices": [0],
+        "checkpoint_sha256": "0" * 64,
+        "acr": 0.1,
+    }
     with pytest.raises(CertquantError, match="certified graph 000000000000"):
         write_card(onnx_path, summary)
 
@@ -93,18 +126,45 @@ def test_card_refuses_a_run_of_another_graph(exported, tmp_path):
 def test_onnx_of_another_input_shape_is_refused_in_one_line(tmp_path):
     model = quantized(make_model("resnet20", in_channels=3, size=32), "W8A8", shape=(3, 32, 32))
     export_onnx(model, (3, 32, 32), tmp_path / "cifar.onnx", info={"dataset": "cifar10", "sigma": 0.25})
-    result = runner.invoke(app, ["certify", "--checkpoint", str(tmp_path / "cifar.onnx"), "--dataset", "synthetic",
-                                 "--n", "10", "--out", str(tmp_path / "run")])
+    result = runner.invoke(
+        app,
+        [
+            "certify",
+            "--checkpoint",
+            str(tmp_path / "cifar.onnx"),
+            "--dataset",
+            "synthetic",
+            "--n",
+            "10",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert_one_line_error(result, "exported for cifar10, not synthetic")
     # a foreign ONNX file (no certquant metadata) whose input is not the data set's images
     proto = onnx.load(str(tmp_path / "cifar.onnx"))
     del proto.metadata_props[:]
     onnx.save(proto, str(tmp_path / "foreign.onnx"))
-    result = runner.invoke(app, ["certify", "--checkpoint", str(tmp_path / "foreign.onnx"), "--dataset", "synthetic",
-                                 "--sigma", "0.25", "--n", "10", "--out", str(tmp_path / "run2")])
+    result = runner.invoke(
+        app,
+        [
+            "certify",
+            "--checkpoint",
+            str(tmp_path / "foreign.onnx"),
+            "--dataset",
+            "synthetic",
+            "--sigma",
+            "0.25",
+            "--n",
+            "10",
+            "--out",
+            str(tmp_path / "run2"),
+        ],
+    )
     assert_one_line_error(result, "not images (N, 1, 28, 28)")
-    result = runner.invoke(app, ["certify", "--checkpoint", str(tmp_path / "foreign.onnx"), "--n", "10",
-                                 "--out", str(tmp_path / "run3")])
+    result = runner.invoke(
+        app, ["certify", "--checkpoint", str(tmp_path / "foreign.onnx"), "--n", "10", "--out", str(tmp_path / "run3")]
+    )
     assert_one_line_error(result, "no certquant metadata")
 
 
@@ -121,17 +181,32 @@ def test_unsupported_opset_in_a_file_is_refused_in_one_line(exported, tmp_path):
     proto = onnx.load(str(onnx_path))
     proto.opset_import[0].version = 99
     onnx.save(proto, str(tmp_path / "future.onnx"))
-    result = runner.invoke(app, ["predict", "--checkpoint", str(tmp_path / "future.onnx"), "--n", "10",
-                                 "--out", str(tmp_path / "p")])
+    result = runner.invoke(
+        app, ["predict", "--checkpoint", str(tmp_path / "future.onnx"), "--n", "10", "--out", str(tmp_path / "p")]
+    )
     assert_one_line_error(result, "onnxruntime", "cannot load the model")
-    result = runner.invoke(app, ["export", "--checkpoint", str(exported[0]), "--opset", "10",
-                                 "--out", str(tmp_path / "x.onnx")])
+    result = runner.invoke(
+        app, ["export", "--checkpoint", str(exported[0]), "--opset", "10", "--out", str(tmp_path / "x.onnx")]
+    )
     assert_one_line_error(result, "opset 10 is not supported")
 
 
 def test_missing_onnxruntime_is_one_line(exported, tmp_path, monkeypatch):
     _, onnx_path = exported
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: import raises ImportError
-    result = runner.invoke(app, ["certify", "--checkpoint", str(onnx_path), "--n", "10", "--max", "1",
-                                 "--no-progress", "--out", str(tmp_path / "r")])
+    result = runner.invoke(
+        app,
+        [
+            "certify",
+            "--checkpoint",
+            str(onnx_path),
+            "--n",
+            "10",
+            "--max",
+            "1",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
     assert_one_line_error(result, "onnxruntime is not installed", "certquant[deploy]")

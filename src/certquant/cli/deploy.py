@@ -15,8 +15,11 @@ def export_cmd(
     format: str = typer.Option("onnx", "--format", help="export format: onnx (QDQ)"),
     out: Path = typer.Option(..., help="the .onnx file to write"),
     opset: int = typer.Option(21, help="ONNX opset, 13..21; 21 stores weights of <= 4 bits as int4"),
-    integer_kernels: bool = typer.Option(True, help="let onnxruntime run W8A8 layers as integer kernels (their bias "
-                                                     "rounded to int32); --no-integer-kernels: float on the levels"),
+    integer_kernels: bool = typer.Option(
+        True,
+        help="let onnxruntime run W8A8 layers as integer kernels (their bias "
+        "rounded to int32); --no-integer-kernels: float on the levels",
+    ),
 ) -> None:
     """Export a checkpoint as a QDQ ONNX graph that computes what the fake-quantized model computes."""
     from certquant.deploy.export import FORMATS, export_checkpoint
@@ -24,18 +27,21 @@ def export_cmd(
     if format not in FORMATS:
         raise CertquantError(f"export format '{format}' is not supported: use onnx")
     result = export_checkpoint(checkpoint, out, opset, integer_kernels)
-    stored = {}
+    stored: dict[str, int] = {}
     for layer in result.layers:
         key = f"W:{layer.weight} A:{layer.activation}" + (" +clip" if layer.clip else "")
         stored[key] = stored.get(key, 0) + 1
-    typer.echo(f"wrote {result.path} ({result.path.stat().st_size / 1024:.1f} KiB, opset {opset}); layers: "
-               + "; ".join(f"{n} x {k}" for k, n in stored.items()))
+    typer.echo(
+        f"wrote {result.path} ({result.path.stat().st_size / 1024:.1f} KiB, opset {opset}); layers: "
+        + "; ".join(f"{n} x {k}" for k, n in stored.items())
+    )
 
 
 def card_cmd(
     model: Path = typer.Argument(..., help="an exported .onnx file"),
-    write_from: Optional[Path] = typer.Option(None, "--from", help="write the card from this 'certquant certify' run "
-                                                                  "folder of the file (its summary.json)"),
+    write_from: Optional[Path] = typer.Option(
+        None, "--from", help="write the card from this 'certquant certify' run folder of the file (its summary.json)"
+    ),
 ) -> None:
     """Print the certificate card of an ONNX file and whether its graph still matches the certified hash."""
     from certquant.deploy.card import check_card, format_card, write_card
@@ -55,7 +61,9 @@ def import_cmd(
     dataset: str = typer.Option(..., help="dataset the model was trained on (cifar10, imagenet, ...)"),
     sigma: float = typer.Option(..., help="the noise level the model was trained at"),
     out: Path = typer.Option(..., help="the certquant checkpoint to write"),
-    mean: Optional[str] = typer.Option(None, help="torch: normalization mean, comma-separated (default: the dataset's)"),
+    mean: Optional[str] = typer.Option(
+        None, help="torch: normalization mean, comma-separated (default: the dataset's)"
+    ),
     std: Optional[str] = typer.Option(None, help="torch: normalization std, comma-separated (default: the dataset's)"),
 ) -> None:
     """Import a checkpoint without executing pickled code: Cohen et al.'s layout, or a PyTorch model you define."""

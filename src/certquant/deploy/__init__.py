@@ -5,11 +5,11 @@ field's standard checkpoints (Cohen et al.'s layout, or any PyTorch classifier w
 onnx and onnxruntime are the optional extra ``certquant[deploy]``; they are imported on first use only.
 """
 
-from certquant.deploy.export import ExportConfig, ExportResult, export_checkpoint, export_onnx
-from certquant.deploy.runtime import OnnxClassifier, integer_kernels, load_onnx
-from certquant.deploy.card import check_card, format_card, graph_sha256, write_card
 from certquant.deploy.agreement import prediction_agreement
+from certquant.deploy.card import check_card, format_card, graph_sha256, write_card
+from certquant.deploy.export import ExportConfig, ExportResult, export_checkpoint, export_onnx
 from certquant.deploy.importers import import_cohen, import_torch
+from certquant.deploy.runtime import OnnxClassifier, integer_kernels, load_onnx
 
 __all__ = [
     "ExportConfig",

@@ -3,7 +3,7 @@ class on the same noisy inputs: the share that decides whether the exported mode
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -14,8 +14,16 @@ from certquant.smoothing.noise import ESTIMATION, image_seed, noisy_batches
 from certquant.utils.errors import CertquantError
 
 
-def prediction_agreement(model_a: nn.Module, model_b: nn.Module, images: torch.Tensor, indices: Sequence[int],
-                         sigma: float, samples: int, seed: int = 0, batch_size: int = 1000) -> dict:
+def prediction_agreement(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    images: torch.Tensor,
+    indices: Sequence[int],
+    sigma: float,
+    samples: int,
+    seed: int = 0,
+    batch_size: int = 1000,
+) -> dict:
     """Share of ``samples`` noisy inputs (spread evenly over ``images[indices]``) on which ``model_a`` and ``model_b``
     predict the same class. The noise of image i is the first samples of its certification's estimation stage
     (seed ``image_seed(seed, i)``), so the figure is about the inputs certification feeds both models.
@@ -37,6 +45,12 @@ def prediction_agreement(model_a: nn.Module, model_b: nn.Module, images: torch.T
                 agree += int((a.cpu() == b.cpu()).sum())
                 total += len(batch)
     tail = 0.025
-    return {"agree": agree, "total": total, "share": agree / total,
-            "ci95": [clopper_pearson_lower(agree, total, tail), clopper_pearson_upper(agree, total, tail)],
-            "images": len(indices), "sigma": float(sigma), "seed": seed}
+    return {
+        "agree": agree,
+        "total": total,
+        "share": agree / total,
+        "ci95": [clopper_pearson_lower(agree, total, tail), clopper_pearson_upper(agree, total, tail)],
+        "images": len(indices),
+        "sigma": float(sigma),
+        "seed": seed,
+    }

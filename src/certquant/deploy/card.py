@@ -41,23 +41,38 @@ def make_card(summary: dict[str, Any], info: dict[str, Any], digest: str) -> dic
     args = summary.get("arguments") or {}
     missing = [k for k in ("sigma", "n0", "n", "alpha") if k not in args]
     if missing or "indices" not in summary:
-        raise CertquantError(f"the certify summary lacks {', '.join(missing or ['indices'])}: give the summary.json of "
-                             "a 'certquant certify' run of this file")
+        raise CertquantError(
+            f"the certify summary lacks {', '.join(missing or ['indices'])}: give the summary.json of "
+            "a 'certquant certify' run of this file"
+        )
     certified = summary.get("checkpoint_sha256")
     if certified is not None and certified != digest:
-        raise CertquantError(f"the certify run certified graph {certified[:12]}, this file's graph is {digest[:12]}: "
-                             "certify this file, then write its card")
+        raise CertquantError(
+            f"the certify run certified graph {certified[:12]}, this file's graph is {digest[:12]}: "
+            "certify this file, then write its card"
+        )
     return {
-        "format": CARD_FORMAT, "version": CARD_VERSION, "graph_sha256": digest,
-        "dataset": args.get("dataset") or info.get("dataset"), "test_indices": list(summary["indices"]),
-        "sigma": float(args["sigma"]), "n0": int(args["n0"]), "n": int(args["n"]), "alpha": float(args["alpha"]),
-        "seed": args.get("seed"), "batch": args.get("batch", args.get("batch_size")),
-        "num_images": summary.get("num_images"), "clean_accuracy": summary.get("clean_accuracy"),
-        "acr": summary.get("acr"), "certified_accuracy": summary.get("certified_accuracy"),
-        "abstain_rate": summary.get("abstain_rate"), "policy": info.get("policy"),
+        "format": CARD_FORMAT,
+        "version": CARD_VERSION,
+        "graph_sha256": digest,
+        "dataset": args.get("dataset") or info.get("dataset"),
+        "test_indices": list(summary["indices"]),
+        "sigma": float(args["sigma"]),
+        "n0": int(args["n0"]),
+        "n": int(args["n"]),
+        "alpha": float(args["alpha"]),
+        "seed": args.get("seed"),
+        "batch": args.get("batch", args.get("batch_size")),
+        "num_images": summary.get("num_images"),
+        "clean_accuracy": summary.get("clean_accuracy"),
+        "acr": summary.get("acr"),
+        "certified_accuracy": summary.get("certified_accuracy"),
+        "abstain_rate": summary.get("abstain_rate"),
+        "policy": info.get("policy"),
         "bitops_fraction": (info.get("cost") or {}).get("bitops_fraction"),
         "export": {k: v for k, v in (info.get("export") or {}).items() if k != "layers"},
-        "certified": time.strftime("%Y-%m-%dT%H:%M:%S"), "software": software_versions(),
+        "certified": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "software": software_versions(),
     }
 
 
@@ -65,16 +80,18 @@ def write_card(path: str | os.PathLike, summary: dict[str, Any] | str | os.PathL
     """Write the card of a certify run (its summary dict or summary.json path) into the ONNX file, atomically."""
     from certquant.deploy.runtime import load_proto, read_info
 
-    if not isinstance(summary, dict):
+    if isinstance(summary, dict):
+        data = summary
+    else:
         summary_path = Path(summary)
         if summary_path.is_dir():
             summary_path = summary_path / "summary.json"
         if not summary_path.is_file():
             raise CertquantError(f"'{summary_path}' not found: give a 'certquant certify' run folder of this file")
-        summary = json.loads(summary_path.read_text())
+        data = json.loads(summary_path.read_text())
     onnx = require("onnx")
     proto = load_proto(path)
-    card = make_card(summary, read_info(proto), graph_sha256(proto))
+    card = make_card(data, read_info(proto), graph_sha256(proto))
     props = {p.key: p.value for p in proto.metadata_props}
     props[CARD_KEY] = json.dumps(card, sort_keys=True)
     onnx.helper.set_model_props(proto, props)
@@ -88,14 +105,14 @@ def check_card(path: str | os.PathLike) -> tuple[dict[str, Any] | None, str, boo
 
     proto = load_proto(path)
     digest = graph_sha256(proto)
-    card = None
+    card: dict[str, Any] | None = None
     for prop in proto.metadata_props:
         if prop.key == CARD_KEY:
             try:
                 card = json.loads(prop.value)
             except json.JSONDecodeError:
                 raise CertquantError(f"the certificate card of '{path}' is corrupt") from None
-    return card, digest, bool(card) and card.get("graph_sha256") == digest
+    return card, digest, card is not None and card.get("graph_sha256") == digest
 
 
 def format_card(card: dict[str, Any] | None, digest: str, matches: bool) -> str:
@@ -119,8 +136,11 @@ def format_card(card: dict[str, Any] | None, digest: str, matches: bool) -> str:
         bits = ", ".join(f"{layer['name']} W{layer['w_bits']}A{layer['a_bits']}" for layer in policy.get("layers", []))
         lines.append(f"  policy: {bits}" + (f" ({100 * fraction:.3f}% of FP32 BitOPs)" if fraction else ""))
     lines.append(f"  graph sha256 {digest}")
-    lines.append("  graph MATCHES the certified hash" if matches else
-                 f"  graph DOES NOT MATCH the certified hash {card.get('graph_sha256')}: the file changed after certification")
+    lines.append(
+        "  graph MATCHES the certified hash"
+        if matches
+        else f"  graph DOES NOT MATCH the certified hash {card.get('graph_sha256')}: the file changed after certification"
+    )
     return "\n".join(lines)
 
 

@@ -25,9 +25,10 @@ from __future__ import annotations
 import json
 import operator
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ from torch import fx, nn
 from certquant.deploy.deps import require
 from certquant.models.layers import Normalize
 from certquant.models.resnet_cifar import PadShortcut
-from certquant.quant.ops import signed_qmax, unsigned_qmax
+from certquant.quant.ops import signed_qmax
 from certquant.quant.policy import FULL_PRECISION
 from certquant.quant.quantizers import QUANT_MODULES, ActQuantizer
 from certquant.utils.errors import CertquantError
@@ -49,8 +50,21 @@ INFO_KEY = "certquant.info"  # metadata: the checkpoint info (dataset, sigma, no
 INPUT_NAME, OUTPUT_NAME = "pixels", "logits"
 FORMATS = ("onnx",)
 
-_LEAVES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, Normalize, nn.ReLU, nn.ReLU6, nn.MaxPool2d, nn.AvgPool2d,
-           nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity, PadShortcut)
+_LEAVES = (
+    nn.Conv2d,
+    nn.Linear,
+    nn.BatchNorm2d,
+    Normalize,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.Flatten,
+    nn.Dropout,
+    nn.Identity,
+    PadShortcut,
+)
 _RELU_FUNCS = (F.relu, torch.relu)
 _ADD_FUNCS = (operator.add, operator.iadd, torch.add)
 _FLATTEN_METHODS = ("view", "reshape", "flatten")
@@ -109,8 +123,10 @@ class ExportResult:
 
 def check_opset(opset: int) -> int:
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
-        raise CertquantError(f"opset {opset} is not supported: use {MIN_OPSET}..{MAX_OPSET} (13 for per-channel "
-                             f"DequantizeLinear, {INT4_OPSET} for int4 weights)")
+        raise CertquantError(
+            f"opset {opset} is not supported: use {MIN_OPSET}..{MAX_OPSET} (13 for per-channel "
+            f"DequantizeLinear, {INT4_OPSET} for int4 weights)"
+        )
     return opset
 
 
@@ -152,7 +168,7 @@ class _Graph:
         self._used.add(name)
         return name
 
-    def const(self, hint: str, array: np.ndarray) -> str:
+    def const(self, hint: str, array: Any) -> str:
         name = self.name(hint)
         self.initializers.append(self.onnx.numpy_helper.from_array(np.asarray(array), name))
         return name
@@ -194,7 +210,9 @@ class _Exporter:
             self.fx_graph = _Tracer().trace(model)
         except Exception as exc:  # noqa: BLE001 - fx raises many kinds on untraceable code
             first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-            raise CertquantError(f"the model cannot be traced for export ({first}): build it from standard modules") from None
+            raise CertquantError(
+                f"the model cannot be traced for export ({first}): build it from standard modules"
+            ) from None
         self.modules = dict(model.named_modules())
         self.g = _Graph(self.onnx)
         self.values: dict[fx.Node, str | None] = {}
@@ -251,15 +269,21 @@ class _Exporter:
             if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in self.biases:
                 continue
             users = consumers.get(node.output[0], [])
-            if (self.integer_kernels and node.input[2] in self.fusable and len(users) == 1
-                    and users[0].op_type == "QuantizeLinear"):
+            if (
+                self.integer_kernels
+                and node.input[2] in self.fusable
+                and len(users) == 1
+                and users[0].op_type == "QuantizeLinear"
+            ):
                 continue
             bias_name, out = node.input[2], node.output[0]
             del node.input[2]
             node.output[0] = self.g.name(f"{out}.nobias")
             shape = (1, -1, 1, 1) if node.op_type == "Conv" else (1, -1)
             bias = self.g.const(f"{bias_name}.add", self.biases[bias_name].reshape(shape))
-            nodes.append(self.onnx.helper.make_node("Add", [node.output[0], bias], [out], name=self.g.name(f"{out}.bias_add")))
+            nodes.append(
+                self.onnx.helper.make_node("Add", [node.output[0], bias], [out], name=self.g.name(f"{out}.bias_add"))
+            )
         self.g.nodes = nodes
 
     def value(self, node: Any) -> str:
@@ -268,9 +292,11 @@ class _Exporter:
         return self.values[node]  # type: ignore[return-value]
 
     def unsupported(self, what: str) -> CertquantError:
-        return CertquantError(f"cannot export {what} to ONNX: supported are Conv2d, Linear, BatchNorm2d, ReLU, ReLU6, "
-                              "max/avg/global pooling, flatten, residual add, Dropout, Identity and certquant's "
-                              "Normalize, option-A shortcut and quantized layers")
+        return CertquantError(
+            f"cannot export {what} to ONNX: supported are Conv2d, Linear, BatchNorm2d, ReLU, ReLU6, "
+            "max/avg/global pooling, flatten, residual add, Dropout, Identity and certquant's "
+            "Normalize, option-A shortcut and quantized layers"
+        )
 
     # -- modules ---------------------------------------------------------------------------------------------------
 
@@ -304,8 +330,9 @@ class _Exporter:
         if isinstance(m, nn.ReLU) or node.target in _RELU_FUNCS:
             return self.g.add("Relu", [x], hint)
         if isinstance(m, nn.ReLU6):
-            return self.g.add("Clip", [x, self.g.const(f"{hint}.lo", np.float32(0)),
-                                       self.g.const(f"{hint}.hi", np.float32(6))], hint)
+            return self.g.add(
+                "Clip", [x, self.g.const(f"{hint}.lo", np.float32(0)), self.g.const(f"{hint}.hi", np.float32(6))], hint
+            )
         if isinstance(m, nn.MaxPool2d):
             if m.return_indices:
                 raise self.unsupported("MaxPool2d with return_indices")
@@ -313,16 +340,32 @@ class _Exporter:
             sh, sw = _pair(m.stride if m.stride is not None else m.kernel_size)
             ph, pw = _pair(m.padding)
             dh, dw = _pair(m.dilation)
-            return self.g.add("MaxPool", [x], hint, kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw],
-                              dilations=[dh, dw], ceil_mode=int(m.ceil_mode))
+            return self.g.add(
+                "MaxPool",
+                [x],
+                hint,
+                kernel_shape=[kh, kw],
+                strides=[sh, sw],
+                pads=[ph, pw, ph, pw],
+                dilations=[dh, dw],
+                ceil_mode=int(m.ceil_mode),
+            )
         if isinstance(m, nn.AvgPool2d):
             kh, kw = _pair(m.kernel_size)
             sh, sw = _pair(m.stride if m.stride is not None else m.kernel_size)
             ph, pw = _pair(m.padding)
             if m.divisor_override is not None:
                 raise self.unsupported("AvgPool2d with divisor_override")
-            return self.g.add("AveragePool", [x], hint, kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw],
-                              ceil_mode=int(m.ceil_mode), count_include_pad=int(m.count_include_pad))
+            return self.g.add(
+                "AveragePool",
+                [x],
+                hint,
+                kernel_shape=[kh, kw],
+                strides=[sh, sw],
+                pads=[ph, pw, ph, pw],
+                ceil_mode=int(m.ceil_mode),
+                count_include_pad=int(m.count_include_pad),
+            )
         if isinstance(m, nn.AdaptiveAvgPool2d):
             if _pair(m.output_size) != (1, 1):
                 raise self.unsupported(f"AdaptiveAvgPool2d to {m.output_size} (only global pooling, output 1)")
@@ -369,7 +412,8 @@ class _Exporter:
     def flatten_start(node: fx.Node) -> int:
         if node.target in ("view", "reshape"):
             return 1
-        return int(node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0))
+        start: Any = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        return int(start)
 
     @staticmethod
     def is_flatten(node: fx.Node) -> bool:
@@ -382,12 +426,18 @@ class _Exporter:
             return True
         shape = node.args[1:]
         first = shape[0] if shape else None
-        return (len(shape) == 2 and shape[1] == -1 and isinstance(first, fx.Node) and first.op == "call_method"
-                and first.target == "size" and first.args[1:] == (0,))
+        return bool(
+            len(shape) == 2
+            and shape[1] == -1
+            and isinstance(first, fx.Node)
+            and first.op == "call_method"
+            and first.target == "size"
+            and first.args[1:] == (0,)
+        )
 
     # -- quantized layers ------------------------------------------------------------------------------------------
 
-    def layer(self, node: fx.Node, m: nn.Module) -> str:
+    def layer(self, node: fx.Node, m: Any) -> str:
         """Conv2d / Linear, quantized or not, with a following BatchNorm2d folded into it when it is its only user."""
         name = str(node.target)
         quantized = isinstance(m, QUANT_MODULES)
@@ -399,7 +449,9 @@ class _Exporter:
             x, act_type, clip = self.value(node.args[0]), "float", False
 
         weight = m.weight.detach().cpu().double()
-        bias = m.bias.detach().cpu().double() if m.bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
+        bias = (
+            m.bias.detach().cpu().double() if m.bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
+        )
         bn_node = self.foldable_bn(node)
         bn_folded = bn_node is not None
         a = torch.ones(weight.shape[0], dtype=torch.float64)
@@ -431,8 +483,16 @@ class _Exporter:
         sh, sw = _pair(m.stride)
         ph, pw = _pair(m.padding)
         dh, dw = _pair(m.dilation)
-        return self.g.add("Conv", [x, w, b], name, kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw],
-                          dilations=[dh, dw], group=m.groups)
+        return self.g.add(
+            "Conv",
+            [x, w, b],
+            name,
+            kernel_shape=[kh, kw],
+            strides=[sh, sw],
+            pads=[ph, pw, ph, pw],
+            dilations=[dh, dw],
+            group=m.groups,
+        )
 
     def foldable_bn(self, node: fx.Node) -> fx.Node | None:
         users = list(node.users)
@@ -443,7 +503,7 @@ class _Exporter:
             return users[0]
         return None
 
-    def weight(self, name: str, m: nn.Module, weight: torch.Tensor, a: torch.Tensor, w_bits: int) -> tuple[str, str]:
+    def weight(self, name: str, m: Any, weight: torch.Tensor, a: torch.Tensor, w_bits: int) -> tuple[str, str]:
         """The weight initializer (and its DequantizeLinear) with the folded BN factor ``a`` per output channel."""
         shape = (-1,) + (1,) * (weight.dim() - 1)
         storage = _int_type(w_bits, True, self.opset) if w_bits < FULL_PRECISION else None
@@ -467,12 +527,16 @@ class _Exporter:
         """The DequantizeLinear output carrying ``q``'s levels of ``node``'s value (moved above ReLU, max-pool and
         flatten where exact), its storage type and whether a Clip restricts the levels."""
         if q.bits == 1 and q.signed:
-            raise CertquantError("1-bit signed activations are binary (+-c_a), which QuantizeLinear cannot express: "
-                                 "use >= 2 activation bits")
+            raise CertquantError(
+                "1-bit signed activations are binary (+-c_a), which QuantizeLinear cannot express: "
+                "use >= 2 activation bits"
+            )
         storage = _int_type(q.bits, q.signed, self.opset, packed=False)
         if storage is None:
-            raise CertquantError(f"{q.bits}-bit activations have no ONNX integer type at opset {self.opset}: use <= 8 "
-                                 f"bits, or <= 16 at opset {INT4_OPSET}")
+            raise CertquantError(
+                f"{q.bits}-bit activations have no ONNX integer type at opset {self.opset}: use <= 8 "
+                f"bits, or <= 16 at opset {INT4_OPSET}"
+            )
         qmin, qmax = int(q.qmin.item()), int(q.qmax.item())
         clip = storage[1] < qmin or storage[2] > qmax
         return self.hoisted(node, q, storage[0], clip, qmin, qmax), storage[0], clip
@@ -527,8 +591,14 @@ def _bn_affine(bn: nn.BatchNorm2d, dtype: Any = np.float32) -> tuple[np.ndarray,
     return a.numpy().astype(dtype), b.numpy().astype(dtype)
 
 
-def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | os.PathLike, opset: int = INT4_OPSET,
-                info: dict[str, Any] | None = None, integer_kernels: bool = True) -> ExportResult:
+def export_onnx(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    path: str | os.PathLike,
+    opset: int = INT4_OPSET,
+    info: dict[str, Any] | None = None,
+    integer_kernels: bool = True,
+) -> ExportResult:
     """Write ``model`` (a certquant model, fake-quantized or not, taking [0, 1] pixels of ``input_shape`` (C, H, W))
     as an ONNX file checked by ``onnx.checker``; ``info`` (JSON-ready) goes into the metadata under ``certquant.info``.
 
@@ -544,18 +614,29 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | os.Pat
         try:
             num_classes = int(model(torch.zeros((1,) + shape)).shape[1])
         except RuntimeError as exc:
-            raise CertquantError(f"the model does not run on input shape {shape} ({str(exc).splitlines()[0][:120]})") from None
+            raise CertquantError(
+                f"the model does not run on input shape {shape} ({str(exc).splitlines()[0][:120]})"
+            ) from None
     exporter = _Exporter(model, opset, integer_kernels)
     exporter.run()
     g = exporter.g
     graph = onnx.helper.make_graph(
-        g.nodes, "certquant", [onnx.helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, ["N", *shape])],
-        [onnx.helper.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.FLOAT, ["N", num_classes])], g.initializers)
-    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)], producer_name="certquant")
+        g.nodes,
+        "certquant",
+        [onnx.helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, ["N", *shape])],
+        [onnx.helper.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.FLOAT, ["N", num_classes])],
+        g.initializers,
+    )
+    proto = onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid("", opset)], producer_name="certquant"
+    )
     proto.ir_version = min(proto.ir_version, 10)  # onnxruntime 1.32 reads IR <= 11; 10 covers opset 21
     meta = dict(info or {})
-    meta["export"] = {"opset": opset, "integer_kernels": integer_kernels,
-                      "layers": [asdict(layer) for layer in exporter.layers]}
+    meta["export"] = {
+        "opset": opset,
+        "integer_kernels": integer_kernels,
+        "layers": [asdict(layer) for layer in exporter.layers],
+    }
     onnx.helper.set_model_props(proto, {INFO_KEY: json.dumps(meta, sort_keys=True)})
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -565,8 +646,9 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str | os.Pat
     return ExportResult(Path(path), opset, exporter.layers)
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, opset: int = INT4_OPSET,
-                      integer_kernels: bool = True) -> ExportResult:
+def export_checkpoint(
+    checkpoint: str | os.PathLike, out: str | os.PathLike, opset: int = INT4_OPSET, integer_kernels: bool = True
+) -> ExportResult:
     """Export a certquant checkpoint (quantized or full precision, or a zoo name) to ``out``; the checkpoint's info
     (dataset, sigma, normalization, policy, cost, its sha256) travels in the ONNX metadata."""
     from certquant.models import load_checkpoint
@@ -574,8 +656,20 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, ops
 
     check_opset(opset)
     model, info = load_checkpoint(checkpoint)
-    keep = ("arch", "num_classes", "in_channels", "input_size", "mean", "std", "dataset", "sigma", "kind", "policy",
-            "cost", "calibration")
+    keep = (
+        "arch",
+        "num_classes",
+        "in_channels",
+        "input_size",
+        "mean",
+        "std",
+        "dataset",
+        "sigma",
+        "kind",
+        "policy",
+        "cost",
+        "calibration",
+    )
     meta = {k: info[k] for k in keep if k in info}
     meta["source"] = {"path": str(info.get("path", "")), "sha256": info.get("sha256", "")}
     return export_onnx(model, input_shape(info), out, opset, meta, integer_kernels)

@@ -25,8 +25,9 @@ import os
 import pickle
 import re
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -68,11 +69,13 @@ def state_dict_of(payload: Any, path: str | os.PathLike) -> dict[str, torch.Tens
     return dict(payload)
 
 
-def strip_prefixes(state: dict[str, torch.Tensor], prefixes: Sequence[str] = ("1.", "module.")) -> dict[str, torch.Tensor]:
+def strip_prefixes(
+    state: dict[str, torch.Tensor], prefixes: Sequence[str] = ("1.", "module.")
+) -> dict[str, torch.Tensor]:
     """Drop each prefix in turn when every key carries it (Cohen's ``Sequential`` index, DataParallel's ``module.``)."""
     for prefix in prefixes:
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -88,9 +91,9 @@ def _cifar_key(key: str, blocks: int) -> str:
 
 def _resnet50_key(key: str) -> str:
     if key.startswith("conv1."):
-        return "stem.0.0." + key[len("conv1."):]
+        return "stem.0.0." + key[len("conv1.") :]
     if key.startswith("bn1."):
-        return "stem.0.1." + key[len("bn1."):]
+        return "stem.0.1." + key[len("bn1.") :]
     match = re.fullmatch(r"layer([1-4])\.(\d+)\.(.+)", key)
     if not match:
         return key
@@ -108,7 +111,7 @@ def cohen_key_map(arch: str) -> Callable[[str], str]:
     """Cohen et al.'s key (prefixes stripped) -> the certquant body's key, for a certquant architecture name."""
     if arch == "resnet50":
         return _resnet50_key
-    depth = int(arch[len("resnet"):-1])
+    depth = int(arch[len("resnet") : -1])
     return lambda key: _cifar_key(key, (depth - 2) // 6)
 
 
@@ -120,12 +123,15 @@ def _fit(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> d
     unexpected = [k for k in state if k not in target]
     if missing or unexpected:
         parts = ([f"{len(missing)} missing (e.g. '{missing[0]}')"] if missing else []) + (
-            [f"{len(unexpected)} unexpected (e.g. '{unexpected[0]}')"] if unexpected else [])
+            [f"{len(unexpected)} unexpected (e.g. '{unexpected[0]}')"] if unexpected else []
+        )
         raise CertquantError(f"the file's keys do not fit {what}: {', '.join(parts)}")
     for key, value in state.items():
         if tuple(value.shape) != tuple(target[key].shape):
-            raise CertquantError(f"the file does not fit {what}: '{key}' has shape {tuple(value.shape)}, "
-                                 f"the architecture needs {tuple(target[key].shape)}")
+            raise CertquantError(
+                f"the file does not fit {what}: '{key}' has shape {tuple(value.shape)}, "
+                f"the architecture needs {tuple(target[key].shape)}"
+            )
     full = dict(target)
     full.update({k: v.to(target[k].dtype) for k, v in state.items()})
     return full
@@ -153,20 +159,44 @@ def import_cohen(path: str | os.PathLike, arch: str, dataset: str, sigma: float,
     key_map = cohen_key_map(target_arch)
     state = {"1." + key_map(k): v for k, v in strip_prefixes(state_dict_of(payload, path)).items()}
     load_weights(model, _fit(model, state, f"{arch} ({target_arch}) on {dataset}"), f"'{path}' does not fit {arch}")
-    info = {"arch": target_arch, "num_classes": data.num_classes, "in_channels": data.in_channels,
-            "input_size": data.input_size, "mean": list(mean), "std": list(std), "dataset": dataset, "sigma": sigma,
-            "train_args": {"imported": {"format": "cohen", "path": str(path), "sha256": file_sha256(path),
-                                        "arch": arch, "epoch": payload.get("epoch") if isinstance(payload, dict) else None}}}
+    info = {
+        "arch": target_arch,
+        "num_classes": data.num_classes,
+        "in_channels": data.in_channels,
+        "input_size": data.input_size,
+        "mean": list(mean),
+        "std": list(std),
+        "dataset": dataset,
+        "sigma": sigma,
+        "train_args": {
+            "imported": {
+                "format": "cohen",
+                "path": str(path),
+                "sha256": file_sha256(path),
+                "arch": arch,
+                "epoch": payload.get("epoch") if isinstance(payload, dict) else None,
+            }
+        },
+    }
     return save_checkpoint(out, model, info)
 
 
-def import_torch(factory: str, path: str | os.PathLike, dataset: str, sigma: float, out: str | os.PathLike,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Path:
+def import_torch(
+    factory: str,
+    path: str | os.PathLike,
+    dataset: str,
+    sigma: float,
+    out: str | os.PathLike,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Path:
     """A PyTorch classifier built by ``MODULE:FACTORY`` (the user's code) with the weights of ``path`` -> a certquant
     checkpoint. ``mean``/``std`` (default: the dataset's) become the Normalize layer in front of it; pass 0 / 1 when
     the model normalizes its input itself."""
     if ":" not in factory:
-        raise CertquantError(f"name the model's definition as MODULE:FACTORY (e.g. mypkg.nets:resnet18), got '{factory}'")
+        raise CertquantError(
+            f"name the model's definition as MODULE:FACTORY (e.g. mypkg.nets:resnet18), got '{factory}'"
+        )
     sigma = _check_sigma(sigma)
     data = dataset_info(dataset)
     mean = tuple(mean) if mean else data.mean
@@ -180,11 +210,20 @@ def import_torch(factory: str, path: str | os.PathLike, dataset: str, sigma: flo
         try:
             logits = model.eval()(torch.zeros((1,) + data.input_shape))
         except RuntimeError as exc:
-            raise CertquantError(f"{factory} does not run on {dataset} images {data.input_shape} "
-                                 f"({str(exc).splitlines()[0][:120]})") from None
+            raise CertquantError(
+                f"{factory} does not run on {dataset} images {data.input_shape} ({str(exc).splitlines()[0][:120]})"
+            ) from None
     if logits.dim() != 2 or logits.shape[1] != data.num_classes:
         raise CertquantError(f"{factory} outputs shape {tuple(logits.shape)}, not (N, {data.num_classes}) logits")
-    info = {"arch": factory, "num_classes": data.num_classes, "in_channels": data.in_channels,
-            "input_size": data.input_size, "mean": list(mean), "std": list(std), "dataset": dataset, "sigma": sigma,
-            "train_args": {"imported": {"format": "torch", "path": str(path), "sha256": file_sha256(path)}}}
+    info = {
+        "arch": factory,
+        "num_classes": data.num_classes,
+        "in_channels": data.in_channels,
+        "input_size": data.input_size,
+        "mean": list(mean),
+        "std": list(std),
+        "dataset": dataset,
+        "sigma": sigma,
+        "train_args": {"imported": {"format": "torch", "path": str(path), "sha256": file_sha256(path)}},
+    }
     return save_checkpoint(out, model, info)

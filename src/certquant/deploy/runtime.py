@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +30,17 @@ from certquant.utils.io import file_sha256
 
 KIND = "onnx"
 # Integer kernels ONNX Runtime's CPU provider runs QDQ groups as (after its graph optimizations).
-INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat", "ConvInteger", "MatMulInteger",
-               "QLinearAdd", "QLinearGlobalAveragePool", "QLinearAveragePool")
+INTEGER_OPS = (
+    "QLinearConv",
+    "QLinearMatMul",
+    "QGemm",
+    "MatMulIntegerToFloat",
+    "ConvInteger",
+    "MatMulInteger",
+    "QLinearAdd",
+    "QLinearGlobalAveragePool",
+    "QLinearAveragePool",
+)
 FLOAT_COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "NchwcConv")
 
 
@@ -53,15 +63,20 @@ def session_options(threads: int | None = None, optimized_path: str | None = Non
     return options
 
 
-def make_session(model: bytes | str | os.PathLike, threads: int | None = None, optimized_path: str | None = None,
-                 fold_qdq: bool = False) -> Any:
+def make_session(
+    model: bytes | str | os.PathLike,
+    threads: int | None = None,
+    optimized_path: str | None = None,
+    fold_qdq: bool = False,
+) -> Any:
     """An InferenceSession on the CPU provider; a file ONNX Runtime cannot load (e.g. an opset it does not implement)
     becomes one line."""
     ort = require("onnxruntime")
     source = model if isinstance(model, bytes) else str(model)
     try:
-        return ort.InferenceSession(source, session_options(threads, optimized_path, fold_qdq),
-                                    providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            source, session_options(threads, optimized_path, fold_qdq), providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types from C++
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CertquantError(f"onnxruntime {ort.__version__} cannot load the model ({first})") from None
@@ -122,22 +137,30 @@ def check_classifier(proto: Any, session: Any, input_shape: Sequence[int], num_c
         raise CertquantError(f"'{path}' has {len(inputs)} inputs: a classifier takes one image batch (N, C, H, W)")
     dims = _static_dims(proto.graph.input[0]) if proto.graph.input else []
     declared = tuple(d for d in dims[1:])
-    if inputs[0].type != "tensor(float)" or len(dims) != 4 or any(
-            d is not None and d != e for d, e in zip(declared, expected)):
-        raise CertquantError(f"'{path}' takes {inputs[0].type} of shape {inputs[0].shape}, not images (N, "
-                             f"{', '.join(map(str, expected))}) of this dataset: export a classifier of its input shape")
+    if (
+        inputs[0].type != "tensor(float)"
+        or len(dims) != 4
+        or any(d is not None and d != e for d, e in zip(declared, expected))
+    ):
+        raise CertquantError(
+            f"'{path}' takes {inputs[0].type} of shape {inputs[0].shape}, not images (N, "
+            f"{', '.join(map(str, expected))}) of this dataset: export a classifier of its input shape"
+        )
     try:
         (out,) = session.run([outputs[0].name], {inputs[0].name: np.zeros((1,) + expected, np.float32)})
     except Exception as exc:  # noqa: BLE001
-        raise CertquantError(f"'{path}' does not run on images of shape {expected} "
-                             f"({str(exc).strip().splitlines()[0][:120]})") from None
+        raise CertquantError(
+            f"'{path}' does not run on images of shape {expected} ({str(exc).strip().splitlines()[0][:120]})"
+        ) from None
     if out.ndim != 2 or out.shape[1] != num_classes:
-        raise CertquantError(f"'{path}' outputs shape {tuple(out.shape)}, not (N, {num_classes}) logits of this "
-                             "dataset's classes")
+        raise CertquantError(
+            f"'{path}' outputs shape {tuple(out.shape)}, not (N, {num_classes}) logits of this dataset's classes"
+        )
 
 
-def load_onnx(path: str | os.PathLike, expect_dataset: str | None = None, threads: int | None = None,
-              **_: Any) -> tuple[OnnxClassifier, dict[str, Any]]:
+def load_onnx(
+    path: str | os.PathLike, expect_dataset: str | None = None, threads: int | None = None, **_: Any
+) -> tuple[OnnxClassifier, dict[str, Any]]:
     """``(classifier, info)`` for an ONNX file, checked to be a classifier of its dataset's images.
 
     The dataset and sigma come from the file's ``certquant.info`` metadata (written by ``export``); a file without
@@ -157,10 +180,21 @@ def load_onnx(path: str | os.PathLike, expect_dataset: str | None = None, thread
     session = make_session(path, threads)
     check_classifier(proto, session, data.input_shape, data.num_classes, path)
     model = OnnxClassifier(session, digest, data.input_shape, data.num_classes)
-    info = {"arch": info.get("arch", "onnx"), "num_classes": data.num_classes, "in_channels": data.in_channels,
-            "input_size": data.input_size, "mean": info.get("mean", list(data.mean)),
-            "std": info.get("std", list(data.std)), "sigma": info.get("sigma"), **info, "dataset": dataset,
-            "kind": KIND, "path": str(path), "sha256": digest, "file_sha256": file_sha256(path)}
+    info = {
+        "arch": info.get("arch", "onnx"),
+        "num_classes": data.num_classes,
+        "in_channels": data.in_channels,
+        "input_size": data.input_size,
+        "mean": info.get("mean", list(data.mean)),
+        "std": info.get("std", list(data.std)),
+        "sigma": info.get("sigma"),
+        **info,
+        "dataset": dataset,
+        "kind": KIND,
+        "path": str(path),
+        "sha256": digest,
+        "file_sha256": file_sha256(path),
+    }
     return model, info
 
 
