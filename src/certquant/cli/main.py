@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from certquant.cli.common import new_app
+from certquant.cli import deploy as deploy_cli
 from certquant.cli import foundation
 from certquant.cli import quant as quant_cli
 from certquant.cli import run as run_cli
@@ -29,6 +30,9 @@ app.add_typer(run_cli.config_app, name="config", help="Configs: show the resolve
 app.command("certify", help="Certify test images with randomized smoothing (resumable).")(smoothing_cli.certify_cmd)
 app.command("predict", help="Smoothed-classifier predictions with abstention (resumable).")(smoothing_cli.predict_cmd)
 app.command("analyze", help="Certified-accuracy table and plot of certify runs.")(smoothing_cli.analyze_cmd)
+app.command("export", help="Export a checkpoint as a QDQ ONNX file (what the quantized model computes).")(deploy_cli.export_cmd)
+app.command("card", help="Print (or write) the certificate card of an exported ONNX file; check its graph hash.")(deploy_cli.card_cmd)
+app.command("import", help="Import Cohen et al.'s checkpoints or a PyTorch model you define (no pickled code).")(deploy_cli.import_cmd)
 
 
 def main() -> None:

@@ -30,8 +30,10 @@ def _prepare(checkpoint: str, dataset: Optional[str], sigma: Optional[float], sk
     check_sigma(sigma)
     dev = resolve_device(device)
     model, info = load_checkpoint(checkpoint, expect_dataset=dataset, map_location=dev)
+    if sigma is None and info.get("sigma") is None:
+        raise CertquantError(f"'{checkpoint}' records no training sigma: give --sigma")
     sigma = float(info["sigma"]) if sigma is None else sigma
-    if abs(sigma - float(info["sigma"])) > 1e-9:
+    if info.get("sigma") is not None and abs(sigma - float(info["sigma"])) > 1e-9:
         typer.echo(f"note: certifying at sigma {sigma}, the checkpoint was trained at {info['sigma']}", err=True)
     images, labels = load_dataset(info["dataset"], "test")
     indices = every_kth(len(images), skip, max_images)

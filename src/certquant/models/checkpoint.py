@@ -34,11 +34,21 @@ LOADER_MODULES = ("certquant.quant.checkpoint",)
 
 KindLoader = Callable[[dict[str, Any]], nn.Module]
 _KIND_LOADERS: dict[str, KindLoader] = {}
+# Files that are not torch payloads, by suffix: the module that registers their loader (imported on first use, like a
+# payload's loader_module), and the loaders registered. A loader returns (model, info) as load_checkpoint does.
+FileLoader = Callable[..., tuple[nn.Module, dict[str, Any]]]
+_FILE_LOADER_MODULES = {".onnx": "certquant.deploy.runtime"}
+_FILE_LOADERS: dict[str, FileLoader] = {}
 
 
 def register_checkpoint_kind(kind: str, loader: KindLoader) -> None:
     """Register how to rebuild a model from a checkpoint of ``kind`` (the payload holds ``state_dict``)."""
     _KIND_LOADERS[kind] = loader
+
+
+def register_file_loader(suffix: str, loader: FileLoader) -> None:
+    """Register ``loader(path, expect_dataset=...) -> (model, info)`` for files ending in ``suffix`` (e.g. '.onnx')."""
+    _FILE_LOADERS[suffix.lower()] = loader
 
 
 def build_from_info(info: dict[str, Any]) -> nn.Sequential:
@@ -147,17 +157,15 @@ def load_checkpoint(
     ``expect_*`` refuse a checkpoint made for another architecture, dataset or noise level.
     """
     path = Path(resolve_checkpoint(path))
+    suffix = path.suffix.lower()
+    if suffix in _FILE_LOADER_MODULES and suffix not in _FILE_LOADERS:
+        importlib.import_module(_FILE_LOADER_MODULES[suffix])
+    if suffix in _FILE_LOADERS:
+        model, info = _FILE_LOADERS[suffix](path, expect_dataset=expect_dataset)
+        _check_expected(path, info, expect_arch, expect_dataset, expect_sigma)
+        return model, info
     payload = read_payload(path)
-    if expect_arch is not None and payload["arch"] != expect_arch:
-        raise CertquantError(f"checkpoint '{path}' is a {payload['arch']}, not a {expect_arch}: pick a matching checkpoint")
-    if expect_dataset is not None and payload["dataset"] != expect_dataset:
-        raise CertquantError(
-            f"checkpoint '{path}' was trained on {payload['dataset']}, not {expect_dataset}: use --dataset {payload['dataset']}"
-        )
-    if expect_sigma is not None and abs(float(payload["sigma"]) - float(expect_sigma)) > 1e-9:
-        raise CertquantError(
-            f"checkpoint '{path}' was trained at sigma {payload['sigma']}, not {expect_sigma}: certify at the training sigma"
-        )
+    _check_expected(path, payload, expect_arch, expect_dataset, expect_sigma)
     kind = payload.get("kind", "model")
     loader_module = payload.get("loader_module")
     if loader_module is not None and loader_module not in LOADER_MODULES:
@@ -172,6 +180,21 @@ def load_checkpoint(
     info = {k: v for k, v in payload.items() if k != "state_dict"}
     info.update(path=str(path), sha256=file_sha256(path))
     return model, info
+
+
+def _check_expected(path: Path, payload: dict[str, Any], expect_arch: str | None, expect_dataset: str | None,
+                    expect_sigma: float | None) -> None:
+    """Refuse a checkpoint made for another architecture, dataset or noise level."""
+    if expect_arch is not None and payload["arch"] != expect_arch:
+        raise CertquantError(f"checkpoint '{path}' is a {payload['arch']}, not a {expect_arch}: pick a matching checkpoint")
+    if expect_dataset is not None and payload["dataset"] != expect_dataset:
+        raise CertquantError(
+            f"checkpoint '{path}' was trained on {payload['dataset']}, not {expect_dataset}: use --dataset {payload['dataset']}"
+        )
+    if expect_sigma is not None and payload.get("sigma") is not None and abs(float(payload["sigma"]) - float(expect_sigma)) > 1e-9:
+        raise CertquantError(
+            f"checkpoint '{path}' was trained at sigma {payload['sigma']}, not {expect_sigma}: certify at the training sigma"
+        )
 
 
 def resolve_checkpoint(ref: str | os.PathLike) -> str:

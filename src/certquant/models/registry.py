@@ -1,7 +1,14 @@
-"""One registry of architectures: ``@register_model`` on a constructor, ``build(name, ...)`` to create it."""
+"""One registry of architectures: ``@register_model`` on a constructor, ``build(name, ...)`` to create it.
+
+A name ``package.module:factory`` is an architecture the user supplies (``certquant import --format torch``): the
+module is imported and ``factory`` called with whichever of ``num_classes``, ``in_channels``, ``input_size`` it takes.
+It is the user's own code, imported by name; checkpoints are never unpickled into code.
+"""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -39,7 +46,37 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def external_spec(name: str) -> ModelSpec:
+    """The ModelSpec of ``package.module:factory`` (imported on first use); one-line errors when it does not resolve."""
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise CertquantError(f"an external architecture is named MODULE:FACTORY (e.g. mypkg.nets:resnet18), got '{name}'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CertquantError(f"cannot import module '{module_name}' of architecture '{name}' ({exc}): put it on "
+                             "PYTHONPATH") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise CertquantError(f"module '{module_name}' has no callable '{attr}': name the function that builds the model")
+    try:
+        accepted = set(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        accepted = set()
+
+    def constructor(num_classes: int, in_channels: int, input_size: int) -> nn.Module:
+        given = {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size}
+        model = factory(**{k: v for k, v in given.items() if k in accepted})
+        if not isinstance(model, nn.Module):
+            raise CertquantError(f"'{name}' returned {type(model).__name__}, not a torch.nn.Module")
+        return model
+
+    return ModelSpec(name, constructor, 3, 32, f"user-supplied {name}")
+
+
 def model_spec(name: str) -> ModelSpec:
+    if name not in _MODELS and ":" in name:
+        return external_spec(name)
     if name not in _MODELS:
         raise CertquantError(f"unknown model '{name}'; choose one of: {', '.join(list_models())}")
     return _MODELS[name]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from certquant.deploy.export import ExportConfig
 from certquant.quant.config import FinetuneConfig, QuantizeConfig
 from certquant.search.config import SearchSettings
 from certquant.smoothing.config import CertifyConfig, check_sigma
@@ -47,6 +48,7 @@ class RunConfig:
     search: SearchSettings = field(default_factory=SearchSettings)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
         check_sigma(self.sigma)
@@ -57,11 +59,24 @@ class RunConfig:
         return typed.to_dict(self)
 
 
+def _shorthand(values: dict[str, Any]) -> dict[str, Any]:
+    """``export: onnx`` is short for ``export: {format: onnx}``."""
+    if isinstance(values.get("export"), str):
+        return {**values, "export": {"format": values["export"]}}
+    return values
+
+
+def _shorthand_overrides(overrides: list[str] | None) -> list[str] | None:
+    """``export=onnx`` is short for ``export.format=onnx``."""
+    return [f"export.format={o.split('=', 1)[1]}" if o.startswith("export=") else o for o in overrides or []] or None
+
+
 def config_from_dict(values: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
     """A RunConfig from a mapping (e.g. a parsed YAML file) and dotted overrides."""
-    return typed.build_config(RunConfig, [values or {}], overrides)
+    return typed.build_config(RunConfig, [_shorthand(values or {})], _shorthand_overrides(overrides))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """A RunConfig from the built-in defaults, a YAML file (None: none) and dotted overrides."""
-    return typed.load_config(RunConfig, path, overrides)
+    sources = [_shorthand(typed.read_yaml(path))] if path is not None else []
+    return typed.build_config(RunConfig, sources, _shorthand_overrides(overrides))

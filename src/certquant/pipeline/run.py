@@ -9,6 +9,9 @@ Run folder (every stage keeps its output, so ``resume`` continues at the stage a
     budget-<F>/<method>/search/       the search run folder (history.jsonl, best_policy.json, state.pt, summary.json)
     budget-<F>/<method>/model.pt      the best policy, calibrated on noisy images and fine-tuned with noise
     budget-<F>/<method>/certify/      CERTIFY of that quantized model on the same test subset
+    budget-<F>/<method>/model.onnx    with ``export.format: onnx``: the exported file, its certificate card inside
+    budget-<F>/<method>/onnx-certify/ CERTIFY of the exported file (run by onnxruntime) on the same test subset
+    budget-<F>/<method>/agreement.json  share of noisy test samples where the file and the PyTorch model agree
     results.json, report.md, report.html, *.png    (certquant.report.run_report)
 """
 
@@ -122,6 +125,26 @@ class Pipeline:
                             device=str(self.device), resume=True, sigma=self.sigma, progress=self.progress)
         return path
 
+    def _deploy(self, qmodel: Any, folder: Path, name: str) -> None:
+        """``export.format: onnx``: export the final model, compare predictions on noisy test samples, certify the
+        file as onnxruntime runs it and write the certificate card into it (each step skipped when its output
+        exists)."""
+        from certquant.deploy import export_checkpoint, load_onnx, prediction_agreement, write_card
+        from certquant.utils.io import atomic_write_json
+
+        e, path = self.cfg.export, folder / "model.onnx"
+        if not path.exists():
+            _say(f"export {name} to {path} (opset {e.opset})")
+            export_checkpoint(folder / "model.pt", path, e.opset, e.integer_kernels)
+        onnx_model, _ = load_onnx(path)
+        if not (folder / "agreement.json").exists():
+            c = self.cfg.certify
+            agreement = prediction_agreement(qmodel.cpu(), onnx_model, self.test_images, self.indices, self.sigma,
+                                             e.agreement_samples, c.seed, c.batch)
+            atomic_write_json(folder / "agreement.json", agreement)
+        if e.certify:
+            write_card(path, self._certify(onnx_model, folder / "onnx-certify", f"{name} (onnx)"))
+
     def search_only(self) -> dict[tuple[float, str], Policy]:
         """Claim the run folder and run only the searches (``certquant search``): the best policy of each stage."""
         self.folder.claim(self.resume)
@@ -138,6 +161,8 @@ class Pipeline:
                 self._score_acr(budget, method, folder / "search")
             qmodel, _ = load_checkpoint(self._quantize(policy, folder), map_location=self.device)
             self._certify(qmodel, folder / "certify", f"{method}@{budget:g}")
+            if self.cfg.export.enabled:
+                self._deploy(qmodel, folder, f"{method}@{budget:g}")
         _say(f"all stages done in {time.time() - started:.0f}s (this session); writing the report")
         return write_report(self.out)
 

@@ -244,6 +244,7 @@ def collect_results(out: str | Path) -> dict[str, Any]:
         "rows": rows,
         "comparisons": comparisons,
         "layers": layers,
+        "exported": _exported_rows(out, identity, rows),
         "policies": policies,
         "searches": searches,
         "provenance": {
@@ -263,6 +264,38 @@ def collect_results(out: str | Path) -> dict[str, Any]:
         },
         "_runs": runs,
     }
+
+
+def _exported_rows(out: Path, identity: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """With ``export: onnx``: per method, the fake-quantized model's and the exported file's certified figures and the
+    share of noisy samples on which their predictions agree."""
+    by_name = {row["name"]: row for row in rows}
+    exported = []
+    for budget, method, folder in _method_folders(out, identity):
+        name = f"{method}@{budget:g}"
+        run_dir = folder / "onnx-certify"
+        if name not in by_name or not (run_dir / "summary.json").is_file():
+            continue
+        summary = json.loads((run_dir / "summary.json").read_text())
+        agreement = json.loads((folder / "agreement.json").read_text()) if (folder / "agreement.json").is_file() else {}
+        exported.append({"name": name, "acr": by_name[name]["acr"], "onnx_acr": summary["acr"],
+                         "clean_accuracy": by_name[name]["clean_accuracy"], "onnx_clean_accuracy": summary["clean_accuracy"],
+                         "agreement": agreement.get("share"), "agreement_samples": agreement.get("total"),
+                         "onnx_bytes": (folder / "model.onnx").stat().st_size if (folder / "model.onnx").is_file() else None})
+    return exported
+
+
+def _exported_table(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    headers = ["model", "ACR (PyTorch)", "ACR (ONNX)", "clean acc (PyTorch)", "clean acc (ONNX)", "agreement",
+               "noisy samples", "ONNX KiB"]
+    rows = [[r["name"], f"{r['acr']:.3f}", f"{r['onnx_acr']:.3f}", f"{r['clean_accuracy']:.3f}",
+             f"{r['onnx_clean_accuracy']:.3f}", f"{r['agreement']:.4f}" if r["agreement"] is not None else "-",
+             r["agreement_samples"] or "-", f"{r['onnx_bytes'] / 1024:.1f}" if r["onnx_bytes"] else "-"]
+            for r in results.get("exported", [])]
+    return headers, rows
+
+
+EXPORTED_TITLE = "Exported ONNX models, certified as onnxruntime runs them"
 
 
 def _quantized_weight_count(payload: dict[str, Any]) -> int:
@@ -492,6 +525,9 @@ def _markdown_report(results: dict[str, Any], plots: dict[str, Path]) -> str:
                     markdown_table(bh, brows),
                     "",
                 ]
+    eh, erows = _exported_table(results)
+    if erows:
+        lines += [f"## {EXPORTED_TITLE}", "", markdown_table(eh, erows), ""]
     lines += [
         "## Provenance",
         "",
@@ -548,6 +584,9 @@ def _html_report(results: dict[str, Any], plots: dict[str, Path], svgs: dict[str
             bh, brows = _bits_rows(results)
             if brows:
                 parts.append(_html_table(bh, brows, "layers"))
+    eh, erows = _exported_table(results)
+    if erows:
+        parts += [f"<h2>{EXPORTED_TITLE}</h2>", _html_table(eh, erows)]
     software = prov.get("software") or {}
     facts = [
         ("checkpoint", prov["checkpoint"]),
