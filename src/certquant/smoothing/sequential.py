@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -278,24 +278,13 @@ def certify_sequential(
     started = time.perf_counter()
     x = _as_model_input(model, x)
     test = new_test(n_max, alpha, sigma, radii_list, settings)
-    n_a = 0
     with _evaluating(model):
         counts0, _ = sample_counts(model, x, sigma, n0, batch_size, seed, SELECTION)
         c_a = int(counts0.argmax().item())  # as CERTIFY: the most frequent class of the n0 selection samples
-        k = 0
-        for start, classes, _, _ in classified_samples(model, x, sigma, n_max, batch_size, seed, ESTIMATION):
-            hits = classes == c_a
-            end = start + len(classes)
-            while k < len(test.looks) and test.looks[k] <= end:  # looks inside this pass: count its prefix exactly
-                cut = test.looks[k] - start
-                if test.look(k, n_a + int(hits[:cut].sum())):
-                    break
-                k += 1
-            if test.done:
-                n_a += int(hits[: test.n_used - start].sum())
-                break
-            n_a += int(hits.sum())
-    return _sequential_certificate(test, c_a, n_a, n_max, alpha, sigma, seed, time.perf_counter() - started, k + 1)
+        pieces = ((len(classes), _hit_counter(classes, c_a))
+                  for _, classes, _, _ in classified_samples(model, x, sigma, n_max, batch_size, seed, ESTIMATION))
+        n_a, _, looks = run_test(test, pieces)
+    return _sequential_certificate(test, c_a, n_a, n_max, alpha, sigma, seed, time.perf_counter() - started, looks)
 
 
 def new_test(n_max: int, alpha: float, sigma: float, radii: list[float] | None,
@@ -317,11 +306,37 @@ def replay_sequential(predictions: torch.Tensor | np.ndarray, c_a: int, n_max: i
         raise CertquantError(f"{len(hits)} stored predictions for n_max = {n_max}: store at least n_max")
     test = new_test(n_max, alpha, sigma, validate_radii(radii), settings)
     cumulative = np.concatenate([[0], np.cumsum(hits)])
-    k = 0
-    for k, n in enumerate(test.looks):
-        if test.look(k, int(cumulative[n])):
-            break
-    return _sequential_certificate(test, c_a, int(cumulative[test.n_used]), n_max, alpha, sigma, seed, 0.0, k + 1)
+    n_a, _, looks = run_test(test, [(n_max, lambda cut: int(cumulative[cut]))])
+    return _sequential_certificate(test, c_a, n_a, n_max, alpha, sigma, seed, 0.0, looks)
+
+
+def _hit_counter(classes: torch.Tensor, c_a: int) -> Callable[[int], int]:
+    """c_A hits among the first ``cut`` samples of a forward pass."""
+    hits = classes == c_a
+    return lambda cut: int(hits[:cut].sum())
+
+
+def run_test(test: SequentialTest, pieces: Iterable[tuple[int, Callable[[int], int]]],
+             needed: Callable[[int], int] | None = None) -> tuple[int, int, int]:
+    """Feed ``test`` from consecutive pieces of the evaluated samples until it is done; return (successes at the
+    stopping look, evaluated samples drawn, looks made). A piece is (length, count) with count(cut) = successes among
+    its first ``cut`` samples; a look inside a piece counts that prefix exactly. ``needed(n)``: how many evaluated
+    samples lie before position n (default n; IRS's one-sided branch skips samples that cannot count)."""
+    need = needed or (lambda n: n)
+    total, drawn, k = 0, 0, 0
+    for length, count in pieces:
+        while k < len(test.looks) and need(test.looks[k]) <= drawn + length:
+            successes = total + count(need(test.looks[k]) - drawn)
+            if test.look(k, successes):
+                return successes, drawn + length, k + 1
+            k += 1
+        total += count(length)
+        drawn += length
+    while k < len(test.looks):  # looks after the last evaluated sample (every later sample skipped)
+        if test.look(k, total):
+            return total, drawn, k + 1
+        k += 1
+    raise CertquantError(f"the samples ended before the last look ({test.looks[-1]}): draw n_max samples")
 
 
 def _sequential_certificate(test: SequentialTest, c_a: int, n_a: int, n_max: int, alpha: float, sigma: float,

@@ -1,0 +1,168 @@
+"""Sequential IRS: certify f' from f's cache, running f' on the regenerated noise only until the radii are decided.
+
+IRS (``incremental``) runs f' on the first n_p cached estimation samples. Here n_p is a maximum: f' is evaluated pass
+by pass and the counts are tested at the looks of ``sequential.look_schedule(n_p)`` with levels that sum to the
+branch's level (``sequential.SequentialTest``), so the bound stays valid however the stopping went:
+
+- zeta branch (f's pA_lower < gamma): zeta_k = CP upper bound of the disparity after n_d of n_k samples at level
+  alpha_zeta_k, sum_k alpha_zeta_k = alpha_zeta; f''s bound is pA_lower - min_k zeta_k. With probability
+  >= 1 - alpha, pA_lower <= pA (f's fixed-n certification), and with probability >= 1 - alpha_zeta every zeta_k >= D
+  (union bound over the looks); so with probability >= 1 - (alpha + alpha_zeta) the bound is <= pA - D <= f''s
+  probability of c_A (the argument of ``incremental.certify_incremental``, for either disparity). Radius r is
+  decided when pA_lower - zeta_k > Phi(r / sigma) (certified), or given up when even the disparity's lower bound
+  (level beta) or no further disagreement at all could not bring it above (the candidate is already worse than the
+  full n_p evaluation would allow).
+- direct branch (pA_lower >= gamma): f' is certified directly on the samples with a sequential Clopper-Pearson lower
+  bound whose levels sum to the direct branch's level (alpha + alpha_zeta as ``incremental`` has it; see
+  ``direct_level``), for the class c_A chosen by f's independent selection samples.
+
+The same f' outputs and the same n_d counting as ``incremental`` (``samples_to_evaluate``, ``count_disagreements``):
+only where the sequential test stops earlier does it run f' on fewer samples.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from certquant.smoothing.core import ABSTAIN, CertificationCache, _check_image, _evaluating, classified_samples, model_device
+from certquant.smoothing.incremental import (
+    BRANCH_DIRECT,
+    BRANCH_ZETA,
+    DEFAULT_ALPHA_ZETA,
+    DEFAULT_DISPARITY,
+    DEFAULT_GAMMA,
+    count_disagreements,
+    samples_to_evaluate,
+    validate_incremental_args,
+)
+from certquant.smoothing.sequential import (
+    DISPARITY,
+    PROPORTION,
+    SequentialSettings,
+    SequentialTest,
+    look_schedule,
+    radius_of,
+    run_test,
+    validate_radii,
+)
+from certquant.utils.errors import CertquantError
+
+
+def direct_level(alpha: float, alpha_zeta: float) -> float:
+    """The level of the direct branch's bound: alpha + alpha_zeta, as fixed-n IRS (``incremental_certificate``) has
+    it. The one place sequential IRS takes it from: if IRS's split of alpha_zeta changes, change it here too."""
+    return alpha + alpha_zeta
+
+
+@dataclass
+class SequentialIncrementalCertificate:
+    """Sequential IRS of one image. ``pa_lower``: the lower bound on P[f'(x+e) = c_A] behind ``radius`` (level
+    1 - (alpha + alpha_zeta)); ``n_used``: positions of the n_p prefix the test covered; ``evaluated``: samples f'
+    ran on (fewer in the one-sided zeta branch); ``n_d``: disagreements (zeta branch) or c_A hits (direct) there."""
+
+    label: int
+    radius: float
+    pa_lower: float
+    c_a: int
+    branch: str
+    zeta: float  # zeta branch: the smallest disparity bound seen (pA_lower - pa_lower); direct: nan
+    n_d: int
+    n_used: int
+    evaluated: int
+    n_p_max: int
+    radii: list[float] | None
+    certified: list[bool]
+    decided_at: list[int | None]
+    stopped_by: str
+    base_pa_lower: float
+    seconds: float
+
+
+def irs_test(cache: CertificationCache, n_p_max: int, radii: list[float] | None, gamma: float, alpha_zeta: float,
+             settings: SequentialSettings) -> SequentialTest:
+    """The branch's ``SequentialTest``: on disagreements (zeta branch) or on f''s c_A hits (direct branch)."""
+    looks = look_schedule(n_p_max, settings)
+    if cache.pa_lower < gamma:
+        futility = settings.futility if settings.futility is not None else alpha_zeta
+        return SequentialTest(looks, alpha_zeta, futility, cache.sigma, radii, settings.final_share, settings.tolerance,
+                              kind=DISPARITY, base=cache.pa_lower)
+    level = direct_level(cache.alpha, alpha_zeta)
+    futility = settings.futility if settings.futility is not None else level
+    return SequentialTest(looks, level, futility, cache.sigma, radii, settings.final_share, settings.tolerance,
+                          kind=PROPORTION)
+
+
+def certify_incremental_sequential(
+    approx_model: nn.Module,
+    cache_entry: CertificationCache,
+    x: torch.Tensor,
+    sigma: float,
+    n_p_max: int,
+    radii: Sequence[float] | None = None,
+    gamma: float = DEFAULT_GAMMA,
+    alpha_zeta: float = DEFAULT_ALPHA_ZETA,
+    disparity: str = DEFAULT_DISPARITY,
+    settings: SequentialSettings = SequentialSettings(),
+    input_shape: Sequence[int] | None = None,
+) -> SequentialIncrementalCertificate:
+    """Sequential IRS of ``approx_model`` (f') at ``x`` from f's cache, on at most the first ``n_p_max`` cached noise
+    samples: at ``radii`` (stop when each is decided) or in ACR mode (``radii`` None). A returned (c_A, R), and every
+    certified radius, holds for f''s smoothed classifier with probability >= 1 - (alpha + alpha_zeta) (module
+    docstring). Errors as ``incremental.certify_incremental``."""
+    started = time.perf_counter()
+    validate_incremental_args(n_p_max, gamma, alpha_zeta, disparity, cache_entry.alpha)
+    radii_list = validate_radii(radii)
+    if not math.isclose(float(sigma), cache_entry.sigma, rel_tol=0.0, abs_tol=1e-12):
+        raise CertquantError(f"the cache was made at sigma {cache_entry.sigma}, not {sigma}: certify at the cache's sigma")
+    if n_p_max > cache_entry.n:
+        raise CertquantError(f"n_p = {n_p_max} exceeds the {cache_entry.n} cached estimation samples: use n_p <= "
+                             f"{cache_entry.n}")
+    _check_image(x, input_shape)
+    device = model_device(approx_model)
+    if device.type != cache_entry.device:
+        raise CertquantError(f"the cache's noise was drawn on {cache_entry.device}, the model is on {device.type}: "
+                             f"run the approximate model on {cache_entry.device} to regenerate it")
+    test = irs_test(cache_entry, n_p_max, radii_list, gamma, alpha_zeta, settings)
+    zeta_branch = test.kind == DISPARITY
+    evaluated = samples_to_evaluate(cache_entry, n_p_max, gamma, disparity) if zeta_branch else None
+    base = cache_entry.predictions[:n_p_max]
+    if evaluated is not None:
+        base = base[evaluated]
+        marked = np.concatenate([[0], np.cumsum(evaluated.numpy())])
+    c_a = cache_entry.c_a
+    with _evaluating(approx_model):
+        samples = classified_samples(approx_model, x.to(device), cache_entry.sigma, cache_entry.n, cache_entry.batch_size,
+                                     cache_entry.seed, cache_entry.stage, limit=n_p_max, only=evaluated)
+        pieces = _pieces(samples, base, c_a, disparity if zeta_branch else None)
+        successes, drawn, _ = run_test(test, pieces, (lambda n: int(marked[n])) if evaluated is not None else None)
+    label = c_a if test.q_lower > 0.5 else ABSTAIN
+    return SequentialIncrementalCertificate(
+        label=label, radius=radius_of(test.q_lower, cache_entry.sigma) if label != ABSTAIN else 0.0,
+        pa_lower=test.q_lower, c_a=c_a, branch=BRANCH_ZETA if zeta_branch else BRANCH_DIRECT,
+        zeta=cache_entry.pa_lower - test.q_lower if zeta_branch else math.nan, n_d=successes, n_used=test.n_used,
+        evaluated=drawn, n_p_max=n_p_max, radii=radii_list, certified=list(test.certified),
+        decided_at=list(test.decided_at), stopped_by=test.stopped_by, base_pa_lower=cache_entry.pa_lower,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _pieces(samples, base: torch.Tensor, c_a: int, disparity: str | None):
+    """(length, count) pieces for ``run_test``: f''s disagreements with the cached f (``count_disagreements``), or
+    its c_A hits (``disparity`` None, the direct branch)."""
+    offset = 0
+    for _, classes, _, _ in samples:
+        approx = classes.cpu()
+        paired = base[offset : offset + len(approx)]
+        if disparity is None:
+            hits = approx == c_a
+            yield len(approx), (lambda cut, h=hits: int(h[:cut].sum()))
+        else:
+            yield len(approx), (lambda cut, a=approx, b=paired: count_disagreements(b[:cut], a[:cut], c_a, disparity))
+        offset += len(approx)
