@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -129,26 +129,57 @@ def certify_incremental_sequential(
     if device.type != cache_entry.device:
         raise CertquantError(f"the cache's noise was drawn on {cache_entry.device}, the model is on {device.type}: "
                              f"run the approximate model on {cache_entry.device} to regenerate it")
-    test = irs_test(cache_entry, n_p_max, radii_list, gamma, alpha_zeta, settings)
+    with _evaluating(approx_model):
+        return _sequential_irs(cache_entry, n_p_max, radii_list, gamma, alpha_zeta, disparity, settings, started,
+                               lambda only: classified_samples(approx_model, x.to(device), cache_entry.sigma,
+                                                               cache_entry.n, cache_entry.batch_size, cache_entry.seed,
+                                                               cache_entry.stage, limit=n_p_max, only=only))
+
+
+def replay_incremental_sequential(cache: CertificationCache, approx_predictions: torch.Tensor, n_p_max: int,
+                                  radii: Sequence[float] | None = None, gamma: float = DEFAULT_GAMMA,
+                                  alpha_zeta: float = DEFAULT_ALPHA_ZETA, disparity: str = DEFAULT_DISPARITY,
+                                  settings: SequentialSettings = SequentialSettings()) -> SequentialIncrementalCertificate:
+    """What ``certify_incremental_sequential`` decides, from f''s stored predictions on the first (at least n_p_max)
+    cached samples (the benchmark's shortcut); ``evaluated`` is then the samples the test needed, without the rest of
+    the last forward pass."""
+    validate_incremental_args(n_p_max, gamma, alpha_zeta, disparity, cache.alpha)
+    if len(approx_predictions) < n_p_max:
+        raise CertquantError(f"{len(approx_predictions)} predictions of f' for n_p = {n_p_max}: store at least n_p")
+    preds = approx_predictions[:n_p_max].cpu()
+
+    def samples(only: torch.Tensor | None):
+        yield 0, preds if only is None else preds[only], None, 0
+
+    return _sequential_irs(cache, n_p_max, validate_radii(radii), gamma, alpha_zeta, disparity, settings,
+                           time.perf_counter(), samples, replay=True)
+
+
+def _sequential_irs(cache: CertificationCache, n_p_max: int, radii: list[float] | None, gamma: float,
+                    alpha_zeta: float, disparity: str, settings: SequentialSettings, started: float,
+                    samples: Callable[[torch.Tensor | None], Iterator[tuple]],
+                    replay: bool = False) -> SequentialIncrementalCertificate:
+    """The branch's sequential test fed with f''s classes from ``samples(only)`` (``classified_samples`` tuples)."""
+    test = irs_test(cache, n_p_max, radii, gamma, alpha_zeta, settings)
     zeta_branch = test.kind == DISPARITY
-    evaluated = samples_to_evaluate(cache_entry, n_p_max, gamma, disparity) if zeta_branch else None
-    base = cache_entry.predictions[:n_p_max]
+    evaluated = samples_to_evaluate(cache, n_p_max, gamma, disparity) if zeta_branch else None
+    base = cache.predictions[:n_p_max]
+    needed = None
     if evaluated is not None:
         base = base[evaluated]
         marked = np.concatenate([[0], np.cumsum(evaluated.numpy())])
-    c_a = cache_entry.c_a
-    with _evaluating(approx_model):
-        samples = classified_samples(approx_model, x.to(device), cache_entry.sigma, cache_entry.n, cache_entry.batch_size,
-                                     cache_entry.seed, cache_entry.stage, limit=n_p_max, only=evaluated)
-        pieces = _pieces(samples, base, c_a, disparity if zeta_branch else None)
-        successes, drawn, _ = run_test(test, pieces, (lambda n: int(marked[n])) if evaluated is not None else None)
-    label = c_a if test.q_lower > 0.5 else ABSTAIN
+        needed = lambda n: int(marked[n])  # noqa: E731 - samples f' ran on before position n
+    pieces = _pieces(samples(evaluated), base, cache.c_a, disparity if zeta_branch else None)
+    successes, drawn, _ = run_test(test, pieces, needed)
+    if replay:  # one piece of every stored prediction: count the samples the test needed
+        drawn = needed(test.n_used) if needed is not None else test.n_used
+    label = cache.c_a if test.q_lower > 0.5 else ABSTAIN
     return SequentialIncrementalCertificate(
-        label=label, radius=radius_of(test.q_lower, cache_entry.sigma) if label != ABSTAIN else 0.0,
-        pa_lower=test.q_lower, c_a=c_a, branch=BRANCH_ZETA if zeta_branch else BRANCH_DIRECT,
-        zeta=cache_entry.pa_lower - test.q_lower if zeta_branch else math.nan, n_d=successes, n_used=test.n_used,
-        evaluated=drawn, n_p_max=n_p_max, radii=radii_list, certified=list(test.certified),
-        decided_at=list(test.decided_at), stopped_by=test.stopped_by, base_pa_lower=cache_entry.pa_lower,
+        label=label, radius=radius_of(test.q_lower, cache.sigma) if label != ABSTAIN else 0.0,
+        pa_lower=test.q_lower, c_a=cache.c_a, branch=BRANCH_ZETA if zeta_branch else BRANCH_DIRECT,
+        zeta=cache.pa_lower - test.q_lower if zeta_branch else math.nan, n_d=successes, n_used=test.n_used,
+        evaluated=drawn, n_p_max=n_p_max, radii=radii, certified=list(test.certified),
+        decided_at=list(test.decided_at), stopped_by=test.stopped_by, base_pa_lower=cache.pa_lower,
         seconds=time.perf_counter() - started,
     )
 
