@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -60,7 +61,8 @@ from certquant.smoothing.core import (
     sample_counts,
     validate_smoothing_args,
 )
-from certquant.smoothing.noise import ESTIMATION, SELECTION
+from certquant.smoothing.noise import ESTIMATION, SELECTION, image_seed
+from certquant.smoothing.runner import CERTIFY_FILES, _run, _set_memory_format, write_certify_summary
 from certquant.utils.errors import CertquantError
 
 PROPORTION = "proportion"  # the tested quantity is the success rate itself (pA, or f''s rate in IRS's direct branch)
@@ -361,3 +363,75 @@ def validate_radii(radii: Sequence[float] | None) -> list[float] | None:
     if any(not math.isfinite(r) or r < 0 for r in values):
         raise CertquantError(f"radii must be finite and >= 0, got {values}")
     return sorted(set(values))
+
+
+def certify_dataset_sequential(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: Sequence[int],
+    out_dir: str | Path,
+    sigma: float,
+    radii: Sequence[float] | None = None,
+    n0: int = 100,
+    n_max: int = 100_000,
+    alpha: float = 0.001,
+    batch_size: int = 1000,
+    seed: int = 0,
+    settings: SequentialSettings = SequentialSettings(),
+    identity: dict | None = None,
+    arguments: dict | None = None,
+    provenance: dict | None = None,
+    input_shape: Sequence[int] | None = None,
+    progress: bool = True,
+    channels_last: bool = False,
+    resume: bool = False,
+) -> dict:
+    """``certify_sequential`` of ``images[i]`` for every i in ``indices`` (image seeds as ``runner.certify_dataset``,
+    so the noise is a prefix of a fixed-n run's with n = n_max); the run folder of ``runner.certify_dataset`` with
+    per-image decisions, and a summary with certified accuracy at each radius and the samples used."""
+    validate_smoothing_args(sigma, alpha, batch_size, seed, n0=n0, n_max=n_max)
+    radii_list = validate_radii(radii)
+    params = {"sigma": float(sigma), "n0": n0, "n_max": n_max, "alpha": float(alpha), "batch_size": batch_size,
+              "seed": seed, "channels_last": channels_last, "radii": radii_list, **asdict(settings)}
+    _set_memory_format(model, channels_last)
+
+    def one(index: int) -> dict:
+        cert = certify_sequential(model, images[index], sigma, radii_list, n0, n_max, alpha, batch_size,
+                                  image_seed(seed, index), settings, input_shape)
+        label = int(labels[index])
+        return {"index": index, "label": label, "predicted": cert.label, "radius": cert.radius,
+                "pa_lower": cert.pa_lower, "correct": cert.label == label, "seconds": cert.seconds, "c_a": cert.c_a,
+                "n_a": cert.n_a, "n_used": cert.n_used, "certified": cert.certified, "decided_at": cert.decided_at,
+                "stopped_by": cert.stopped_by, "radius_bound_fixed_n": cert.radius_bound_fixed_n}
+
+    def postfix(records: list[dict]) -> str:
+        return f"samples/image {sum(r['n_used'] for r in records) / max(1, len(records)):.0f}"
+
+    records, wall = _run("certify-sequential", CERTIFY_FILES, model, indices, out_dir, params, identity, one, postfix,
+                         progress, resume)
+    extra = {"sequential": sequential_summary(records, radii_list, n0, n_max, alpha, settings)}
+    return write_certify_summary(out_dir, records, wall, round(extra["sequential"]["samples_per_image"]),
+                                 indices, arguments if arguments is not None else params, provenance, extra=extra)
+
+
+def sequential_summary(records: Sequence[dict], radii: list[float] | None, n0: int, n_max: int, alpha: float,
+                       settings: SequentialSettings) -> dict:
+    """Certified accuracy at each requested radius (decided sequentially), the samples used against fixed-n CERTIFY
+    at n_max, where the runs stopped, and the confidence statement."""
+    count = max(1, len(records))
+    samples = sum(n0 + int(r["n_used"]) for r in records)
+    out: dict = {
+        "radii": radii, "n_max": n_max, "looks": look_schedule(n_max, settings),
+        "confidence": f"every certified radius holds with probability >= {1 - alpha:g} per image (levels summing to "
+                      f"alpha = {alpha:g} over the looks)",
+        "samples": samples, "samples_per_image": samples / count, "fixed_n_samples": (n0 + n_max) * len(records),
+        "fewer_samples_than_fixed_n": (n0 + n_max) * len(records) / max(1, samples),
+        "stopped_by": {k: sum(1 for r in records if r["stopped_by"] == k)
+                       for k in ("decided", "tolerance", "abstain", "n_max")},
+    }
+    if radii is not None:
+        out["certified_accuracy_at_radii"] = {
+            f"{radius:g}": sum(1 for r in records if r["correct"] and r["certified"][j]) / count
+            for j, radius in enumerate(radii)}
+    return out
