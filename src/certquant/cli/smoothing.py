@@ -81,9 +81,11 @@ def certify_cmd(
     if incremental_from is not None:
         if keep_cache:
             raise CertquantError("--keep-cache applies to a full certification, not to --incremental-from")
+        if n_max is not None:
+            raise CertquantError("with --incremental-from, --np is the most samples sequential IRS may use: drop --n-max")
         certify_incremental_cmd(ctx, checkpoint, incremental_from, n_p, gamma, alpha_zeta, disparity, out, dataset, skip,
-                                max_images, device, channels_last, progress, resume, sigma=sigma, n0=n0, n=n,
-                                alpha=alpha, batch=batch, seed=seed)
+                                max_images, device, channels_last, progress, resume, validate_radii(parse_radii(radii)),
+                                sigma=sigma, n0=n0, n=n, alpha=alpha, batch=batch, seed=seed)
         return
     if n_p is not None:
         raise CertquantError("--np is an IRS option: give --incremental-from BASE_RUN too")

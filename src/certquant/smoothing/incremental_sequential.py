@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from certquant.smoothing.cache_store import CacheStore, tensor_sha256
 from certquant.smoothing.core import ABSTAIN, CertificationCache, _check_image, _evaluating, classified_samples, model_device
 from certquant.smoothing.incremental import (
     BRANCH_DIRECT,
@@ -42,6 +44,7 @@ from certquant.smoothing.incremental import (
     samples_to_evaluate,
     validate_incremental_args,
 )
+from certquant.smoothing.runner import CERTIFY_FILES, _run, _set_memory_format, write_certify_summary
 from certquant.smoothing.sequential import (
     DISPARITY,
     PROPORTION,
@@ -197,3 +200,72 @@ def _pieces(samples, base: torch.Tensor, c_a: int, disparity: str | None):
         else:
             yield len(approx), (lambda cut, a=approx, b=paired: count_disagreements(b[:cut], a[:cut], c_a, disparity))
         offset += len(approx)
+
+
+def certify_dataset_incremental_sequential(
+    approx_model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: Sequence[int],
+    out_dir: str | Path,
+    store: CacheStore,
+    n_p_max: int,
+    radii: Sequence[float] | None = None,
+    gamma: float = DEFAULT_GAMMA,
+    alpha_zeta: float = DEFAULT_ALPHA_ZETA,
+    disparity: str = DEFAULT_DISPARITY,
+    settings: SequentialSettings = SequentialSettings(),
+    identity: dict | None = None,
+    arguments: dict | None = None,
+    provenance: dict | None = None,
+    input_shape: Sequence[int] | None = None,
+    progress: bool = True,
+    channels_last: bool = False,
+    resume: bool = False,
+) -> dict:
+    """``certify_incremental_sequential`` of ``images[i]`` for every i in ``indices`` against ``store``'s entries; the
+    run folder of ``irs_runner.certify_dataset_incremental`` with per-image decisions; returns the summary."""
+    key = store.key
+    validate_incremental_args(n_p_max, gamma, alpha_zeta, disparity, float(key["alpha"]))
+    radii_list = validate_radii(radii)
+    if n_p_max > int(key["n"]):
+        raise CertquantError(f"n_p = {n_p_max} exceeds the {key['n']} cached estimation samples: use --np <= {key['n']}")
+    store.require(indices)
+    params = {"sigma": float(key["sigma"]), "n0": int(key["n0"]), "n": int(key["n"]), "alpha": float(key["alpha"]),
+              "batch_size": int(key["batch_size"]), "seed": int(key["seed"]), "n_p_max": n_p_max, "radii": radii_list,
+              "gamma": float(gamma), "alpha_zeta": float(alpha_zeta), "disparity": disparity,
+              "channels_last": channels_last, "base_checkpoint_sha256": key.get("checkpoint_sha256"),
+              "base_model_sha256": key.get("model_sha256"), **asdict(settings)}
+    _set_memory_format(approx_model, channels_last)
+
+    def one(index: int) -> dict:
+        expected = store.image_sha256(index)
+        if expected is not None and expected != tensor_sha256(images[index]):
+            raise CertquantError(f"test image {index} differs from the image the IRS cache was made for: use the base "
+                                 "run's dataset")
+        cert = certify_incremental_sequential(approx_model, store.entry(index), images[index], float(key["sigma"]),
+                                              n_p_max, radii_list, gamma, alpha_zeta, disparity, settings, input_shape)
+        label = int(labels[index])
+        return {"index": index, "label": label, "predicted": cert.label, "radius": cert.radius,
+                "pa_lower": cert.pa_lower, "correct": cert.label == label, "seconds": cert.seconds, "c_a": cert.c_a,
+                "branch": cert.branch, "zeta": None if math.isnan(cert.zeta) else cert.zeta, "n_d": cert.n_d,
+                "n_used": cert.n_used, "evaluated": cert.evaluated, "certified": cert.certified,
+                "decided_at": cert.decided_at, "stopped_by": cert.stopped_by, "base_pa_lower": cert.base_pa_lower}
+
+    def postfix(records: list[dict]) -> str:
+        return f"f' samples/image {sum(r['evaluated'] for r in records) / max(1, len(records)):.0f}"
+
+    records, wall = _run("certify-incremental-sequential", CERTIFY_FILES, approx_model, indices, out_dir, params,
+                         identity, one, postfix, progress, resume)
+    count = max(1, len(records))
+    evaluated = sum(int(r["evaluated"]) for r in records)
+    extra = {"incremental_sequential": {
+        "n_p_max": n_p_max, "radii": radii_list, "gamma": float(gamma), "alpha_zeta": float(alpha_zeta),
+        "disparity": disparity, "confidence": 1.0 - (float(key["alpha"]) + float(alpha_zeta)),
+        "approx_samples": evaluated, "approx_samples_per_image": evaluated / count,
+        "branch_counts": {b: sum(1 for r in records if r["branch"] == b) for b in (BRANCH_ZETA, BRANCH_DIRECT)},
+        **({"certified_accuracy_at_radii": {f"{radius:g}": sum(1 for r in records if r["correct"] and r["certified"][j])
+                                            / count for j, radius in enumerate(radii_list)}} if radii_list else {}),
+    }}
+    return write_certify_summary(out_dir, records, wall, round(evaluated / count), indices,
+                                 arguments if arguments is not None else params, provenance, extra=extra)
