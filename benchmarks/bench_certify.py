@@ -146,13 +146,16 @@ def main() -> None:
     parser.add_argument("--channels-last", nargs="*", default=[], metavar="MODEL",
                         help="models to measure a second time in torch.channels_last")
     parser.add_argument("--name", default="certify", help="results file stem")
+    parser.add_argument("--channels-last-only", action="store_true",
+                        help="measure the --channels-last models in channels_last only (the CLI's default)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     for name in args.models:
-        for cl in ([False, True] if name in args.channels_last else [False]):
+        formats = [True] if args.channels_last_only else [False, True]
+        for cl in (formats if name in args.channels_last else [False]):
             row = bench_model(name, args.images, args.n0, args.n, args.batch, cl)
             print(f"{name} channels_last={cl}: forward {row['forward_seconds_per_image']:.2f} s/image, certify "
                   f"{row['certify_seconds_per_image']:.2f} s/image, overhead {100 * row['overhead']:+.1f}%", flush=True)

@@ -164,6 +164,7 @@ class SequentialTest:
     # state
     alphas: np.ndarray = field(init=False, repr=False)
     betas: np.ndarray = field(init=False, repr=False)
+    thresholds: np.ndarray = field(init=False, repr=False)  # Phi(r / sigma) per radius
     q_lower: float = field(init=False, default=0.0)  # running max of the lower bounds: valid at 1 - alpha
     q_upper: float = field(init=False, default=1.0)  # running min of the upper bounds: valid at 1 - beta
     certified: list[bool] = field(init=False, default_factory=list)
