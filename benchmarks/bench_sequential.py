@@ -183,7 +183,7 @@ def irs_rows(model, info, images, store: CacheStore, records: dict[int, dict], i
     for name in args.policies:
         qmodel, _ = quantized(model, name, layers, calib)
         qmodel = qmodel.to(memory_format=torch.channels_last)
-        folder = Path(args.work) / f"{name}-np{args.np}"
+        folder = Path(args.work) / Path(args.run).name / f"{name}-np{args.np}"
         folder.mkdir(parents=True, exist_ok=True)
         fixed, seq, fixed_cost, seq_cost, checks, seq_s, fixed_s = [], [], [], [], [], [], []
         for k, i in enumerate(chosen):
