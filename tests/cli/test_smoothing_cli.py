@@ -144,7 +144,7 @@ def test_sequential_certify_radii_resumes_and_shares_noise(checkpoint, tmp_path)
     summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
     assert summary["sequential"]["radii"] == [0.1, 0.25] and summary["sequential"]["n_max"] == 400
     assert runner.invoke(app, [*args, "--max", "2", "--out", str(tmp_path / "parts")]).exit_code == 0
-    assert runner.invoke(app, [*args, "--out", str(tmp_path / "parts")]).exit_code == 0
+    assert runner.invoke(app, [*args, "--resume", "--out", str(tmp_path / "parts")]).exit_code == 0
     assert _records(tmp_path / "parts") == _records(tmp_path / "whole")
     fixed = runner.invoke(app, ["certify", "--checkpoint", checkpoint, *SEQ, "--n", "400", "--keep-cache",
                                 "--out", str(tmp_path / "fixed")])
