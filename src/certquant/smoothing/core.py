@@ -153,10 +153,8 @@ def classify_pieces(model: nn.Module, batch: torch.Tensor, first: bool = False) 
 
 def classify(model: nn.Module, batch: torch.Tensor, first: bool = False) -> tuple[torch.Tensor, int]:
     """f's class for every sample of ``batch`` and the number of classes (the passes of ``classify_pieces``)."""
-    parts, num_classes = [], 0
-    for classes, num_classes in classify_pieces(model, batch, first):
-        parts.append(classes)
-    return (torch.cat(parts) if len(parts) > 1 else parts[0]), num_classes
+    parts = list(classify_pieces(model, batch, first))
+    return (torch.cat([c for c, _ in parts]) if len(parts) > 1 else parts[0][0]), parts[-1][1]
 
 
 def classified_samples(

@@ -24,16 +24,24 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from certquant.smoothing.cache_store import CacheStore, tensor_sha256
-from certquant.smoothing.core import ABSTAIN, CertificationCache, _check_image, _evaluating, classified_samples, model_device
+from certquant.smoothing.core import (
+    ABSTAIN,
+    CertificationCache,
+    _check_image,
+    _evaluating,
+    classified_samples,
+    model_device,
+)
 from certquant.smoothing.incremental import (
     BRANCH_DIRECT,
     BRANCH_ZETA,
@@ -56,6 +64,10 @@ from certquant.smoothing.sequential import (
     validate_radii,
 )
 from certquant.utils.errors import CertquantError
+
+Piece = tuple[
+    int, torch.Tensor, torch.Tensor | None, int
+]  # (start, classes, positions, num_classes): classified_samples
 
 
 def direct_level(alpha: float, alpha_zeta: float) -> float:
@@ -88,18 +100,34 @@ class SequentialIncrementalCertificate:
     seconds: float
 
 
-def irs_test(cache: CertificationCache, n_p_max: int, radii: list[float] | None, gamma: float, alpha_zeta: float,
-             settings: SequentialSettings) -> SequentialTest:
+def irs_test(
+    cache: CertificationCache,
+    n_p_max: int,
+    radii: list[float] | None,
+    gamma: float,
+    alpha_zeta: float,
+    settings: SequentialSettings,
+) -> SequentialTest:
     """The branch's ``SequentialTest``: on disagreements (zeta branch) or on f''s c_A hits (direct branch)."""
     looks = look_schedule(n_p_max, settings)
     if cache.pa_lower < gamma:
         futility = settings.futility if settings.futility is not None else alpha_zeta
-        return SequentialTest(looks, alpha_zeta, futility, cache.sigma, radii, settings.final_share, settings.tolerance,
-                              kind=DISPARITY, base=cache.pa_lower)
+        return SequentialTest(
+            looks,
+            alpha_zeta,
+            futility,
+            cache.sigma,
+            radii,
+            settings.final_share,
+            settings.tolerance,
+            kind=DISPARITY,
+            base=cache.pa_lower,
+        )
     level = direct_level(cache.alpha, alpha_zeta)
     futility = settings.futility if settings.futility is not None else level
-    return SequentialTest(looks, level, futility, cache.sigma, radii, settings.final_share, settings.tolerance,
-                          kind=PROPORTION)
+    return SequentialTest(
+        looks, level, futility, cache.sigma, radii, settings.final_share, settings.tolerance, kind=PROPORTION
+    )
 
 
 def certify_incremental_sequential(
@@ -123,26 +151,54 @@ def certify_incremental_sequential(
     validate_incremental_args(n_p_max, gamma, alpha_zeta, disparity, cache_entry.alpha)
     radii_list = validate_radii(radii)
     if not math.isclose(float(sigma), cache_entry.sigma, rel_tol=0.0, abs_tol=1e-12):
-        raise CertquantError(f"the cache was made at sigma {cache_entry.sigma}, not {sigma}: certify at the cache's sigma")
+        raise CertquantError(
+            f"the cache was made at sigma {cache_entry.sigma}, not {sigma}: certify at the cache's sigma"
+        )
     if n_p_max > cache_entry.n:
-        raise CertquantError(f"n_p = {n_p_max} exceeds the {cache_entry.n} cached estimation samples: use n_p <= "
-                             f"{cache_entry.n}")
+        raise CertquantError(
+            f"n_p = {n_p_max} exceeds the {cache_entry.n} cached estimation samples: use n_p <= {cache_entry.n}"
+        )
     _check_image(x, input_shape)
     device = model_device(approx_model)
     if device.type != cache_entry.device:
-        raise CertquantError(f"the cache's noise was drawn on {cache_entry.device}, the model is on {device.type}: "
-                             f"run the approximate model on {cache_entry.device} to regenerate it")
+        raise CertquantError(
+            f"the cache's noise was drawn on {cache_entry.device}, the model is on {device.type}: "
+            f"run the approximate model on {cache_entry.device} to regenerate it"
+        )
     with _evaluating(approx_model):
-        return _sequential_irs(cache_entry, n_p_max, radii_list, gamma, alpha_zeta, disparity, settings, started,
-                               lambda only: classified_samples(approx_model, x.to(device), cache_entry.sigma,
-                                                               cache_entry.n, cache_entry.batch_size, cache_entry.seed,
-                                                               cache_entry.stage, limit=n_p_max, only=only))
+        return _sequential_irs(
+            cache_entry,
+            n_p_max,
+            radii_list,
+            gamma,
+            alpha_zeta,
+            disparity,
+            settings,
+            started,
+            lambda only: classified_samples(
+                approx_model,
+                x.to(device),
+                cache_entry.sigma,
+                cache_entry.n,
+                cache_entry.batch_size,
+                cache_entry.seed,
+                cache_entry.stage,
+                limit=n_p_max,
+                only=only,
+            ),
+        )
 
 
-def replay_incremental_sequential(cache: CertificationCache, approx_predictions: torch.Tensor, n_p_max: int,
-                                  radii: Sequence[float] | None = None, gamma: float = DEFAULT_GAMMA,
-                                  alpha_zeta: float = DEFAULT_ALPHA_ZETA, disparity: str = DEFAULT_DISPARITY,
-                                  settings: SequentialSettings = SequentialSettings()) -> SequentialIncrementalCertificate:
+def replay_incremental_sequential(
+    cache: CertificationCache,
+    approx_predictions: torch.Tensor,
+    n_p_max: int,
+    radii: Sequence[float] | None = None,
+    gamma: float = DEFAULT_GAMMA,
+    alpha_zeta: float = DEFAULT_ALPHA_ZETA,
+    disparity: str = DEFAULT_DISPARITY,
+    settings: SequentialSettings = SequentialSettings(),
+) -> SequentialIncrementalCertificate:
     """What ``certify_incremental_sequential`` decides, from f''s stored predictions on the first (at least n_p_max)
     cached samples (the benchmark's shortcut); ``evaluated`` is then the samples the test needed, without the rest of
     the last forward pass."""
@@ -151,17 +207,35 @@ def replay_incremental_sequential(cache: CertificationCache, approx_predictions:
         raise CertquantError(f"{len(approx_predictions)} predictions of f' for n_p = {n_p_max}: store at least n_p")
     preds = approx_predictions[:n_p_max].cpu()
 
-    def samples(only: torch.Tensor | None):
+    def samples(only: torch.Tensor | None) -> Iterator[Piece]:
         yield 0, preds if only is None else preds[only], None, 0
 
-    return _sequential_irs(cache, n_p_max, validate_radii(radii), gamma, alpha_zeta, disparity, settings,
-                           time.perf_counter(), samples, replay=True)
+    return _sequential_irs(
+        cache,
+        n_p_max,
+        validate_radii(radii),
+        gamma,
+        alpha_zeta,
+        disparity,
+        settings,
+        time.perf_counter(),
+        samples,
+        replay=True,
+    )
 
 
-def _sequential_irs(cache: CertificationCache, n_p_max: int, radii: list[float] | None, gamma: float,
-                    alpha_zeta: float, disparity: str, settings: SequentialSettings, started: float,
-                    samples: Callable[[torch.Tensor | None], Iterator[tuple]],
-                    replay: bool = False) -> SequentialIncrementalCertificate:
+def _sequential_irs(
+    cache: CertificationCache,
+    n_p_max: int,
+    radii: list[float] | None,
+    gamma: float,
+    alpha_zeta: float,
+    disparity: str,
+    settings: SequentialSettings,
+    started: float,
+    samples: Callable[[torch.Tensor | None], Iterator[Piece]],
+    replay: bool = False,
+) -> SequentialIncrementalCertificate:
     """The branch's sequential test fed with f''s classes from ``samples(only)`` (``classified_samples`` tuples)."""
     test = irs_test(cache, n_p_max, radii, gamma, alpha_zeta, settings)
     zeta_branch = test.kind == DISPARITY
@@ -178,28 +252,44 @@ def _sequential_irs(cache: CertificationCache, n_p_max: int, radii: list[float] 
         drawn = needed(test.n_used) if needed is not None else test.n_used
     label = cache.c_a if test.q_lower > 0.5 else ABSTAIN
     return SequentialIncrementalCertificate(
-        label=label, radius=radius_of(test.q_lower, cache.sigma) if label != ABSTAIN else 0.0,
-        pa_lower=test.q_lower, c_a=cache.c_a, branch=BRANCH_ZETA if zeta_branch else BRANCH_DIRECT,
-        zeta=cache.pa_lower - test.q_lower if zeta_branch else math.nan, n_d=successes, n_used=test.n_used,
-        evaluated=drawn, n_p_max=n_p_max, radii=radii, certified=list(test.certified),
-        decided_at=list(test.decided_at), stopped_by=test.stopped_by, base_pa_lower=cache.pa_lower,
+        label=label,
+        radius=radius_of(test.q_lower, cache.sigma) if label != ABSTAIN else 0.0,
+        pa_lower=test.q_lower,
+        c_a=cache.c_a,
+        branch=BRANCH_ZETA if zeta_branch else BRANCH_DIRECT,
+        zeta=cache.pa_lower - test.q_lower if zeta_branch else math.nan,
+        n_d=successes,
+        n_used=test.n_used,
+        evaluated=drawn,
+        n_p_max=n_p_max,
+        radii=radii,
+        certified=list(test.certified),
+        decided_at=list(test.decided_at),
+        stopped_by=test.stopped_by,
+        base_pa_lower=cache.pa_lower,
         seconds=time.perf_counter() - started,
     )
 
 
-def _pieces(samples, base: torch.Tensor, c_a: int, disparity: str | None):
+def _pieces(
+    samples: Iterator[Piece], base: torch.Tensor, c_a: int, disparity: str | None
+) -> Iterator[tuple[int, Callable[[int], int]]]:
     """(length, count) pieces for ``run_test``: f''s disagreements with the cached f (``count_disagreements``), or
     its c_A hits (``disparity`` None, the direct branch)."""
     offset = 0
     for _, classes, _, _ in samples:
         approx = classes.cpu()
         paired = base[offset : offset + len(approx)]
-        if disparity is None:
-            hits = approx == c_a
-            yield len(approx), (lambda cut, h=hits: int(h[:cut].sum()))
-        else:
-            yield len(approx), (lambda cut, a=approx, b=paired: count_disagreements(b[:cut], a[:cut], c_a, disparity))
+        yield len(approx), _counter(approx, paired, c_a, disparity)
         offset += len(approx)
+
+
+def _counter(approx: torch.Tensor, paired: torch.Tensor, c_a: int, disparity: str | None) -> Callable[[int], int]:
+    """Successes among the first ``cut`` samples of a pass: c_A hits of f' (direct branch), or disagreements."""
+    if disparity is None:
+        hits = approx == c_a
+        return lambda cut: int(hits[:cut].sum())
+    return lambda cut: count_disagreements(paired[:cut], approx[:cut], c_a, disparity)
 
 
 def certify_dataset_incremental_sequential(
@@ -215,57 +305,131 @@ def certify_dataset_incremental_sequential(
     alpha_zeta: float = DEFAULT_ALPHA_ZETA,
     disparity: str = DEFAULT_DISPARITY,
     settings: SequentialSettings = SequentialSettings(),
-    identity: dict | None = None,
-    arguments: dict | None = None,
-    provenance: dict | None = None,
+    identity: dict[str, Any] | None = None,
+    arguments: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
     input_shape: Sequence[int] | None = None,
     progress: bool = True,
     channels_last: bool = False,
     resume: bool = False,
-) -> dict:
+) -> dict[str, Any]:
     """``certify_incremental_sequential`` of ``images[i]`` for every i in ``indices`` against ``store``'s entries; the
     run folder of ``irs_runner.certify_dataset_incremental`` with per-image decisions; returns the summary."""
     key = store.key
     validate_incremental_args(n_p_max, gamma, alpha_zeta, disparity, float(key["alpha"]))
     radii_list = validate_radii(radii)
     if n_p_max > int(key["n"]):
-        raise CertquantError(f"n_p = {n_p_max} exceeds the {key['n']} cached estimation samples: use --np <= {key['n']}")
+        raise CertquantError(
+            f"n_p = {n_p_max} exceeds the {key['n']} cached estimation samples: use --np <= {key['n']}"
+        )
     store.require(indices)
-    params = {"sigma": float(key["sigma"]), "n0": int(key["n0"]), "n": int(key["n"]), "alpha": float(key["alpha"]),
-              "batch_size": int(key["batch_size"]), "seed": int(key["seed"]), "n_p_max": n_p_max, "radii": radii_list,
-              "gamma": float(gamma), "alpha_zeta": float(alpha_zeta), "disparity": disparity,
-              "channels_last": channels_last, "base_checkpoint_sha256": key.get("checkpoint_sha256"),
-              "base_model_sha256": key.get("model_sha256"), **asdict(settings)}
+    params = {
+        "sigma": float(key["sigma"]),
+        "n0": int(key["n0"]),
+        "n": int(key["n"]),
+        "alpha": float(key["alpha"]),
+        "batch_size": int(key["batch_size"]),
+        "seed": int(key["seed"]),
+        "n_p_max": n_p_max,
+        "radii": radii_list,
+        "gamma": float(gamma),
+        "alpha_zeta": float(alpha_zeta),
+        "disparity": disparity,
+        "channels_last": channels_last,
+        "base_checkpoint_sha256": key.get("checkpoint_sha256"),
+        "base_model_sha256": key.get("model_sha256"),
+        **asdict(settings),
+    }
     _set_memory_format(approx_model, channels_last)
 
-    def one(index: int) -> dict:
+    def one(index: int) -> dict[str, Any]:
         expected = store.image_sha256(index)
         if expected is not None and expected != tensor_sha256(images[index]):
-            raise CertquantError(f"test image {index} differs from the image the IRS cache was made for: use the base "
-                                 "run's dataset")
-        cert = certify_incremental_sequential(approx_model, store.entry(index), images[index], float(key["sigma"]),
-                                              n_p_max, radii_list, gamma, alpha_zeta, disparity, settings, input_shape)
+            raise CertquantError(
+                f"test image {index} differs from the image the IRS cache was made for: use the base run's dataset"
+            )
+        cert = certify_incremental_sequential(
+            approx_model,
+            store.entry(index),
+            images[index],
+            float(key["sigma"]),
+            n_p_max,
+            radii_list,
+            gamma,
+            alpha_zeta,
+            disparity,
+            settings,
+            input_shape,
+        )
         label = int(labels[index])
-        return {"index": index, "label": label, "predicted": cert.label, "radius": cert.radius,
-                "pa_lower": cert.pa_lower, "correct": cert.label == label, "seconds": cert.seconds, "c_a": cert.c_a,
-                "branch": cert.branch, "zeta": None if math.isnan(cert.zeta) else cert.zeta, "n_d": cert.n_d,
-                "n_used": cert.n_used, "evaluated": cert.evaluated, "certified": cert.certified,
-                "decided_at": cert.decided_at, "stopped_by": cert.stopped_by, "base_pa_lower": cert.base_pa_lower}
+        return {
+            "index": index,
+            "label": label,
+            "predicted": cert.label,
+            "radius": cert.radius,
+            "pa_lower": cert.pa_lower,
+            "correct": cert.label == label,
+            "seconds": cert.seconds,
+            "c_a": cert.c_a,
+            "branch": cert.branch,
+            "zeta": None if math.isnan(cert.zeta) else cert.zeta,
+            "n_d": cert.n_d,
+            "n_used": cert.n_used,
+            "evaluated": cert.evaluated,
+            "certified": cert.certified,
+            "decided_at": cert.decided_at,
+            "stopped_by": cert.stopped_by,
+            "base_pa_lower": cert.base_pa_lower,
+        }
 
-    def postfix(records: list[dict]) -> str:
+    def postfix(records: list[dict[str, Any]]) -> str:
         return f"f' samples/image {sum(r['evaluated'] for r in records) / max(1, len(records)):.0f}"
 
-    records, wall = _run("certify-incremental-sequential", CERTIFY_FILES, approx_model, indices, out_dir, params,
-                         identity, one, postfix, progress, resume)
+    records, wall = _run(
+        "certify-incremental-sequential",
+        CERTIFY_FILES,
+        approx_model,
+        indices,
+        out_dir,
+        params,
+        identity,
+        one,
+        postfix,
+        progress,
+        resume,
+    )
     count = max(1, len(records))
     evaluated = sum(int(r["evaluated"]) for r in records)
-    extra = {"incremental_sequential": {
-        "n_p_max": n_p_max, "radii": radii_list, "gamma": float(gamma), "alpha_zeta": float(alpha_zeta),
-        "disparity": disparity, "confidence": 1.0 - (float(key["alpha"]) + float(alpha_zeta)),
-        "approx_samples": evaluated, "approx_samples_per_image": evaluated / count,
-        "branch_counts": {b: sum(1 for r in records if r["branch"] == b) for b in (BRANCH_ZETA, BRANCH_DIRECT)},
-        **({"certified_accuracy_at_radii": {f"{radius:g}": sum(1 for r in records if r["correct"] and r["certified"][j])
-                                            / count for j, radius in enumerate(radii_list)}} if radii_list else {}),
-    }}
-    return write_certify_summary(out_dir, records, wall, round(evaluated / count), indices,
-                                 arguments if arguments is not None else params, provenance, extra=extra)
+    extra = {
+        "incremental_sequential": {
+            "n_p_max": n_p_max,
+            "radii": radii_list,
+            "gamma": float(gamma),
+            "alpha_zeta": float(alpha_zeta),
+            "disparity": disparity,
+            "confidence": 1.0 - (float(key["alpha"]) + float(alpha_zeta)),
+            "approx_samples": evaluated,
+            "approx_samples_per_image": evaluated / count,
+            "branch_counts": {b: sum(1 for r in records if r["branch"] == b) for b in (BRANCH_ZETA, BRANCH_DIRECT)},
+            **(
+                {
+                    "certified_accuracy_at_radii": {
+                        f"{radius:g}": sum(1 for r in records if r["correct"] and r["certified"][j]) / count
+                        for j, radius in enumerate(radii_list)
+                    }
+                }
+                if radii_list
+                else {}
+            ),
+        }
+    }
+    return write_certify_summary(
+        out_dir,
+        records,
+        wall,
+        round(evaluated / count),
+        indices,
+        arguments if arguments is not None else params,
+        provenance,
+        extra=extra,
+    )

@@ -41,9 +41,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -139,7 +140,8 @@ def radius_of(p_lower: float, sigma: float) -> float:
 
 def thresholds_of(radii: Sequence[float], sigma: float) -> np.ndarray:
     """Phi(r / sigma): pA must exceed this for a certificate of radius r (1/2 at r = 0)."""
-    return norm.cdf(np.asarray(radii, dtype=float) / sigma)
+    thresholds: np.ndarray = norm.cdf(np.asarray(radii, dtype=float) / sigma)
+    return thresholds
 
 
 @dataclass
@@ -211,8 +213,13 @@ class SequentialTest:
         if self.radii is None:
             hopeless = self.q_upper <= 0.5 or reachable <= 0.5
             grow = radius_of(min(self.q_upper, reachable), self.sigma) - radius_of(self.q_lower, self.sigma)
-            stop = "n_max" if last else "abstain" if hopeless and self.q_lower <= 0.5 else (
-                "tolerance" if self.q_lower > 0.5 and grow <= self.tolerance else "")
+            stop = (
+                "n_max"
+                if last
+                else "abstain"
+                if hopeless and self.q_lower <= 0.5
+                else ("tolerance" if self.q_lower > 0.5 and grow <= self.tolerance else "")
+            )
         else:
             for i, threshold in enumerate(self.thresholds):
                 if self.decided_at[i] is not None:
@@ -284,23 +291,39 @@ def certify_sequential(
     with _evaluating(model):
         counts0, _ = sample_counts(model, x, sigma, n0, batch_size, seed, SELECTION)
         c_a = int(counts0.argmax().item())  # as CERTIFY: the most frequent class of the n0 selection samples
-        pieces = ((len(classes), _hit_counter(classes, c_a))
-                  for _, classes, _, _ in classified_samples(model, x, sigma, n_max, batch_size, seed, ESTIMATION))
+        pieces = (
+            (len(classes), _hit_counter(classes, c_a))
+            for _, classes, _, _ in classified_samples(model, x, sigma, n_max, batch_size, seed, ESTIMATION)
+        )
         n_a, _, looks = run_test(test, pieces)
     return _sequential_certificate(test, c_a, n_a, n_max, alpha, sigma, seed, time.perf_counter() - started, looks)
 
 
-def new_test(n_max: int, alpha: float, sigma: float, radii: list[float] | None,
-             settings: SequentialSettings) -> SequentialTest:
+def new_test(
+    n_max: int, alpha: float, sigma: float, radii: list[float] | None, settings: SequentialSettings
+) -> SequentialTest:
     """The ``SequentialTest`` of a sequential CERTIFY (shared by the model path and by replays of stored counts)."""
-    return SequentialTest(look_schedule(n_max, settings), alpha,
-                          settings.futility if settings.futility is not None else alpha, sigma, radii,
-                          settings.final_share, settings.tolerance)
+    return SequentialTest(
+        look_schedule(n_max, settings),
+        alpha,
+        settings.futility if settings.futility is not None else alpha,
+        sigma,
+        radii,
+        settings.final_share,
+        settings.tolerance,
+    )
 
 
-def replay_sequential(predictions: torch.Tensor | np.ndarray, c_a: int, n_max: int, alpha: float, sigma: float,
-                      radii: Sequence[float] | None, settings: SequentialSettings = SequentialSettings(),
-                      seed: int = 0) -> SequentialCertificate:
+def replay_sequential(
+    predictions: torch.Tensor | np.ndarray,
+    c_a: int,
+    n_max: int,
+    alpha: float,
+    sigma: float,
+    radii: Sequence[float] | None,
+    settings: SequentialSettings = SequentialSettings(),
+    seed: int = 0,
+) -> SequentialCertificate:
     """The certificate ``certify_sequential`` gives, from f's stored predictions on the first (up to n_max) estimation
     samples of a fixed-n run on the same seeds (e.g. an IRS cache) and its c_A: the benchmark's shortcut. The same
     decisions as running the model, as long as its forward passes classify every sample alike (same device, passes)."""
@@ -319,8 +342,9 @@ def _hit_counter(classes: torch.Tensor, c_a: int) -> Callable[[int], int]:
     return lambda cut: int(hits[:cut].sum())
 
 
-def run_test(test: SequentialTest, pieces: Iterable[tuple[int, Callable[[int], int]]],
-             needed: Callable[[int], int] | None = None) -> tuple[int, int, int]:
+def run_test(
+    test: SequentialTest, pieces: Iterable[tuple[int, Callable[[int], int]]], needed: Callable[[int], int] | None = None
+) -> tuple[int, int, int]:
     """Feed ``test`` from consecutive pieces of the evaluated samples until it is done; return (successes at the
     stopping look, evaluated samples drawn, looks made). A piece is (length, count) with count(cut) = successes among
     its first ``cut`` samples; a look inside a piece counts that prefix exactly. ``needed(n)``: how many evaluated
@@ -342,14 +366,34 @@ def run_test(test: SequentialTest, pieces: Iterable[tuple[int, Callable[[int], i
     raise CertquantError(f"the samples ended before the last look ({test.looks[-1]}): draw n_max samples")
 
 
-def _sequential_certificate(test: SequentialTest, c_a: int, n_a: int, n_max: int, alpha: float, sigma: float,
-                            seed: int, seconds: float, looks: int) -> SequentialCertificate:
+def _sequential_certificate(
+    test: SequentialTest,
+    c_a: int,
+    n_a: int,
+    n_max: int,
+    alpha: float,
+    sigma: float,
+    seed: int,
+    seconds: float,
+    looks: int,
+) -> SequentialCertificate:
     label = c_a if test.q_lower > 0.5 else ABSTAIN
     return SequentialCertificate(
-        label=label, radius=radius_of(test.q_lower, sigma) if label != ABSTAIN else 0.0, pa_lower=test.q_lower,
-        pa_upper=test.q_upper, c_a=c_a, n_a=n_a, n_used=test.n_used, n_max=n_max, radii=test.radii,
-        certified=list(test.certified), decided_at=list(test.decided_at), stopped_by=test.stopped_by,
-        radius_bound_fixed_n=fixed_n_radius_bound(n_a, test.n_used, n_max, alpha, sigma), seconds=seconds, seed=seed,
+        label=label,
+        radius=radius_of(test.q_lower, sigma) if label != ABSTAIN else 0.0,
+        pa_lower=test.q_lower,
+        pa_upper=test.q_upper,
+        c_a=c_a,
+        n_a=n_a,
+        n_used=test.n_used,
+        n_max=n_max,
+        radii=test.radii,
+        certified=list(test.certified),
+        decided_at=list(test.decided_at),
+        stopped_by=test.stopped_by,
+        radius_bound_fixed_n=fixed_n_radius_bound(n_a, test.n_used, n_max, alpha, sigma),
+        seconds=seconds,
+        seed=seed,
         looks=looks,
     )
 
@@ -380,59 +424,112 @@ def certify_dataset_sequential(
     batch_size: int = 1000,
     seed: int = 0,
     settings: SequentialSettings = SequentialSettings(),
-    identity: dict | None = None,
-    arguments: dict | None = None,
-    provenance: dict | None = None,
+    identity: dict[str, Any] | None = None,
+    arguments: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
     input_shape: Sequence[int] | None = None,
     progress: bool = True,
     channels_last: bool = False,
     resume: bool = False,
-) -> dict:
+) -> dict[str, Any]:
     """``certify_sequential`` of ``images[i]`` for every i in ``indices`` (image seeds as ``runner.certify_dataset``,
     so the noise is a prefix of a fixed-n run's with n = n_max); the run folder of ``runner.certify_dataset`` with
     per-image decisions, and a summary with certified accuracy at each radius and the samples used."""
     validate_smoothing_args(sigma, alpha, batch_size, seed, n0=n0, n_max=n_max)
     radii_list = validate_radii(radii)
-    params = {"sigma": float(sigma), "n0": n0, "n_max": n_max, "alpha": float(alpha), "batch_size": batch_size,
-              "seed": seed, "channels_last": channels_last, "radii": radii_list, **asdict(settings)}
+    params = {
+        "sigma": float(sigma),
+        "n0": n0,
+        "n_max": n_max,
+        "alpha": float(alpha),
+        "batch_size": batch_size,
+        "seed": seed,
+        "channels_last": channels_last,
+        "radii": radii_list,
+        **asdict(settings),
+    }
     _set_memory_format(model, channels_last)
 
-    def one(index: int) -> dict:
-        cert = certify_sequential(model, images[index], sigma, radii_list, n0, n_max, alpha, batch_size,
-                                  image_seed(seed, index), settings, input_shape)
+    def one(index: int) -> dict[str, Any]:
+        cert = certify_sequential(
+            model,
+            images[index],
+            sigma,
+            radii_list,
+            n0,
+            n_max,
+            alpha,
+            batch_size,
+            image_seed(seed, index),
+            settings,
+            input_shape,
+        )
         label = int(labels[index])
-        return {"index": index, "label": label, "predicted": cert.label, "radius": cert.radius,
-                "pa_lower": cert.pa_lower, "correct": cert.label == label, "seconds": cert.seconds, "c_a": cert.c_a,
-                "n_a": cert.n_a, "n_used": cert.n_used, "certified": cert.certified, "decided_at": cert.decided_at,
-                "stopped_by": cert.stopped_by, "radius_bound_fixed_n": cert.radius_bound_fixed_n}
+        return {
+            "index": index,
+            "label": label,
+            "predicted": cert.label,
+            "radius": cert.radius,
+            "pa_lower": cert.pa_lower,
+            "correct": cert.label == label,
+            "seconds": cert.seconds,
+            "c_a": cert.c_a,
+            "n_a": cert.n_a,
+            "n_used": cert.n_used,
+            "certified": cert.certified,
+            "decided_at": cert.decided_at,
+            "stopped_by": cert.stopped_by,
+            "radius_bound_fixed_n": cert.radius_bound_fixed_n,
+        }
 
-    def postfix(records: list[dict]) -> str:
+    def postfix(records: list[dict[str, Any]]) -> str:
         return f"samples/image {sum(r['n_used'] for r in records) / max(1, len(records)):.0f}"
 
-    records, wall = _run("certify-sequential", CERTIFY_FILES, model, indices, out_dir, params, identity, one, postfix,
-                         progress, resume)
+    records, wall = _run(
+        "certify-sequential", CERTIFY_FILES, model, indices, out_dir, params, identity, one, postfix, progress, resume
+    )
     extra = {"sequential": sequential_summary(records, radii_list, n0, n_max, alpha, settings)}
-    return write_certify_summary(out_dir, records, wall, round(extra["sequential"]["samples_per_image"]),
-                                 indices, arguments if arguments is not None else params, provenance, extra=extra)
+    return write_certify_summary(
+        out_dir,
+        records,
+        wall,
+        round(extra["sequential"]["samples_per_image"]),
+        indices,
+        arguments if arguments is not None else params,
+        provenance,
+        extra=extra,
+    )
 
 
-def sequential_summary(records: Sequence[dict], radii: list[float] | None, n0: int, n_max: int, alpha: float,
-                       settings: SequentialSettings) -> dict:
+def sequential_summary(
+    records: Sequence[dict[str, Any]],
+    radii: list[float] | None,
+    n0: int,
+    n_max: int,
+    alpha: float,
+    settings: SequentialSettings,
+) -> dict[str, Any]:
     """Certified accuracy at each requested radius (decided sequentially), the samples used against fixed-n CERTIFY
     at n_max, where the runs stopped, and the confidence statement."""
     count = max(1, len(records))
     samples = sum(n0 + int(r["n_used"]) for r in records)
-    out: dict = {
-        "radii": radii, "n_max": n_max, "looks": look_schedule(n_max, settings),
+    out: dict[str, Any] = {
+        "radii": radii,
+        "n_max": n_max,
+        "looks": look_schedule(n_max, settings),
         "confidence": f"every certified radius holds with probability >= {1 - alpha:g} per image (levels summing to "
-                      f"alpha = {alpha:g} over the looks)",
-        "samples": samples, "samples_per_image": samples / count, "fixed_n_samples": (n0 + n_max) * len(records),
+        f"alpha = {alpha:g} over the looks)",
+        "samples": samples,
+        "samples_per_image": samples / count,
+        "fixed_n_samples": (n0 + n_max) * len(records),
         "fewer_samples_than_fixed_n": (n0 + n_max) * len(records) / max(1, samples),
-        "stopped_by": {k: sum(1 for r in records if r["stopped_by"] == k)
-                       for k in ("decided", "tolerance", "abstain", "n_max")},
+        "stopped_by": {
+            k: sum(1 for r in records if r["stopped_by"] == k) for k in ("decided", "tolerance", "abstain", "n_max")
+        },
     }
     if radii is not None:
         out["certified_accuracy_at_radii"] = {
             f"{radius:g}": sum(1 for r in records if r["correct"] and r["certified"][j]) / count
-            for j, radius in enumerate(radii)}
+            for j, radius in enumerate(radii)
+        }
     return out
