@@ -15,6 +15,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from linear_models import LinearTwoClass
 from scipy.stats import binom, norm
 
 from certquant.smoothing import certify
@@ -35,7 +36,6 @@ from certquant.smoothing.sequential import (
     replay_sequential,
 )
 from certquant.utils.errors import CertquantError
-from linear_models import LinearTwoClass
 
 SIGMA, SHAPE = 0.5, (1, 4, 4)
 ALPHA = 0.05  # large, so a broken bound shows within a few hundred trials
@@ -130,8 +130,9 @@ def test_wrong_decisions_at_most_alpha_with_pa_at_a_threshold_and_naive_rule_fai
     wrong = np.zeros(len(radii), dtype=int)
     naive_wrong = 0
     for seed in range(TRIALS):
-        cert = certify_sequential(model, x, SIGMA, radii, n0=20, n_max=N_MAX, alpha=ALPHA, batch_size=N_MAX, seed=seed,
-                                  settings=SETTINGS)
+        cert = certify_sequential(
+            model, x, SIGMA, radii, n0=20, n_max=N_MAX, alpha=ALPHA, batch_size=N_MAX, seed=seed, settings=SETTINGS
+        )
         wrong += np.array([c and (r > 0 or cert.c_a != 1) for r, c in zip(radii, cert.certified)])
         full = certify(model, x, SIGMA, n0=20, n=N_MAX, alpha=ALPHA, batch_size=N_MAX, seed=seed, keep_cache=True)
         assert full.c_a == cert.c_a
@@ -163,15 +164,18 @@ def test_sequential_irs_wrong_decisions_at_most_alpha_plus_alpha_zeta(branch):
         cache = certify(f, x, SIGMA, n0=20, n=N_MAX, alpha=ALPHA, batch_size=N_MAX, seed=seed, keep_cache=True).cache
         if cache.c_a != 1:
             continue
-        cert = certify_incremental_sequential(f_prime, cache, x, SIGMA, N_MAX, [0.25, 0.5], gamma, ALPHA,
-                                              "one-sided", SETTINGS)
+        cert = certify_incremental_sequential(
+            f_prime, cache, x, SIGMA, N_MAX, [0.25, 0.5], gamma, ALPHA, "one-sided", SETTINGS
+        )
         assert cert.branch == branch
         wrong += any(cert.certified)
         if seed < 10:
-            approx = certify(f_prime, x, SIGMA, n0=20, n=N_MAX, alpha=ALPHA, batch_size=N_MAX, seed=seed,
-                             keep_cache=True).cache.predictions
-            replay = replay_incremental_sequential(cache, approx, N_MAX, [0.25, 0.5], gamma, ALPHA, "one-sided",
-                                                   SETTINGS)
+            approx = certify(
+                f_prime, x, SIGMA, n0=20, n=N_MAX, alpha=ALPHA, batch_size=N_MAX, seed=seed, keep_cache=True
+            ).cache.predictions
+            replay = replay_incremental_sequential(
+                cache, approx, N_MAX, [0.25, 0.5], gamma, ALPHA, "one-sided", SETTINGS
+            )
             assert (replay.certified, replay.n_used, replay.n_d) == (cert.certified, cert.n_used, cert.n_d)
     assert wrong <= binom.ppf(1 - 1e-4, trials, ALPHA + ALPHA), wrong
 
@@ -205,8 +209,14 @@ def test_acr_mode_stops_on_tolerance_or_abstain_and_keeps_level():
     assert cert.stopped_by == "tolerance" and cert.n_used < 100_000
     assert cert.radius <= SIGMA * norm.ppf(0.9)  # below the true radius (level 1 - alpha; this seed)
     # n0 = 1 picks class 1 (pA = 0.3) on some seeds: pA cannot exceed 1/2, an abstention decided within 1000 samples
-    abstain = next(c for c in (certify_sequential(linear(0.3, x), x, SIGMA, None, n0=1, n_max=100_000, seed=s,
-                                                  settings=settings) for s in range(40)) if c.c_a == 1)
+    abstain = next(
+        c
+        for c in (
+            certify_sequential(linear(0.3, x), x, SIGMA, None, n0=1, n_max=100_000, seed=s, settings=settings)
+            for s in range(40)
+        )
+        if c.c_a == 1
+    )
     assert abstain.label == -1 and abstain.stopped_by == "abstain" and abstain.n_used <= 1000
 
 
@@ -220,8 +230,14 @@ def test_radius_out_of_reach_is_given_up_at_the_first_look():
 
 
 def test_bad_settings_are_one_line_errors():
-    for kwargs in ({"growth": 1.0}, {"first": 0}, {"step": 0}, {"final_share": 0.0}, {"futility": 1.5},
-                   {"tolerance": -1.0}):
+    for kwargs in (
+        {"growth": 1.0},
+        {"first": 0},
+        {"step": 0},
+        {"final_share": 0.0},
+        {"futility": 1.5},
+        {"tolerance": -1.0},
+    ):
         with pytest.raises(CertquantError):
             SequentialSettings(**kwargs)
     x = torch.full(SHAPE, 0.5)
@@ -232,4 +248,4 @@ def test_bad_settings_are_one_line_errors():
 
 
 def test_direct_level_is_irs_level():
-    assert direct_level(0.001, 0.001) == 0.002
+    assert direct_level(0.001, 0.001) == 0.001  # as incremental_certificate's direct branch (level 1 - alpha)

@@ -13,8 +13,7 @@ branch's level (``sequential.SequentialTest``), so the bound stays valid however
   (level beta) or no further disagreement at all could not bring it above (the candidate is already worse than the
   full n_p evaluation would allow).
 - direct branch (pA_lower >= gamma): f' is certified directly on the samples with a sequential Clopper-Pearson lower
-  bound whose levels sum to the direct branch's level (alpha + alpha_zeta as ``incremental`` has it; see
-  ``direct_level``), for the class c_A chosen by f's independent selection samples.
+  bound whose levels sum to the direct branch's level (alpha, as ``incremental`` has it; see ``direct_level``), for the class c_A chosen by f's independent selection samples.
 
 The same f' outputs and the same n_d counting as ``incremental`` (``samples_to_evaluate``, ``count_disagreements``):
 only where the sequential test stops earlier does it run f' on fewer samples.
@@ -71,9 +70,10 @@ Piece = tuple[
 
 
 def direct_level(alpha: float, alpha_zeta: float) -> float:
-    """The level of the direct branch's bound: alpha + alpha_zeta, as fixed-n IRS (``incremental_certificate``) has
-    it. The one place sequential IRS takes it from: if IRS's split of alpha_zeta changes, change it here too."""
-    return alpha + alpha_zeta
+    """The level of the direct branch's bound: alpha, as fixed-n IRS (``incremental_certificate``) has it, so the
+    mixture of the branches errs with probability <= alpha + alpha_zeta (``incremental.certify_incremental``). The one
+    place sequential IRS takes it from: if IRS's split changes, change it here too."""
+    return alpha
 
 
 @dataclass
