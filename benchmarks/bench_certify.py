@@ -6,11 +6,16 @@ For each model and image, measured side by side (interleaved, so background load
   forward, CPU passes: the same inputs in passes of at most ``CPU_FORWARD_CHUNK`` samples, as CERTIFY classifies
            them on a CPU -- the floor of certquant's own certifier;
   certify: ``certquant.smoothing.certify`` (noise drawn with the seeded generators, add, forward, argmax, bincount,
-           Clopper-Pearson bound).
-Overhead = certify time / CPU-pass forward time - 1 (target <= 10%); speed-up = whole-batch forward time / certify
+           Clopper-Pearson bound);
+  sequential: ``certquant.smoothing.sequential.certify_sequential`` in ACR mode with tolerance 0, so it draws all n
+           samples and makes every look (the per-sample cost of the sequential path, all its bookkeeping included).
+Each is timed twice: wall clock, and the CPU time of the process (``time.process_time``), which a loaded machine
+(other jobs taking the cores) does not inflate when torch runs one thread; the ratios are given for both.
+Overhead = certify time / CPU-pass forward time - 1 (target <= 5%); speed-up = whole-batch forward time / certify
 time. Writes benchmarks/results/certify.json, .md.
 
     python benchmarks/bench_certify.py [--images 2] [--n 10000] [--batch 1000] [--channels-last small-cnn resnet20]
+        [--threads N]
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -26,6 +32,7 @@ from certquant.models import build
 from certquant.smoothing import certify
 from certquant.smoothing.core import CPU_FORWARD_CHUNK
 from certquant.smoothing.noise import batch_counts
+from certquant.smoothing.sequential import SequentialSettings, certify_sequential
 from certquant.utils import software_versions
 from common import write_results
 
@@ -35,15 +42,22 @@ MODELS = {
 }
 
 
+def _timed(run) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of ``run()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def _forward_only(model: torch.nn.Module, inputs: dict[int, torch.Tensor], sizes: list[int],
-                  chunk: int | None = None) -> float:
-    """Seconds of the forward passes (and argmax) over inputs of ``sizes``, each in passes of at most ``chunk``."""
-    started = time.perf_counter()
-    with torch.inference_mode():
-        for size in sizes:
-            for piece in inputs[size].split(chunk or size):
-                model(piece).argmax(1)
-    return time.perf_counter() - started
+                  chunk: int | None = None) -> tuple[float, float]:
+    """(wall, CPU) seconds of the forward passes (and argmax) over inputs of ``sizes``, in passes of at most ``chunk``."""
+    def run() -> None:
+        with torch.inference_mode():
+            for size in sizes:
+                for piece in inputs[size].split(chunk or size):
+                    model(piece).argmax(1)
+    return _timed(run)
 
 
 def bench_model(name: str, images: int, n0: int, n: int, batch: int, channels_last: bool) -> dict:
@@ -59,13 +73,23 @@ def bench_model(name: str, images: int, n0: int, n: int, batch: int, channels_la
     # warm-up (first image, not recorded)
     _forward_only(model, inputs, sizes[:3])
     certify(model, xs[0], 0.25, n0=n0, n=batch, batch_size=batch)
-    whole_s, forward_s, certify_s = [], [], []
+    everything = SequentialSettings(tolerance=0.0)  # ACR mode that never stops early: all n samples, every look
+    whole_s, forward_s, certify_s, seq_s = [], [], [], []
     for i in range(1, images + 1):
         whole_s.append(_forward_only(model, inputs, sizes))
         forward_s.append(_forward_only(model, inputs, sizes, CPU_FORWARD_CHUNK))
-        certify_s.append(certify(model, xs[i], 0.25, n0=n0, n=n, batch_size=batch, seed=i).seconds)
+        certify_s.append(_timed(lambda: certify(model, xs[i], 0.25, n0=n0, n=n, batch_size=batch, seed=i)))
+        seq_s.append(_timed(lambda: _all_samples(certify_sequential(model, xs[i], 0.25, None, n0, n, 0.001, batch, i,
+                                                                    everything), n)))
+    cpu = {name: sum(c for _, c in values) for name, values in
+           (("whole", whole_s), ("forward", forward_s), ("certify", certify_s), ("sequential", seq_s))}
+    whole_s, forward_s, certify_s, seq_s = ([w for w, _ in v] for v in (whole_s, forward_s, certify_s, seq_s))
     samples = n0 + n
     return {
+        "certify_cpu_over_forward_cpu": cpu["certify"] / cpu["forward"],
+        "sequential_cpu_over_forward_cpu": cpu["sequential"] / cpu["forward"],
+        "sequential_over_forward": sum(seq_s) / sum(forward_s),
+        "sequential_seconds": seq_s, "cpu_seconds_totals": cpu,
         "model": name, "images": images, "n0": n0, "n": n, "batch_size": batch, "channels_last": channels_last,
         "forward_chunk": CPU_FORWARD_CHUNK,
         "forward_whole_batch_seconds_per_image": statistics.median(whole_s),
@@ -79,28 +103,36 @@ def bench_model(name: str, images: int, n0: int, n: int, batch: int, channels_la
     }
 
 
+def _all_samples(cert, n: int) -> None:
+    assert cert.n_used == n, (cert.n_used, n)  # the sequential row must have drawn every sample
+
+
 def _markdown(rows: list[dict], meta: dict) -> str:
     lines = [
         "# CERTIFY speed vs the model's own forward passes",
         "",
-        f"n0 = {rows[0]['n0']}, n = {rows[0]['n']}, sigma = 0.25, 1x28x28 inputs, {meta['threads']} torch threads, "
-        f"{meta['device']}; median over {rows[0]['images']} images, measured interleaved in one run "
-        f"({meta['date']}; {meta['cpu_count']} cores, load average {meta['load_average_at_end'][1]} over the last 5 "
-        f"minutes, so absolute speeds vary). CERTIFY classifies each noise batch in passes of at most "
-        f"{rows[0]['forward_chunk']} samples on a CPU. Overhead = certify time / forward time in those passes - 1 "
-        "(target <= 10%; negative values are load fluctuations); speed-up = forward time in whole batches / certify "
-        "time.",
+        f"n0 = {rows[0]['n0']}, n = {rows[0]['n']}, sigma = 0.25, 1x28x28 inputs, {meta['threads']} torch thread(s), "
+        f"{meta['device']}; {rows[0]['images']} images, measured interleaved in one run ({meta['date']}; "
+        f"{meta['cpu_count']} cores shared with other jobs, load average {meta['load_average_at_end'][1]} over the last "
+        f"5 minutes, so wall-clock speeds vary). CERTIFY classifies each noise batch in passes of at most "
+        f"{rows[0]['forward_chunk']} samples on a CPU; the forward reference runs the same passes on inputs made "
+        "beforehand. certify / forward = CERTIFY's time over the forward passes' (target <= 1.05), by wall clock and by "
+        "process CPU time (with one torch thread, CPU time is what the work costs whatever else runs on the machine); "
+        "sequential = `certify_sequential` drawing all n samples (ACR mode, tolerance 0) over the same forward time; "
+        "speed-up = forward time in whole batches / certify time (wall).",
         "",
-        "| model | batch | channels_last | forward, whole batches s/image | forward s/image | certify s/image "
-        "| certify samples/s | overhead | speed-up vs whole batches |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | batch | channels_last | forward s/image | certify s/image | certify / forward (wall) "
+        "| certify / forward (CPU) | sequential / forward (wall) | sequential / forward (CPU) | certify samples/s "
+        "| speed-up vs whole batches |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['model']} | {r['batch_size']} | {r['channels_last']} | "
-                     f"{r['forward_whole_batch_seconds_per_image']:.2f} | {r['forward_seconds_per_image']:.2f} | "
-                     f"{r['certify_seconds_per_image']:.2f} | {r['certify_samples_per_second']:.0f} | "
-                     f"{100 * r['overhead']:+.1f}% | {r['speedup_vs_whole_batch_forward']:.2f}x |")
-    lines += ["", "Regenerate: `python benchmarks/bench_certify.py` (numbers vary with machine load)."]
+                     f"{r['forward_seconds_per_image']:.2f} | {r['certify_seconds_per_image']:.2f} | "
+                     f"{1 + r['overhead']:.3f} | {r['certify_cpu_over_forward_cpu']:.3f} | "
+                     f"{r['sequential_over_forward']:.3f} | {r['sequential_cpu_over_forward_cpu']:.3f} | "
+                     f"{r['certify_samples_per_second']:.0f} | {r['speedup_vs_whole_batch_forward']:.2f}x |")
+    lines += ["", f"Regenerate: `{meta['command']}` (wall-clock numbers vary with machine load)."]
     return "\n".join(lines) + "\n"
 
 
@@ -114,15 +146,22 @@ def main() -> None:
     parser.add_argument("--channels-last", nargs="*", default=[], metavar="MODEL",
                         help="models to measure a second time in torch.channels_last")
     parser.add_argument("--name", default="certify", help="results file stem")
+    parser.add_argument("--channels-last-only", action="store_true",
+                        help="measure the --channels-last models in channels_last only (the CLI's default)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = []
     for name in args.models:
-        for cl in ([False, True] if name in args.channels_last else [False]):
+        formats = [True] if args.channels_last_only else [False, True]
+        for cl in (formats if name in args.channels_last else [False]):
             row = bench_model(name, args.images, args.n0, args.n, args.batch, cl)
             print(f"{name} channels_last={cl}: forward {row['forward_seconds_per_image']:.2f} s/image, certify "
                   f"{row['certify_seconds_per_image']:.2f} s/image, overhead {100 * row['overhead']:+.1f}%", flush=True)
             rows.append(row)
-    meta = {"threads": torch.get_num_threads(), "device": "CPU", "date": time.strftime("%Y-%m-%d %H:%M"),
+    meta = {"command": "python benchmarks/bench_certify.py " + " ".join(sys.argv[1:]),
+            "threads": torch.get_num_threads(), "device": "CPU", "date": time.strftime("%Y-%m-%d %H:%M"),
             "load_average_at_end": [round(v, 2) for v in os.getloadavg()], "cpu_count": os.cpu_count(),
             "software": software_versions()}
     write_results(args.name, {"results": rows, **meta}, _markdown(rows, meta))

@@ -156,6 +156,19 @@ SOURCES: dict[tuple[tuple[str, ...], int], Callable[[Table], None] | None] = {
     (tuple(SEARCH_TABLE), 0): _rows_in("search.md"),
     (tuple(SEARCH_TABLE), 1): _rows_in("search-resnet20.md"),
     (("name", "where it comes from"), 0): None,
+    (
+        (
+            "method",
+            "r = 0.25",
+            "r = 0.5",
+            "r = 0.75",
+            "r = 1",
+            "samples per image",
+            "total samples",
+            "samples vs fixed-n at 100000",
+        ),
+        0,
+    ): _rows_in("sequential.md"),
 }
 
 

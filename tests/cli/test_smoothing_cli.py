@@ -129,3 +129,56 @@ def test_analyze(checkpoint, tmp_path):
     assert_one_line_error(runner.invoke(app, ["analyze", str(tmp_path / "absent")]), "not found")
     (tmp_path / "empty").mkdir()
     assert_one_line_error(runner.invoke(app, ["analyze", str(tmp_path / "empty")]), "no certificates.jsonl")
+
+
+SEQ = ["--n0", "10", "--alpha", "0.01", "--batch", "40", "--skip", "100", "--no-progress"]
+
+
+def test_sequential_certify_radii_resumes_and_shares_noise(checkpoint, tmp_path):
+    """--radii/--n-max: per-image decisions and samples; a resumed run equals a whole one; each image's decisions
+    are those of replaying the fixed-n run's predictions (same noise prefix)."""
+    args = ["certify", "--checkpoint", checkpoint, *SEQ, "--radii", "0.1,0.25", "--n-max", "400"]
+    whole = runner.invoke(app, [*args, "--out", str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.output
+    assert "samples per image" in whole.output and "certified accuracy at radius 0.1:" in whole.output
+    summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    assert summary["sequential"]["radii"] == [0.1, 0.25] and summary["sequential"]["n_max"] == 400
+    assert runner.invoke(app, [*args, "--max", "2", "--out", str(tmp_path / "parts")]).exit_code == 0
+    assert runner.invoke(app, [*args, "--resume", "--out", str(tmp_path / "parts")]).exit_code == 0
+    assert _records(tmp_path / "parts") == _records(tmp_path / "whole")
+    fixed = runner.invoke(app, ["certify", "--checkpoint", checkpoint, *SEQ, "--n", "400", "--keep-cache",
+                                "--out", str(tmp_path / "fixed")])
+    assert fixed.exit_code == 0, fixed.output
+    from certquant.smoothing import CacheStore
+    from certquant.smoothing.sequential import SequentialSettings, replay_sequential
+
+    store = CacheStore.open(tmp_path / "fixed")
+    for record in _records(tmp_path / "whole"):
+        entry = store.entry(record["index"])
+        replay = replay_sequential(entry.predictions, entry.c_a, 400, 0.01, 0.25, [0.1, 0.25], SequentialSettings())
+        assert (record["certified"], record["n_used"], record["c_a"]) == (replay.certified, replay.n_used, entry.c_a)
+
+
+def test_sequential_certify_errors_are_one_line(checkpoint, tmp_path):
+    base = ["certify", "--checkpoint", checkpoint, *SEQ, "--out", str(tmp_path)]
+    assert_one_line_error(runner.invoke(app, [*base, "--radii", "0.25"]), "--n-max")
+    assert_one_line_error(runner.invoke(app, [*base, "--radii", "a,b", "--n-max", "100"]), "--radii")
+    assert_one_line_error(runner.invoke(app, [*base, "--radii", "-1", "--n-max", "100"]), "radii")
+    assert_one_line_error(runner.invoke(app, [*base, "--n-max", "0"]), "n_max")
+
+
+def test_sequential_irs_cli(checkpoint, tmp_path):
+    """--incremental-from BASE --np N --radii: sequential IRS; the model runs on at most n_p samples per image."""
+    base = runner.invoke(app, ["certify", "--checkpoint", checkpoint, *SEQ, "--n", "400", "--keep-cache",
+                               "--out", str(tmp_path / "base")])
+    assert base.exit_code == 0, base.output
+    args = ["certify", "--checkpoint", checkpoint, "--incremental-from", str(tmp_path / "base"), "--np", "300",
+            "--no-progress"]
+    result = runner.invoke(app, [*args, "--radii", "0.1,0.25", "--out", str(tmp_path / "irs")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "irs" / "summary.json").read_text())
+    seq = summary["incremental_sequential"]
+    assert seq["n_p_max"] == 300 and seq["radii"] == [0.1, 0.25] and 0 < seq["approx_samples_per_image"] <= 300
+    assert set(seq["certified_accuracy_at_radii"]) == {"0.1", "0.25"}
+    assert_one_line_error(runner.invoke(app, [*args, "--radii", "0.1", "--n-max", "300", "--out", str(tmp_path / "x")]),
+                          "--n-max")

@@ -13,6 +13,7 @@ from certquant.data import every_kth, load_dataset
 from certquant.models import load_checkpoint
 from certquant.smoothing import CacheStore, certify_dataset_incremental
 from certquant.smoothing.config import IRSConfig
+from certquant.smoothing.incremental_sequential import certify_dataset_incremental_sequential
 from certquant.train import resolve_device
 from certquant.utils.errors import CertquantError
 
@@ -69,6 +70,7 @@ def certify_incremental_cmd(
     channels_last: bool,
     progress: bool,
     resume: bool,
+    radii: Optional[list[float]] = None,
     **cache_options: Any,
 ) -> dict:
     """Run IRS of ``checkpoint`` on the base run's cached images (or the --skip/--max subset of them)."""
@@ -103,6 +105,18 @@ def certify_incremental_cmd(
     provenance = {"checkpoint_sha256": info["sha256"], "checkpoint_path": info["path"],
                   "base_checkpoint_sha256": store.key.get("checkpoint_sha256")}
     shape = (int(info["in_channels"]), int(info["input_size"]), int(info["input_size"]))
+    if radii is not None:  # sequential IRS: n_p is the most f' may use; stop when the radii are decided
+        summary = certify_dataset_incremental_sequential(model, images, labels, indices, out, store, n_p, radii, gamma,
+                                                         alpha_zeta, disparity, identity=identity,
+                                                         arguments={**arguments, "radii": radii}, provenance=provenance,
+                                                         input_shape=shape, progress=progress,
+                                                         channels_last=channels_last, resume=resume)
+        seq = summary["incremental_sequential"]
+        accs = ", ".join(f"{r}: {a:.3f}" for r, a in seq["certified_accuracy_at_radii"].items())
+        typer.echo(f"{summary['num_images']} images, sequential IRS (n_p at most {n_p}): the model ran on "
+                   f"{seq['approx_samples_per_image']:.0f} samples per image; certified accuracy at radius {accs}")
+        typer.echo(f"wrote {out}/certificates.jsonl, summary.json, certify.tsv")
+        return summary
     summary = certify_dataset_incremental(model, images, labels, indices, out, store, n_p, gamma, alpha_zeta, disparity,
                                           identity=identity, arguments=arguments, provenance=provenance,
                                           input_shape=shape, progress=progress, channels_last=channels_last,

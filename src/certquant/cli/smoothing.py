@@ -11,9 +11,10 @@ from certquant.cli.irs import certify_incremental_cmd
 from certquant.data import every_kth, load_dataset
 from certquant.models import load_checkpoint
 from certquant.report.certified import certified_accuracy_table, load_certify_run, plot_certified_accuracy
-from certquant.smoothing import certify_dataset, predict_dataset
+from certquant.smoothing import certify_dataset, predict_dataset, validate_smoothing_args
 from certquant.smoothing.config import CertifyConfig, IRSConfig, check_sigma
 from certquant.utils.config import field_docs
+from certquant.smoothing.sequential import SequentialSettings, certify_dataset_sequential, validate_radii
 from certquant.train import resolve_device
 from certquant.utils.errors import CertquantError
 
@@ -71,18 +72,33 @@ def certify_cmd(
     gamma: float = typer.Option(IRS.gamma, help="IRS: " + IRS_DOCS["gamma"]),
     alpha_zeta: float = typer.Option(IRS.alpha_zeta, "--alpha-zeta", help="IRS: " + IRS_DOCS["alpha_zeta"]),
     disparity: str = typer.Option(IRS.disparity, help="IRS: " + IRS_DOCS["disparity"]),
+    radii: Optional[str] = typer.Option(None, "--radii", help="sequential: certify these radii (e.g. 0.25,0.5,0.75,1.0), "
+                                                             "stopping per image as soon as each is decided (needs --n-max)"),
+    n_max: Optional[int] = typer.Option(None, "--n-max", help="sequential certification with at most N_MAX estimation "
+                                                             "samples (same noise as --n N_MAX); without --radii: ACR mode"),
+    tolerance: float = typer.Option(0.05, help="sequential ACR mode: stop when the radius cannot grow by more than this"),
 ) -> None:
     """CERTIFY (Cohen et al.) every SKIP-th test image; resumable; writes certificates, summary and a Cohen TSV.
     With --incremental-from BASE_RUN --np N_P: incremental randomized smoothing (IRS) from the base run's cache."""
     if incremental_from is not None:
         if keep_cache:
             raise CertquantError("--keep-cache applies to a full certification, not to --incremental-from")
+        if n_max is not None:
+            raise CertquantError("with --incremental-from, --np is the most samples sequential IRS may use: drop --n-max")
         certify_incremental_cmd(ctx, checkpoint, incremental_from, n_p, gamma, alpha_zeta, disparity, out, dataset, skip,
-                                max_images, device, channels_last, progress, resume, sigma=sigma, n0=n0, n=n,
-                                alpha=alpha, batch=batch, seed=seed)
+                                max_images, device, channels_last, progress, resume, validate_radii(parse_radii(radii)),
+                                sigma=sigma, n0=n0, n=n, alpha=alpha, batch=batch, seed=seed)
         return
     if n_p is not None:
         raise CertquantError("--np is an IRS option: give --incremental-from BASE_RUN too")
+    if n_max is not None or radii is not None:
+        if keep_cache:
+            raise CertquantError("--keep-cache applies to a full certification, not to --n-max (sequential)")
+        if n_max is None:
+            raise CertquantError("--radii certifies sequentially: give --n-max N too (e.g. 100000)")
+        _certify_sequential_cmd(checkpoint, dataset, sigma, n0, n_max, alpha, skip, max_images, batch, seed, device, out,
+                                channels_last, progress, radii, tolerance, resume)
+        return
     CertifyConfig(n0=n0, n=n, alpha=alpha, batch=batch, seed=seed)  # one-line errors before loading anything
     model, info, sigma, images, labels, indices, identity = _prepare(checkpoint, dataset, sigma, skip, max_images, device)
     arguments = {"checkpoint": checkpoint, "dataset": info["dataset"], "sigma": sigma, "n0": n0, "n": n, "alpha": alpha,
@@ -98,6 +114,45 @@ def certify_cmd(
                f"ACR {summary['acr']:.4f}, abstain {summary['abstain_rate']:.3f}")
     typer.echo(f"certified accuracy at radius {accs}")
     typer.echo(f"wrote {out}/certificates.jsonl, summary.json, certify.tsv" + (", irs_cache/" if keep_cache else ""))
+
+
+def parse_radii(text: Optional[str]) -> Optional[list[float]]:
+    """"0.25,0.5" -> [0.25, 0.5]; one line for anything else."""
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise CertquantError(f"--radii must be comma-separated numbers, e.g. 0.25,0.5,0.75,1.0, got '{text}'") from None
+
+
+def _certify_sequential_cmd(checkpoint: str, dataset: Optional[str], sigma: Optional[float], n0: int, n_max: int,
+                            alpha: float, skip: int, max_images: Optional[int], batch: int, seed: int, device: str,
+                            out: Path, channels_last: bool, progress: bool, radii_text: Optional[str],
+                            tolerance: float, resume: bool) -> None:
+    """``certify --n-max N [--radii R1,R2,...]``: sequential CERTIFY (smoothing/sequential.py)."""
+    radii = validate_radii(parse_radii(radii_text))
+    settings = SequentialSettings(tolerance=tolerance)
+    CertifyConfig(n0=n0, alpha=alpha, batch=batch, seed=seed)  # one-line errors before loading anything
+    validate_smoothing_args(1.0, alpha, batch, seed, n_max=n_max)
+    model, info, sigma, images, labels, indices, identity = _prepare(checkpoint, dataset, sigma, skip, max_images, device)
+    arguments = {"checkpoint": checkpoint, "dataset": info["dataset"], "sigma": sigma, "n0": n0, "n_max": n_max,
+                 "radii": radii, "tolerance": tolerance, "alpha": alpha, "skip": skip, "max": max_images,
+                 "batch": batch, "seed": seed, "device": device, "channels_last": channels_last, "out": str(out)}
+    summary = certify_dataset_sequential(model, images, labels, indices, out, sigma, radii, n0, n_max, alpha, batch,
+                                         seed, settings, identity=identity, arguments=arguments,
+                                         provenance={"checkpoint_sha256": info["sha256"], "checkpoint_path": info["path"]},
+                                         input_shape=_input_shape(info), progress=progress, channels_last=channels_last,
+                                         resume=resume)
+    seq = summary["sequential"]
+    typer.echo(f"{summary['num_images']} images: {seq['samples_per_image']:.0f} samples per image, "
+               f"{seq['fewer_samples_than_fixed_n']:.1f}x fewer than CERTIFY with n = {n_max}")
+    if radii is not None:
+        accs = ", ".join(f"{r}: {a:.3f}" for r, a in seq["certified_accuracy_at_radii"].items())
+        typer.echo(f"certified accuracy at radius {accs}")
+    else:
+        typer.echo(f"clean accuracy {summary['clean_accuracy']:.4f}, ACR {summary['acr']:.4f} (tolerance {tolerance})")
+    typer.echo(f"wrote {out}/certificates.jsonl, summary.json, certify.tsv")
 
 
 def predict_cmd(

@@ -139,17 +139,61 @@ def _first_forward(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
 CPU_FORWARD_CHUNK = 200
 
 
-def classify(model: nn.Module, batch: torch.Tensor, first: bool = False) -> tuple[torch.Tensor, int]:
-    """f's class (argmax of the logits) for every sample of ``batch`` and the number of classes; on a CPU in passes
-    of at most ``CPU_FORWARD_CHUNK`` samples. ``first`` checks the model's output on the first pass."""
+def classify_pieces(model: nn.Module, batch: torch.Tensor, first: bool = False) -> Iterator[tuple[torch.Tensor, int]]:
+    """f's class (argmax of the logits) for the samples of ``batch``, yielded pass by pass: on a CPU passes of at most
+    ``CPU_FORWARD_CHUNK`` samples, on an accelerator the whole batch; with the number of classes. ``first`` checks the
+    model's output on the first pass. Sequential certification stops between passes; full certification
+    (``classify``) concatenates them, so both classify every sample in the same pass, bit-identically."""
     chunk = CPU_FORWARD_CHUNK if batch.device.type == "cpu" else len(batch)
-    parts, num_classes = [], 0
     for start in range(0, len(batch), chunk):
         piece = batch[start : start + chunk]
         logits = _first_forward(model, piece) if first and start == 0 else model(piece)
-        parts.append(logits.argmax(1))
-        num_classes = logits.shape[1]
-    return (torch.cat(parts) if len(parts) > 1 else parts[0]), num_classes
+        yield logits.argmax(1), logits.shape[1]
+
+
+def classify(model: nn.Module, batch: torch.Tensor, first: bool = False) -> tuple[torch.Tensor, int]:
+    """f's class for every sample of ``batch`` and the number of classes (the passes of ``classify_pieces``)."""
+    parts = list(classify_pieces(model, batch, first))
+    return (torch.cat([c for c, _ in parts]) if len(parts) > 1 else parts[0][0]), parts[-1][1]
+
+
+def classified_samples(
+    model: nn.Module,
+    x: torch.Tensor,
+    sigma: float,
+    total: int,
+    batch_size: int,
+    seed: int,
+    stage: int,
+    limit: int | None = None,
+    only: torch.Tensor | None = None,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None, int]]:
+    """f's classes of the first ``limit`` (default ``total``) noisy samples of ``stage``, forward pass by forward pass.
+
+    Yields ``(start, classes, positions, num_classes)``: ``classes`` on the model's device; ``positions`` is None when
+    the pass holds samples ``start, start + 1, ...`` of the stage, else (with ``only``) the CPU int64 sample indices of
+    the marked samples it holds. ``only`` (a boolean mask over those samples, on the CPU) classifies just the samples
+    it marks: every batch is still drawn whole, so the noise of each sample stays what it is without the mask (IRS
+    skips samples this way). Full (``sample_counts``) and sequential certification both classify through here.
+    """
+    offset, first = 0, True
+    for batch in noisy_batches(x, sigma, seed, stage, total, batch_size, limit):
+        size, positions = len(batch), None
+        if only is not None:
+            marked = only[offset : offset + size].nonzero().squeeze(1)
+            if len(marked) == 0:
+                offset += size
+                continue
+            if len(marked) < size:
+                batch = batch.index_select(0, marked.to(batch.device))
+                positions = marked + offset
+        done = 0
+        for classes, num_classes in classify_pieces(model, batch, first):
+            first = False
+            count = len(classes)
+            yield (offset + done, classes, None if positions is None else positions[done : done + count], num_classes)
+            done += count
+        offset += size
 
 
 def sample_counts(
@@ -167,23 +211,13 @@ def sample_counts(
     """Class counts of f over the first ``limit`` (default ``total``) noisy samples of ``stage``, counted on the device.
 
     Hot loop: draw noise with the batch's generator, add x, forward, argmax, bincount; no per-sample Python work.
-    ``only`` (a boolean mask over those samples, on the CPU) classifies just the samples it marks: every batch is
-    still drawn whole, so the noise of each sample stays what it is without the mask (IRS skips samples this way).
-    Returns ``(counts (classes,) int64 on the model's device, predictions on CPU or None)``, predictions of the
-    classified samples in order. Must run in eval mode under inference_mode (``certify`` and ``predict`` do that).
+    ``only`` marks the samples to classify (see ``classified_samples``). Returns ``(counts (classes,) int64 on the
+    model's device, predictions on CPU or None)``, predictions of the classified samples in order. Must run in eval
+    mode under inference_mode (``certify`` and ``predict`` do that).
     """
     counts: torch.Tensor | None = None
     kept: list[torch.Tensor] = []
-    offset = 0
-    for batch in noisy_batches(x, sigma, seed, stage, total, batch_size, limit):
-        if only is not None:
-            marked = only[offset : offset + len(batch)].nonzero().squeeze(1)
-            offset += len(batch)
-            if len(marked) == 0:
-                continue
-            if len(marked) < len(batch):
-                batch = batch.index_select(0, marked.to(batch.device))
-        classes, num_classes = classify(model, batch, first=counts is None)
+    for _, classes, _, num_classes in classified_samples(model, x, sigma, total, batch_size, seed, stage, limit, only):
         if counts is None:
             counts = torch.zeros(num_classes, dtype=torch.int64, device=classes.device)
         counts += torch.bincount(classes, minlength=num_classes)

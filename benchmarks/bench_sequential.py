@@ -1,0 +1,437 @@
+"""Sequential certification at fixed radii vs fixed-n CERTIFY (and sequential vs fixed-n IRS) on the same images
+and seeds: certified accuracy at each radius, samples, time.
+
+Input: a fixed-n run with its IRS cache, made once by the CLI, e.g.
+
+    certquant certify --checkpoint small-cnn-fmnist-s0.25 --skip 20 --max 500 --n 100000 --keep-cache --out RUN
+
+The cache holds f's class on every one of the n estimation samples of every image, and a sequential run with
+n_max <= n on the same seeds consumes a prefix of the same noise (``sequential`` module docstring). So every figure
+is derived from it without running the model again:
+  - fixed-n CERTIFY at n (the run) and at each --also-n (a prefix: n_A of the first n' samples);
+  - sequential CERTIFY at --radii with n_max = n (``replay_sequential``), and with each radius alone (where the
+    savings come from), and in ACR mode (radii None, --tolerance);
+  - with --policies: f' = the quantized model (noisy calibration, as bench_irs) runs once on the first --np samples
+    of each of the first --irs-images images; fixed-n IRS at n_p (``incremental_certificate``) and sequential IRS
+    with n_p_max = n_p (``replay_incremental_sequential``) are derived from those predictions.
+The shortcut is checked: on the first --check-images images the real ``certify_sequential`` (and
+``certify_incremental_sequential``) run on the model, their decisions must equal the derived ones (the check is
+recorded), and their wall-clock per image is measured interleaved with ``certify`` at n = --time-n on the same
+images (fixed-n time at n is extrapolated per sample from it, and the base run's own per-image seconds are given too).
+
+    python benchmarks/bench_sequential.py --run RUN --checkpoint small-cnn-fmnist-s0.25 --radii 0.25 0.5 0.75 1.0
+        [--also-n 10000] [--policies W8A8 W4A4 --np 10000 --irs-images 100] [--check-images 5] [--name NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench_irs import quantized
+from certquant.data import load_dataset
+from certquant.models import load_checkpoint
+from certquant.quant import noisy_calibration_batch, quantizable_layers
+from certquant.quant.checkpoint import _train_images, input_shape
+from certquant.smoothing import (
+    CacheStore,
+    certify,
+    certify_incremental,
+    image_seed,
+    incremental_certificate,
+    samples_to_evaluate,
+)
+from certquant.smoothing.core import _evaluating, sample_counts
+from certquant.smoothing.incremental_sequential import (
+    certify_incremental_sequential,
+    replay_incremental_sequential,
+)
+from certquant.smoothing.noise import ESTIMATION
+from certquant.smoothing.sequential import (
+    SequentialSettings,
+    certify_sequential,
+    cp_lower,
+    look_levels,
+    look_schedule,
+    radius_of,
+    replay_sequential,
+    thresholds_of,
+)
+from certquant.utils import read_jsonl, software_versions
+from common import ROOT, write_results
+
+GAMMA, ALPHA_ZETA, DISPARITY = 0.99, 0.001, "one-sided"
+
+
+def resolve(name: str) -> str:
+    local = ROOT / "runs" / "zoo" / name / "model.pt"
+    return str(local) if local.is_file() else name
+
+
+def accuracy(certified: np.ndarray, correct: np.ndarray) -> list[float]:
+    """Certified accuracy per radius: certified there and c_A = the label. ``certified`` is (images, radii)."""
+    return [float(v) for v in (certified & correct[:, None]).mean(0)]
+
+
+def fixed_rows(
+    store: CacheStore, records: dict[int, dict], indices: list[int], radii: list[float], n_values: list[int], args
+) -> dict[str, Any]:
+    """Fixed-n CERTIFY at each n (prefixes of the run's predictions) and sequential CERTIFY with n_max = the run's n."""
+    key = store.key
+    n, alpha, sigma, n0 = int(key["n"]), float(key["alpha"]), float(key["sigma"]), int(key["n0"])
+    thresholds = thresholds_of(radii, sigma)
+    correct = np.array([records[i]["c_a"] == records[i]["label"] for i in indices])
+    out: dict[str, Any] = {}
+    for m in n_values:
+        lowers = []
+        for i in indices:
+            entry = store.entry(i)
+            lowers.append(float(cp_lower(int((entry.predictions[:m].long() == entry.c_a).sum()), m, alpha)))
+        certified = np.array(lowers)[:, None] > thresholds[None, :]
+        out[f"fixed-n {m}"] = {
+            "certified_accuracy": accuracy(certified, correct),
+            "samples": (n0 + m) * len(indices),
+            "samples_per_image": n0 + m,
+        }
+    settings = SequentialSettings(tolerance=args.tolerance)
+    seq = [
+        replay_sequential(store.entry(i).predictions, store.entry(i).c_a, n, alpha, sigma, radii, settings)
+        for i in indices
+    ]
+    used = np.array([c.n_used for c in seq])
+    certified = np.array([c.certified for c in seq])
+    fixed = np.array([records[i]["pa_lower"] for i in indices])[:, None] > thresholds[None, :]
+    out["sequential"] = {
+        "certified_accuracy": accuracy(certified, correct),
+        "samples": int((n0 + used).sum()),
+        "samples_per_image": float((n0 + used).mean()),
+        "median_n_used": float(np.median(used)),
+        "stopped_at_n_max": int((used == n).sum()),
+        "decisions_differing_from_fixed_n": [int(v) for v in (certified != fixed).sum(0)],
+        "certified_by_sequential_not_fixed_n": [int(v) for v in (certified & ~fixed).sum(0)],
+        "certified_by_fixed_n_not_sequential": [int(v) for v in (fixed & ~certified).sum(0)],
+        "decided_at_median": [float(np.median([c.decided_at[j] for c in seq])) for j in range(len(radii))],
+    }
+    out["sequential, one radius alone"] = {
+        f"{r:g}": float(
+            np.mean(
+                [
+                    n0
+                    + replay_sequential(
+                        store.entry(i).predictions, store.entry(i).c_a, n, alpha, sigma, [r], settings
+                    ).n_used
+                    for i in indices
+                ]
+            )
+        )
+        for r in radii
+    }
+    acr = [
+        replay_sequential(store.entry(i).predictions, store.entry(i).c_a, n, alpha, sigma, None, settings)
+        for i in indices
+    ]
+    acr_used = np.array([c.n_used for c in acr])
+    radius_seq = np.array([c.radius if c.label == records[i]["label"] else 0.0 for c, i in zip(acr, indices)])
+    radius_fix = np.array([records[i]["radius"] if records[i]["correct"] else 0.0 for i in indices])
+    looks = look_schedule(n, settings)  # the same procedure without early stops: its best bound over every look
+    levels = look_levels(len(looks), alpha, settings.final_share)
+    full = []
+    for i in indices:
+        entry = store.entry(i)
+        hits = np.concatenate([[0], np.cumsum(entry.predictions.numpy() == entry.c_a)])
+        best = float(cp_lower(hits[looks], np.array(looks), levels).max())
+        full.append(radius_of(best, sigma) if best > 0.5 and entry.c_a == records[i]["label"] else 0.0)
+    radius_full = np.array(full)
+    out["sequential ACR mode"] = {
+        "tolerance": args.tolerance,
+        "acr": float(radius_seq.mean()),
+        "fixed_n_acr": float(radius_fix.mean()),
+        "samples": int((n0 + acr_used).sum()),
+        "samples_per_image": float((n0 + acr_used).mean()),
+        "largest_shortfall_vs_fixed_n": float((radius_fix - radius_seq).max()),
+        "images_short_by_more_than_tolerance": int(((radius_fix - radius_seq) > args.tolerance + 1e-12).sum()),
+        "acr_without_early_stops": float(radius_full.mean()),
+        "largest_shortfall_vs_no_early_stop": float((radius_full - radius_seq).max()),
+        "images_short_of_no_early_stop_by_more_than_tolerance": int(
+            ((radius_full - radius_seq) > args.tolerance + 1e-12).sum()
+        ),
+    }
+    return out
+
+
+def check_and_time(model, images, store: CacheStore, indices: list[int], radii: list[float], args) -> dict[str, Any]:
+    """Real sequential CERTIFY on the first --check-images images: same decisions as the replay? Seconds per image,
+    interleaved with CERTIFY at --time-n."""
+    key = store.key
+    n, alpha, sigma, n0, batch = (
+        int(key["n"]),
+        float(key["alpha"]),
+        float(key["sigma"]),
+        int(key["n0"]),
+        int(key["batch_size"]),
+    )
+    settings = SequentialSettings(tolerance=args.tolerance)
+    same, seq_s, fixed_s, samples = [], [], [], []
+    for i in indices[: args.check_images]:
+        seed = image_seed(int(key["seed"]), i)
+        real = certify_sequential(model, images[i], sigma, radii, n0, n, alpha, batch, seed, settings)
+        replay = replay_sequential(store.entry(i).predictions, store.entry(i).c_a, n, alpha, sigma, radii, settings)
+        same.append((real.certified, real.n_used, real.n_a) == (replay.certified, replay.n_used, replay.n_a))
+        seq_s.append(real.seconds)
+        samples.append(n0 + real.n_used)
+        fixed_s.append(certify(model, images[i], sigma, n0, args.time_n, alpha, batch, seed).seconds)
+    fixed_per_sample = sum(fixed_s) / ((n0 + args.time_n) * len(fixed_s)) if fixed_s else None
+    return {
+        "images": len(same),
+        "identical_decisions": all(same),
+        "identical_count": sum(same),
+        "sequential_seconds_per_image": float(np.mean(seq_s)) if seq_s else None,
+        "sequential_samples_per_image": float(np.mean(samples)) if samples else None,
+        "sequential_seconds_per_sample": sum(seq_s) / sum(samples) if samples else None,
+        "fixed_n_time_n": args.time_n,
+        "fixed_n_seconds_per_image_at_time_n": float(np.mean(fixed_s)) if fixed_s else None,
+        "fixed_n_seconds_per_sample": fixed_per_sample,
+        "fixed_n_seconds_per_image_at_n_extrapolated": fixed_per_sample * (n0 + n) if fixed_per_sample else None,
+    }
+
+
+def irs_rows(
+    model, info, images, store: CacheStore, records: dict[int, dict], indices: list[int], radii: list[float], args
+) -> dict[str, Any]:
+    """Fixed-n IRS at n_p vs sequential IRS with n_p_max = n_p, for each policy, on the first --irs-images images."""
+    key = store.key
+    sigma, batch = float(key["sigma"]), int(key["batch_size"])
+    layers = quantizable_layers(model, input_shape(info))
+    calib = noisy_calibration_batch(_train_images(info)[0], sigma, 256, seed=0)
+    thresholds = thresholds_of(radii, sigma)
+    chosen = indices[: args.irs_images]
+    correct = np.array([records[i]["c_a"] == records[i]["label"] for i in chosen])
+    settings = SequentialSettings(tolerance=args.tolerance)
+    out: dict[str, Any] = {}
+    for name in args.policies:
+        qmodel, _ = quantized(model, name, layers, calib)
+        qmodel = qmodel.to(memory_format=torch.channels_last)
+        folder = Path(args.work) / Path(args.run).name / f"{name}-np{args.np}"
+        folder.mkdir(parents=True, exist_ok=True)
+        fixed, seq, fixed_cost, seq_cost, checks, seq_s, fixed_s = [], [], [], [], [], [], []
+        for k, i in enumerate(chosen):
+            entry, path = store.entry(i), folder / f"{i}.npy"
+            if not path.exists():  # f' on the first n_p estimation samples of image i (resumable, one file per image)
+                with _evaluating(qmodel):
+                    _, preds = sample_counts(
+                        qmodel,
+                        images[i],
+                        sigma,
+                        entry.n,
+                        batch,
+                        entry.seed,
+                        ESTIMATION,
+                        keep_predictions=True,
+                        limit=args.np,
+                    )
+                tmp = folder / f"{i}.tmp.npy"
+                np.save(tmp, preds.numpy())
+                os.replace(tmp, path)
+            preds = torch.from_numpy(np.load(path))
+            mask = samples_to_evaluate(entry, args.np, GAMMA, DISPARITY)
+            seen = preds if mask is None else preds[mask]
+            cert = incremental_certificate(entry, seen, int(info["num_classes"]), GAMMA, ALPHA_ZETA, DISPARITY, mask)
+            fixed.append(cert.pa_lower > thresholds if cert.label != -1 else np.zeros(len(radii), bool))
+            fixed_cost.append(cert.evaluated)
+            rep = replay_incremental_sequential(entry, preds, args.np, radii, GAMMA, ALPHA_ZETA, DISPARITY, settings)
+            seq.append(rep.certified)
+            seq_cost.append(rep.evaluated)
+            if k < args.check_images:
+                real = certify_incremental_sequential(
+                    qmodel, entry, images[i], sigma, args.np, radii, GAMMA, ALPHA_ZETA, DISPARITY, settings
+                )
+                checks.append((real.certified, real.n_used, real.n_d) == (rep.certified, rep.n_used, rep.n_d))
+                seq_s.append(real.seconds)
+                fixed_s.append(
+                    certify_incremental(qmodel, entry, images[i], sigma, args.np, GAMMA, ALPHA_ZETA, DISPARITY).seconds
+                )
+        fixed_a, seq_a = np.array(fixed), np.array(seq)
+        out[name] = {
+            "images": len(chosen),
+            "n_p": args.np,
+            "fixed_n_irs": {
+                "certified_accuracy": accuracy(fixed_a, correct),
+                "quantized_samples": int(sum(fixed_cost)),
+            },
+            "sequential_irs": {"certified_accuracy": accuracy(seq_a, correct), "quantized_samples": int(sum(seq_cost))},
+            "decisions_differing": [int(v) for v in (fixed_a != seq_a).sum(0)],
+            "check": {
+                "images": len(checks),
+                "identical_decisions": all(checks),
+                "sequential_seconds_per_image": float(np.mean(seq_s)) if seq_s else None,
+                "fixed_n_seconds_per_image": float(np.mean(fixed_s)) if fixed_s else None,
+            },
+        }
+        print(f"{name}: {json.dumps(out[name])}", flush=True)
+    return out
+
+
+def markdown(data: dict) -> str:
+    radii = data["radii"]
+    head = " | ".join(f"r = {r:g}" for r in radii)
+    lines = [
+        f"# Sequential vs fixed-n certification: {data['checkpoint']}, sigma {data['sigma']:g}",
+        "",
+        f"{data['images']} test images (every {data['skip']}th, indices in the JSON), alpha {data['alpha']}, "
+        f"n0 {data['n0']}, batch {data['batch_size']}, run seed {data['seed']}; sequential: Clopper-Pearson at "
+        f"the looks {data['looks']} with levels summing to alpha (half at n_max). Derived from the fixed-n run's "
+        f"stored predictions (`{data['run']}`); the real sequential code on the first "
+        f"{data['check']['images']} images gave identical decisions: {data['check']['identical_decisions']}.",
+        "",
+        f"| method | {head} | samples per image | total samples | samples vs fixed-n at {data['n']} |",
+        "|---|" + "---|" * len(radii) + "---|---|---|",
+    ]
+    base = data["rows"][f"fixed-n {data['n']}"]["samples"]
+    for name, row in data["rows"].items():
+        if "certified_accuracy" not in row:
+            continue
+        accs = " | ".join(f"{a:.3f}" for a in row["certified_accuracy"])
+        lines.append(
+            f"| {name} | {accs} | {row['samples_per_image']:.0f} | {row['samples']:,} | "
+            f"{base / row['samples']:.1f}x fewer |"
+            if name != f"fixed-n {data['n']}"
+            else f"| {name} | {accs} | {row['samples_per_image']:.0f} | {row['samples']:,} | 1x |"
+        )
+    seq = data["rows"]["sequential"]
+    alone = data["rows"]["sequential, one radius alone"]
+    lines += [
+        "",
+        f"Sequential stopped at n_max on {seq['stopped_at_n_max']} of {data['images']} images; decisions "
+        f"differing from fixed-n at {data['n']} per radius: {seq['decisions_differing_from_fixed_n']} "
+        f"(certified only by sequential {seq['certified_by_sequential_not_fixed_n']}, only by fixed-n "
+        f"{seq['certified_by_fixed_n_not_sequential']}); median samples when each radius was decided: "
+        f"{[int(v) for v in seq['decided_at_median']]}.",
+        "Samples per image with one radius asked alone: "
+        + ", ".join(f"r = {r}: {v:.0f}" for r, v in alone.items())
+        + ".",
+    ]
+    acr = data["rows"]["sequential ACR mode"]
+    lines += [
+        "",
+        f"ACR mode (no radii, tolerance {acr['tolerance']}): ACR {acr['acr']:.4f} vs fixed-n "
+        f"{acr['fixed_n_acr']:.4f}, {acr['samples_per_image']:.0f} samples per image "
+        f"({base / acr['samples']:.1f}x fewer); largest shortfall vs fixed-n {acr['largest_shortfall_vs_fixed_n']:.3f}, "
+        f"images short by more than the tolerance: {acr['images_short_by_more_than_tolerance']} (the levels split over the "
+        f"looks cost radius even at n_max); against the same procedure without early stops (ACR "
+        f"{acr['acr_without_early_stops']:.4f}): largest shortfall {acr['largest_shortfall_vs_no_early_stop']:.3f}, "
+        f"images short by more than the tolerance: {acr['images_short_of_no_early_stop_by_more_than_tolerance']}.",
+    ]
+    c = data["check"]
+    if c["images"]:
+        lines += [
+            "",
+            f"Time (real code, first {c['images']} images, interleaved, {data['threads']} thread(s), shared "
+            f"CPU): sequential {c['sequential_seconds_per_image']:.2f} s/image "
+            f"({c['sequential_samples_per_image']:.0f} samples); fixed-n at {c['fixed_n_time_n']}: "
+            f"{c['fixed_n_seconds_per_image_at_time_n']:.2f} s/image, so at {data['n']} about "
+            f"{c['fixed_n_seconds_per_image_at_n_extrapolated']:.1f} s/image (per-sample cost: sequential "
+            f"{1e6 * c['sequential_seconds_per_sample']:.0f} us, fixed-n {1e6 * c['fixed_n_seconds_per_sample']:.0f} us). "
+            f"The base run itself took {data['base_run_seconds_per_image']:.1f} s/image (niced, 1 thread, "
+            "under other load).",
+        ]
+    if data.get("irs"):
+        lines += [
+            "",
+            f"## IRS of quantized models (one-sided disparity, gamma {GAMMA}, alpha_zeta {ALPHA_ZETA})",
+            "",
+            f"| policy | method | {head} | quantized-model samples | |",
+            "|---|---|" + "---|" * len(radii) + "---|---|",
+        ]
+        for name, row in data["irs"].items():
+            for label, key in (("fixed-n IRS", "fixed_n_irs"), ("sequential IRS", "sequential_irs")):
+                accs = " | ".join(f"{a:.3f}" for a in row[key]["certified_accuracy"])
+                ratio = row["fixed_n_irs"]["quantized_samples"] / max(1, row[key]["quantized_samples"])
+                lines.append(
+                    f"| {name} | {label} (n_p {row['n_p']}, {row['images']} images) | {accs} | "
+                    f"{row[key]['quantized_samples']:,} | {ratio:.1f}x fewer |"
+                )
+            ch = row["check"]
+            if ch["images"]:
+                lines.append(
+                    f"| {name} | real code on {ch['images']} images: identical {ch['identical_decisions']}, "
+                    f"{ch['sequential_seconds_per_image']:.2f} s/image vs fixed-n IRS "
+                    f"{ch['fixed_n_seconds_per_image']:.2f} |" + " |" * (len(radii) + 1)
+                )
+    lines += ["", f"Regenerate: `{data['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="fixed-n certify run folder with irs_cache (--keep-cache)")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--radii", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
+    parser.add_argument("--also-n", type=int, nargs="*", default=[10_000], help="fixed-n prefixes to compare")
+    parser.add_argument("--tolerance", type=float, default=0.05, help="ACR mode tolerance")
+    parser.add_argument("--max-images", type=int, default=None, help="use at most this many images of the run")
+    parser.add_argument("--check-images", type=int, default=5)
+    parser.add_argument("--time-n", type=int, default=10_000)
+    parser.add_argument("--policies", nargs="*", default=[])
+    parser.add_argument("--np", type=int, default=10_000)
+    parser.add_argument("--irs-images", type=int, default=100)
+    parser.add_argument("--work", default="runs/bench_sequential")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", default="sequential")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    run = Path(args.run)
+    store = CacheStore.open(run)
+    records = {int(r["index"]): r for r in read_jsonl(run / "certificates.jsonl")}
+    identity = json.loads((run / "run.json").read_text())["identity"]
+    cached = set(store.indices)
+    indices = [i for i in sorted(records) if i in cached][: args.max_images]
+    key = store.key
+    model, info = load_checkpoint(resolve(args.checkpoint))
+    if identity.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    images, _ = load_dataset(info["dataset"], "test")
+    radii = sorted(args.radii)
+    n = int(key["n"])
+    rows = fixed_rows(store, records, indices, radii, [n] + [m for m in args.also_n if m < n], args)
+    print(json.dumps(rows, indent=1), flush=True)
+    check = check_and_time(model, images, store, indices, radii, args)
+    print(json.dumps(check), flush=True)
+    irs = irs_rows(model, info, images, store, records, indices, radii, args) if args.policies else {}
+    data = {
+        "checkpoint": args.checkpoint,
+        "run": str(run),
+        "sigma": float(key["sigma"]),
+        "alpha": float(key["alpha"]),
+        "n0": int(key["n0"]),
+        "n": n,
+        "batch_size": int(key["batch_size"]),
+        "seed": int(key["seed"]),
+        "skip": identity.get("skip"),
+        "images": len(indices),
+        "indices": indices,
+        "radii": radii,
+        "looks": look_schedule(n, SequentialSettings()),
+        "rows": rows,
+        "check": check,
+        "irs": irs,
+        "base_run_seconds_per_image": float(np.mean([records[i]["seconds"] for i in indices])),
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+        "command": "python benchmarks/bench_sequential.py "
+        + " ".join(a if " " not in a else repr(a) for a in __import__("sys").argv[1:]),
+        "software": software_versions(),
+    }
+    write_results(args.name, data, markdown(data))
+    print(markdown(data))
+
+
+if __name__ == "__main__":
+    main()
