@@ -7,7 +7,9 @@ from typing import Any, Optional
 
 import typer
 
+from certquant.cli.common import engine_config, engine_options
 from certquant.cli.irs import certify_incremental_cmd
+from certquant.engine import make_engine
 from certquant.data import every_kth, load_dataset
 from certquant.models import load_checkpoint
 from certquant.report.certified import certified_accuracy_table, load_certify_run, plot_certified_accuracy
@@ -22,6 +24,7 @@ DATASET_HELP = "dataset (default: the checkpoint's; another one is refused)"
 SIGMA_HELP = "noise std in [0,1] pixel units (default: the checkpoint's training sigma)"
 CERTIFY, IRS = CertifyConfig(), IRSConfig()
 CERTIFY_DOCS, IRS_DOCS = field_docs(CertifyConfig), field_docs(IRSConfig)
+ENGINE_OPTIONS = engine_options()
 
 
 def _prepare(checkpoint: str, dataset: Optional[str], sigma: Optional[float], skip: int, max_images: Optional[int],
@@ -69,15 +72,22 @@ def certify_cmd(
     gamma: float = typer.Option(IRS.gamma, help="IRS: " + IRS_DOCS["gamma"]),
     alpha_zeta: float = typer.Option(IRS.alpha_zeta, "--alpha-zeta", help="IRS: " + IRS_DOCS["alpha_zeta"]),
     disparity: str = typer.Option(IRS.disparity, help="IRS: " + IRS_DOCS["disparity"]),
+    engine: str = ENGINE_OPTIONS["engine"],
+    workers: Optional[int] = ENGINE_OPTIONS["workers"],
+    gpus_per_worker: float = ENGINE_OPTIONS["gpus_per_worker"],
+    threads_per_worker: Optional[int] = ENGINE_OPTIONS["threads_per_worker"],
 ) -> None:
     """CERTIFY (Cohen et al.) every SKIP-th test image; resumable; writes certificates, summary and a Cohen TSV.
-    With --incremental-from BASE_RUN --np N_P: incremental randomized smoothing (IRS) from the base run's cache."""
+    With --incremental-from BASE_RUN --np N_P: incremental randomized smoothing (IRS) from the base run's cache.
+    With --engine ray: images sharded over Ray workers (same certificates; this process writes the files)."""
+    engine_cfg = engine_config(engine, workers, gpus_per_worker, threads_per_worker)
     if incremental_from is not None:
         if keep_cache:
             raise CertquantError("--keep-cache applies to a full certification, not to --incremental-from")
-        certify_incremental_cmd(ctx, checkpoint, incremental_from, n_p, gamma, alpha_zeta, disparity, out, dataset, skip,
-                                max_images, device, channels_last, progress, resume, sigma=sigma, n0=n0, n=n,
-                                alpha=alpha, batch=batch, seed=seed)
+        with make_engine(engine_cfg) as eng:
+            certify_incremental_cmd(ctx, checkpoint, incremental_from, n_p, gamma, alpha_zeta, disparity, out, dataset,
+                                    skip, max_images, device, channels_last, progress, resume, sigma=sigma, n0=n0, n=n,
+                                    alpha=alpha, batch=batch, seed=seed, engine=eng)
         return
     if n_p is not None:
         raise CertquantError("--np is an IRS option: give --incremental-from BASE_RUN too")
@@ -86,11 +96,12 @@ def certify_cmd(
     arguments = {"checkpoint": checkpoint, "dataset": info["dataset"], "sigma": sigma, "n0": n0, "n": n, "alpha": alpha,
                  "skip": skip, "max": max_images, "batch": batch, "seed": seed, "device": device,
                  "channels_last": channels_last, "out": str(out)}
-    summary = certify_dataset(model, images, labels, indices, out, sigma, n0, n, alpha, batch, seed,
-                              identity=identity, arguments=arguments,
-                              provenance={"checkpoint_sha256": info["sha256"], "checkpoint_path": info["path"]},
-                              input_shape=_input_shape(info), progress=progress, channels_last=channels_last,
-                              keep_cache=keep_cache, resume=resume)
+    with make_engine(engine_cfg) as eng:
+        summary = certify_dataset(model, images, labels, indices, out, sigma, n0, n, alpha, batch, seed,
+                                  identity=identity, arguments=arguments,
+                                  provenance={"checkpoint_sha256": info["sha256"], "checkpoint_path": info["path"]},
+                                  input_shape=_input_shape(info), progress=progress, channels_last=channels_last,
+                                  keep_cache=keep_cache, resume=resume, engine=eng)
     accs = ", ".join(f"{r}: {a:.3f}" for r, a in summary["certified_accuracy"].items())
     typer.echo(f"{summary['num_images']} images: clean accuracy {summary['clean_accuracy']:.4f}, "
                f"ACR {summary['acr']:.4f}, abstain {summary['abstain_rate']:.3f}")

@@ -106,6 +106,7 @@ def quantize_checkpoint(
     device: str = "auto",
     resume: bool = False,
     sigma: float | None = None,
+    progress: bool = True,
 ) -> tuple[nn.Module, Path]:
     """Quantize a checkpoint with ``policy``, calibrated on ``calib_images`` training images carrying noise of std
     ``sigma``; optionally fine-tune with the same noise (resumable state in ``<out>.finetune/``); write ``out``.
@@ -136,7 +137,7 @@ def quantize_checkpoint(
         state_dir = out_path.parent / f"{out_path.stem}.finetune"
         started = time.time()
         finetune(qmodel, images[order], labels[order], sigma, finetune_epochs, lr=lr, batch_size=batch_size, seed=seed,
-                 out=state_dir, resume=resume, device=dev)
+                 out=state_dir, resume=resume, device=dev, progress=progress)
         finetune_info = {"epochs": finetune_epochs, "images": len(order), "lr": lr, "batch_size": batch_size,
                          "seed": seed, "sigma": sigma, "seconds": time.time() - started, "state_dir": str(state_dir)}
     path = save_quantized(out, qmodel.cpu(), policy, {**info, "sigma": sigma}, calibration, finetune_info)
