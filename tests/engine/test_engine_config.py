@@ -13,15 +13,18 @@ from certquant.pipeline.config import config_from_dict
 from certquant.utils.errors import CertquantError
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"engine": "spark"}, "unknown engine 'spark'"),
-    ({"engine": "ray", "workers": 0}, "workers must be an integer >= 1"),
-    ({"engine": "ray", "gpus_per_worker": -1}, "gpus_per_worker must be >= 0"),
-    ({"engine": "ray", "cpus_per_worker": 0}, "cpus_per_worker must be > 0"),
-    ({"engine": "ray", "threads_per_worker": 0}, "threads_per_worker"),
-    ({"engine": "local", "workers": 2}, "need the Ray engine"),
-    ({"engine": "local", "gpus_per_worker": 0.5}, "need the Ray engine"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"engine": "spark"}, "unknown engine 'spark'"),
+        ({"engine": "ray", "workers": 0}, "workers must be an integer >= 1"),
+        ({"engine": "ray", "gpus_per_worker": -1}, "gpus_per_worker must be >= 0"),
+        ({"engine": "ray", "cpus_per_worker": 0}, "cpus_per_worker must be > 0"),
+        ({"engine": "ray", "threads_per_worker": 0}, "threads_per_worker"),
+        ({"engine": "local", "workers": 2}, "need the Ray engine"),
+        ({"engine": "local", "gpus_per_worker": 0.5}, "need the Ray engine"),
+    ],
+)
 def test_bad_settings_are_refused_in_one_line(kwargs, fragment):
     with pytest.raises(CertquantError, match=fragment) as info:
         EngineConfig(**kwargs)
@@ -52,8 +55,11 @@ def test_ray_engine_without_ray_is_one_line(monkeypatch):
 
 
 def test_local_graph_runs_in_order_with_dependency_results():
-    tasks = [Task("a", operator.add, (1, 2)), Task("b", operator.mul, (10,), ("a",)),
-             Task("c", operator.sub, (), ("b", "a"))]
+    tasks = [
+        Task("a", operator.add, (1, 2)),
+        Task("b", operator.mul, (10,), ("a",)),
+        Task("c", operator.sub, (), ("b", "a")),
+    ]
     assert LocalEngine(EngineConfig()).run_graph(tasks) == {"a": 3, "b": 30, "c": 27}
     with pytest.raises(CertquantError, match="not listed before"):
         LocalEngine(EngineConfig()).run_graph([Task("b", operator.neg, (), ("a",)), Task("a", operator.neg, (1,))])
@@ -77,9 +83,11 @@ def test_cli_refuses_bad_engine_options_in_one_line(tmp_path):
 
     runner = CliRunner()
     certify = ["certify", "--checkpoint", "small-cnn-fmnist-s0.25"]
-    for args, fragment in (([*certify, "--workers", "2"], "need the Ray engine"),
-                           ([*certify, "--engine", "spark"], "unknown engine"),
-                           (["run", "engine.gpus_per_worker=1"], "need the Ray engine")):
+    for args, fragment in (
+        ([*certify, "--workers", "2"], "need the Ray engine"),
+        ([*certify, "--engine", "spark"], "unknown engine"),
+        (["run", "engine.gpus_per_worker=1"], "need the Ray engine"),
+    ):
         result = runner.invoke(app, [*args, "--out", str(tmp_path / "out")])
         assert result.exit_code == 2, result.output
         lines = [line for line in result.output.strip().splitlines() if line.strip()]

@@ -4,7 +4,6 @@ task with no worker left behind, resources refused before work, the pipeline's s
 
 from __future__ import annotations
 
-import json
 import operator
 import os
 import signal
@@ -13,9 +12,8 @@ import sys
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
+from ray_helpers import pid_alive, ray_worker_pids, wait_until
 
 from certquant.data import every_kth, load_dataset
 from certquant.engine import EngineConfig, LocalEngine, Task, make_engine
@@ -24,7 +22,6 @@ from certquant.quant import Policy, noisy_calibration_batch, quantizable_layers,
 from certquant.smoothing import CacheStore, certify_dataset, certify_dataset_incremental
 from certquant.utils.errors import CertquantError
 from certquant.utils.io import read_jsonl
-from ray_helpers import pid_alive, ray_worker_pids, wait_until
 
 ZOO = "small-cnn-fmnist-s0.25"
 SIGMA, N0, N, ALPHA, BATCH = 0.25, 50, 1000, 0.001, 500
@@ -42,17 +39,33 @@ def data():
 def run_certify(data, out: Path, engine_config: EngineConfig, keep_cache: bool = False, images=None, **kwargs) -> dict:
     model, info, test_images, labels, indices = data
     with make_engine(engine_config) as engine:
-        return certify_dataset(model, test_images if images is None else images, labels, indices, out, SIGMA, N0, N,
-                               ALPHA, BATCH, seed=0, identity={"dataset": info["dataset"],
-                                                               "checkpoint_sha256": info["sha256"]},
-                               input_shape=(1, 28, 28), progress=False, channels_last=True, keep_cache=keep_cache,
-                               engine=engine, **kwargs)
+        return certify_dataset(
+            model,
+            test_images if images is None else images,
+            labels,
+            indices,
+            out,
+            SIGMA,
+            N0,
+            N,
+            ALPHA,
+            BATCH,
+            seed=0,
+            identity={"dataset": info["dataset"], "checkpoint_sha256": info["sha256"]},
+            input_shape=(1, 28, 28),
+            progress=False,
+            channels_last=True,
+            keep_cache=keep_cache,
+            engine=engine,
+            **kwargs,
+        )
 
 
 def certificates(out: Path) -> list[dict]:
     """certificates.jsonl by index, without the wall-clock field (the engine writes in completion order)."""
-    records = {int(r["index"]): {k: v for k, v in r.items() if k != "seconds"}
-               for r in read_jsonl(out / "certificates.jsonl")}
+    records = {
+        int(r["index"]): {k: v for k, v in r.items() if k != "seconds"} for r in read_jsonl(out / "certificates.jsonl")
+    }
     return [records[i] for i in sorted(records)]
 
 
@@ -81,8 +94,19 @@ def test_ray_certify_and_irs_equal_the_local_engine(ray_cluster, data, reference
     store = CacheStore.open(reference)
     for name, engine_config in (("irs-local", LOCAL), ("irs-ray", RAY2)):
         with make_engine(engine_config) as engine:
-            certify_dataset_incremental(qmodel, images, labels, indices, tmp_path / name, store, n_p=200,
-                                        input_shape=(1, 28, 28), progress=False, channels_last=True, engine=engine)
+            certify_dataset_incremental(
+                qmodel,
+                images,
+                labels,
+                indices,
+                tmp_path / name,
+                store,
+                n_p=200,
+                input_shape=(1, 28, 28),
+                progress=False,
+                channels_last=True,
+                engine=engine,
+            )
     irs = certificates(tmp_path / "irs-local")
     assert certificates(tmp_path / "irs-ray") == irs and {r["branch"] for r in irs} >= {"zeta"}
 
@@ -94,9 +118,25 @@ def test_a_worker_killed_mid_task_is_retried_with_the_same_certificates(ray_clus
 
     def drive():
         try:
-            certify_dataset(model, images, labels, indices, out, SIGMA, N0, N, ALPHA, BATCH, seed=0,
-                            identity={"dataset": info["dataset"], "checkpoint_sha256": info["sha256"]},
-                            input_shape=(1, 28, 28), progress=False, channels_last=True, keep_cache=True, engine=engine)
+            certify_dataset(
+                model,
+                images,
+                labels,
+                indices,
+                out,
+                SIGMA,
+                N0,
+                N,
+                ALPHA,
+                BATCH,
+                seed=0,
+                identity={"dataset": info["dataset"], "checkpoint_sha256": info["sha256"]},
+                input_shape=(1, 28, 28),
+                progress=False,
+                channels_last=True,
+                keep_cache=True,
+                engine=engine,
+            )
         except BaseException as exc:  # noqa: BLE001 - reported by the test thread below
             failure.append(exc)
 
@@ -118,11 +158,37 @@ def test_a_worker_killed_mid_task_is_retried_with_the_same_certificates(ray_clus
 def test_a_killed_driver_leaves_no_worker_and_resumes_to_the_same_certificates(ray_cluster, reference, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
-    command = [sys.executable, "-m", "certquant.cli.main", "certify", "--checkpoint", ZOO, "--sigma", str(SIGMA),
-               "--n0", str(N0), "--n", str(N), "--alpha", str(ALPHA), "--batch", str(BATCH), "--skip", "1000",
-               "--max", "10", "--device", "cpu", "--no-progress", "--keep-cache", "--out", str(out)]
-    driver = subprocess.Popen([*command, "--engine", "ray", "--workers", "2"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    command = [
+        sys.executable,
+        "-m",
+        "certquant.cli.main",
+        "certify",
+        "--checkpoint",
+        ZOO,
+        "--sigma",
+        str(SIGMA),
+        "--n0",
+        str(N0),
+        "--n",
+        str(N),
+        "--alpha",
+        str(ALPHA),
+        "--batch",
+        str(BATCH),
+        "--skip",
+        "1000",
+        "--max",
+        "10",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--keep-cache",
+        "--out",
+        str(out),
+    ]
+    driver = subprocess.Popen(
+        [*command, "--engine", "ray", "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     jsonl = out / "certificates.jsonl"
     assert wait_until(lambda: jsonl.exists() and len(jsonl.read_bytes().splitlines()) >= 2, timeout=180)
     workers = ray_worker_pids()
@@ -132,8 +198,9 @@ def test_a_killed_driver_leaves_no_worker_and_resumes_to_the_same_certificates(r
     assert len(certificates(out)) < 10  # killed mid-run
     assert wait_until(lambda: not any(pid_alive(p) for p in workers), timeout=60), "orphaned Ray workers"
     # resumed by the other engine: this process, one torch thread as each Ray worker had
-    resumed = subprocess.run([*command, "--resume", "--threads-per-worker", "1"], env=env, capture_output=True,
-                             text=True, timeout=300)
+    resumed = subprocess.run(
+        [*command, "--resume", "--threads-per-worker", "1"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert certificates(out) == certificates(reference)
     assert cache_entries(out) == cache_entries(reference)
@@ -145,8 +212,18 @@ def test_a_failing_task_stops_the_run_with_one_line_naming_it(ray_cluster, data,
     changed[indices[3]] += 0.01  # not the image the IRS cache was made for
     store = CacheStore.open(reference)
     with make_engine(RAY2) as engine, pytest.raises(CertquantError) as error:
-        certify_dataset_incremental(model, changed, labels, indices, tmp_path / "irs", store, n_p=200,
-                                    input_shape=(1, 28, 28), progress=False, engine=engine)
+        certify_dataset_incremental(
+            model,
+            changed,
+            labels,
+            indices,
+            tmp_path / "irs",
+            store,
+            n_p=200,
+            input_shape=(1, 28, 28),
+            progress=False,
+            engine=engine,
+        )
     message = str(error.value)
     assert message.startswith(f"certify-incremental of image {indices[3]} failed: test image {indices[3]} differs")
     assert "\n" not in message
@@ -167,8 +244,11 @@ def test_resources_beyond_the_cluster_are_refused_before_work(ray_cluster, data,
 
 
 def test_task_graph_on_ray(ray_cluster):
-    tasks = [Task("a", operator.add, (1, 2)), Task("b", operator.mul, (10,), ("a",)),
-             Task("c", operator.sub, (), ("b", "a"))]
+    tasks = [
+        Task("a", operator.add, (1, 2)),
+        Task("b", operator.mul, (10,), ("a",)),
+        Task("c", operator.sub, (), ("b", "a")),
+    ]
     engine = make_engine(EngineConfig(engine="ray"))
     assert engine.run_graph(tasks) == LocalEngine(EngineConfig()).run_graph(tasks) == {"a": 3, "b": 30, "c": 27}
     with pytest.raises(CertquantError, match=r"^search arq failed: ZeroDivisionError: division by zero$"):

@@ -25,24 +25,43 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
-    cfg = TrainConfig(dataset="synthetic", model="small-cnn", sigma=0.25, epochs=1, lr=0.05, val_size=200,
-                      train_limit=600, device="cpu")
+    cfg = TrainConfig(
+        dataset="synthetic",
+        model="small-cnn",
+        sigma=0.25,
+        epochs=1,
+        lr=0.05,
+        val_size=200,
+        train_limit=600,
+        device="cpu",
+    )
     checkpoint = str(train(cfg, tmp_path_factory.mktemp("ckpt")))
-    return config_from_dict({
-        "dataset": "synthetic", "checkpoint": checkpoint, "device": "cpu",
-        "certify": {"n0": 10, "n": 100, "skip": 100, "max_images": 3, "batch": 50},
-        "search": {"budgets": [0.015625], "methods": ["arq", "uniform"], "episodes": 3, "agent": {"warmup_episodes": 2},
-                   "search_images": 3, "n_p": 40},
-        "finetune": {"epochs": 1, "images": 128, "batch": 64},
-        "quantize": {"calibration_images": 32},
-        "engine": {"engine": "local", "threads_per_worker": 1},
-    })
+    return config_from_dict(
+        {
+            "dataset": "synthetic",
+            "checkpoint": checkpoint,
+            "device": "cpu",
+            "certify": {"n0": 10, "n": 100, "skip": 100, "max_images": 3, "batch": 50},
+            "search": {
+                "budgets": [0.015625],
+                "methods": ["arq", "uniform"],
+                "episodes": 3,
+                "agent": {"warmup_episodes": 2},
+                "search_images": 3,
+                "n_p": 40,
+            },
+            "finetune": {"epochs": 1, "images": 128, "batch": 64},
+            "quantize": {"calibration_images": 32},
+            "engine": {"engine": "local", "threads_per_worker": 1},
+        }
+    )
 
 
 def strip_timing(value):
     if isinstance(value, dict):
-        return {k: strip_timing(v) for k, v in value.items()
-                if k not in PATH_KEYS and not any(t in k for t in TIMING_KEYS)}
+        return {
+            k: strip_timing(v) for k, v in value.items() if k not in PATH_KEYS and not any(t in k for t in TIMING_KEYS)
+        }
     if isinstance(value, list):
         return [strip_timing(v) for v in value]
     return value

@@ -9,14 +9,14 @@ import typer
 
 from certquant.cli.common import engine_config, engine_options
 from certquant.cli.irs import certify_incremental_cmd
-from certquant.engine import make_engine
 from certquant.data import every_kth, load_dataset
+from certquant.engine import make_engine
 from certquant.models import load_checkpoint
 from certquant.report.certified import certified_accuracy_table, load_certify_run, plot_certified_accuracy
 from certquant.smoothing import certify_dataset, predict_dataset
 from certquant.smoothing.config import CertifyConfig, IRSConfig, check_sigma
-from certquant.utils.config import field_docs
 from certquant.train import resolve_device
+from certquant.utils.config import field_docs
 from certquant.utils.errors import CertquantError
 
 CHECKPOINT_HELP = "checkpoint file or zoo name (see 'certquant zoo')"

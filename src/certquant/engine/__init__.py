@@ -31,5 +31,14 @@ def make_engine(config: EngineConfig | None = None) -> Engine:
     return RayEngine(config)
 
 
-__all__ = ["ENGINES", "Engine", "EngineConfig", "LocalEngine", "Task", "check_graph", "make_engine", "ray_available",
-           "torch_threads"]
+__all__ = [
+    "ENGINES",
+    "Engine",
+    "EngineConfig",
+    "LocalEngine",
+    "Task",
+    "check_graph",
+    "make_engine",
+    "ray_available",
+    "torch_threads",
+]

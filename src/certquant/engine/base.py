@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import abc
 import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -85,10 +86,12 @@ class Engine(abc.ABC):
 
     def check_device(self, device_type: str) -> None:
         """Refuse a model device the workers cannot use (checked before work starts)."""
+        return None
 
     @abc.abstractmethod
-    def map_unordered(self, fn: Callable[[Any], Any], items: Items,
-                      names: Sequence[str] | None = None) -> Iterator[tuple[int, Any]]:
+    def map_unordered(
+        self, fn: Callable[[Any], Any], items: Items, names: Sequence[str] | None = None
+    ) -> Iterator[tuple[int, Any]]:
         """``fn(item)`` for every item, yielded as ``(position in items, result)`` in completion order."""
 
     @abc.abstractmethod
@@ -97,8 +100,9 @@ class Engine(abc.ABC):
 
     def close(self) -> None:
         """Free the engine's workers (idempotent)."""
+        return None
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -108,8 +112,9 @@ class Engine(abc.ABC):
 class LocalEngine(Engine):
     """This process, one task after another, with ``config.threads`` torch threads when set (restored after)."""
 
-    def map_unordered(self, fn: Callable[[Any], Any], items: Items,
-                      names: Sequence[str] | None = None) -> Iterator[tuple[int, Any]]:
+    def map_unordered(
+        self, fn: Callable[[Any], Any], items: Items, names: Sequence[str] | None = None
+    ) -> Iterator[tuple[int, Any]]:
         with torch_threads(self.config.threads):
             setup_worker(fn)
             self.running = 1

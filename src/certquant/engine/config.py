@@ -30,16 +30,22 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         check(self.engine in ENGINES, f"unknown engine '{self.engine}': use local or ray")
-        check(self.workers is None or (isinstance(self.workers, int) and self.workers >= 1),
-              f"workers must be an integer >= 1, got {self.workers!r}")
+        check(
+            self.workers is None or (isinstance(self.workers, int) and self.workers >= 1),
+            f"workers must be an integer >= 1, got {self.workers!r}",
+        )
         check(float(self.gpus_per_worker) >= 0, f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
         check(float(self.cpus_per_worker) > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
-        check(self.threads_per_worker is None or (isinstance(self.threads_per_worker, int)
-                                                  and self.threads_per_worker >= 1),
-              f"threads_per_worker must be an integer >= 1, got {self.threads_per_worker!r}")
-        check(self.engine == "ray" or ((self.workers or 1) == 1 and not self.gpus_per_worker and not self.address),
-              "workers > 1, gpus_per_worker and address need the Ray engine: add --engine ray (engine.engine=ray in "
-              "a run config)")
+        check(
+            self.threads_per_worker is None
+            or (isinstance(self.threads_per_worker, int) and self.threads_per_worker >= 1),
+            f"threads_per_worker must be an integer >= 1, got {self.threads_per_worker!r}",
+        )
+        check(
+            self.engine == "ray" or ((self.workers or 1) == 1 and not self.gpus_per_worker and not self.address),
+            "workers > 1, gpus_per_worker and address need the Ray engine: add --engine ray (engine.engine=ray in "
+            "a run config)",
+        )
 
     @property
     def threads(self) -> int | None:

@@ -19,7 +19,8 @@ import logging
 import os
 import re
 import time
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
@@ -73,8 +74,10 @@ def task_error(name: str, exc: BaseException) -> CertquantError:
     elif isinstance(exc, (RayActorError, WorkerCrashedError)) and _raised_in(exc):
         text = f"its Ray worker could not start: {_raised_in(exc)}"
     elif isinstance(exc, (RayActorError, WorkerCrashedError)):
-        text = (f"its Ray worker died (killed, out of memory, or unable to start; restarted up to {RETRIES} times); "
-                "finished work is kept: rerun the command with --resume")
+        text = (
+            f"its Ray worker died (killed, out of memory, or unable to start; restarted up to {RETRIES} times); "
+            "finished work is kept: rerun the command with --resume"
+        )
     else:
         text = f"{type(exc).__name__}: {exc}"
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
@@ -111,10 +114,12 @@ class RayEngine(Engine):
                 ray.init(address=self.config.address, include_dashboard=False, logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-                raise CertquantError(f"could not start or join Ray ({where}): {first}; check RAY_ADDRESS / "
-                                     "engine.address, or unset it for a local cluster") from None
+                raise CertquantError(
+                    f"could not start or join Ray ({where}): {first}; check RAY_ADDRESS / "
+                    "engine.address, or unset it for a local cluster"
+                ) from None
             self._started_cluster = True
-        return dict(ray.cluster_resources())  # type: ignore[no-untyped-call]
+        return dict(ray.cluster_resources())
 
     def workers_for(self, items: int | None = None) -> int:
         """Workers to start: the configured count, refused when the cluster lacks the CPUs or GPUs; by default as many
@@ -123,16 +128,22 @@ class RayEngine(Engine):
         resources = self.connect()
         cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
         if c.gpus_per_worker > 0 and gpus <= 0:
-            raise CertquantError(f"--gpus-per-worker {c.gpus_per_worker} but the Ray cluster has no GPU: use "
-                                 "--gpus-per-worker 0 (and --device cpu) or a cluster with GPUs")
+            raise CertquantError(
+                f"--gpus-per-worker {c.gpus_per_worker} but the Ray cluster has no GPU: use "
+                "--gpus-per-worker 0 (and --device cpu) or a cluster with GPUs"
+            )
         if c.workers is not None:
             workers = c.workers
             if workers * c.gpus_per_worker > gpus + 1e-9:
-                raise CertquantError(f"{workers} workers x {c.gpus_per_worker} GPU = {workers * c.gpus_per_worker:g} "
-                                     f"GPUs, but the Ray cluster has {gpus:g}: lower --workers or --gpus-per-worker")
+                raise CertquantError(
+                    f"{workers} workers x {c.gpus_per_worker} GPU = {workers * c.gpus_per_worker:g} "
+                    f"GPUs, but the Ray cluster has {gpus:g}: lower --workers or --gpus-per-worker"
+                )
             if workers * c.cpus_per_worker > cpus + 1e-9:
-                raise CertquantError(f"{workers} workers x {c.cpus_per_worker:g} CPU = {workers * c.cpus_per_worker:g} "
-                                     f"CPUs, but the Ray cluster has {cpus:g}: lower --workers")
+                raise CertquantError(
+                    f"{workers} workers x {c.cpus_per_worker:g} CPU = {workers * c.cpus_per_worker:g} "
+                    f"CPUs, but the Ray cluster has {cpus:g}: lower --workers"
+                )
         else:
             workers = int(cpus // c.cpus_per_worker)
             if c.gpus_per_worker > 0:
@@ -143,11 +154,15 @@ class RayEngine(Engine):
     def check_device(self, device_type: str) -> None:
         c = self.config
         if device_type == "cuda" and c.gpus_per_worker <= 0:
-            raise CertquantError("the model is on cuda but Ray workers get no GPU: give --gpus-per-worker (e.g. 1, or "
-                                 "0.25 for four workers per GPU) or --device cpu")
+            raise CertquantError(
+                "the model is on cuda but Ray workers get no GPU: give --gpus-per-worker (e.g. 1, or "
+                "0.25 for four workers per GPU) or --device cpu"
+            )
         if device_type != "cuda" and c.gpus_per_worker > 0:
-            raise CertquantError(f"--gpus-per-worker {c.gpus_per_worker} but the model runs on {device_type}: use "
-                                 "--device cuda, or --gpus-per-worker 0")
+            raise CertquantError(
+                f"--gpus-per-worker {c.gpus_per_worker} but the model runs on {device_type}: use "
+                "--device cuda, or --gpus-per-worker 0"
+            )
         self.workers_for()
 
     def close(self) -> None:
@@ -157,14 +172,16 @@ class RayEngine(Engine):
 
     # -- work -----------------------------------------------------------------------------------------------------
 
-    def map_unordered(self, fn: Callable[[Any], Any], items: Items,
-                      names: Sequence[str] | None = None) -> Iterator[tuple[int, Any]]:
+    def map_unordered(
+        self, fn: Callable[[Any], Any], items: Items, names: Sequence[str] | None = None
+    ) -> Iterator[tuple[int, Any]]:
         if not items:
             return
         c = self.config
         count = self.workers_for(len(items))
-        actor_class = ray.remote(_Worker).options(num_cpus=c.cpus_per_worker, num_gpus=c.gpus_per_worker,
-                                                  max_restarts=RETRIES, max_task_retries=RETRIES)
+        actor_class = ray.remote(_Worker).options(
+            num_cpus=c.cpus_per_worker, num_gpus=c.gpus_per_worker, max_restarts=RETRIES, max_task_retries=RETRIES
+        )
         started = time.perf_counter()
         boxed_fn = [ray.put(fn)]
         actors: list[Any] = [actor_class.remote(c.threads) for _ in range(count)]
@@ -206,8 +223,9 @@ class RayEngine(Engine):
         check_graph(tasks)
         c = self.config
         limit = self.workers_for()
-        remote = ray.remote(_graph_task).options(num_cpus=c.cpus_per_worker, num_gpus=c.gpus_per_worker,
-                                                 max_retries=RETRIES)
+        remote = ray.remote(_graph_task).options(
+            num_cpus=c.cpus_per_worker, num_gpus=c.gpus_per_worker, max_retries=RETRIES
+        )
         results: dict[str, Any] = {}
         waiting = list(tasks)
         pending: dict[Any, Task] = {}

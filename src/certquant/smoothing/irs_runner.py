@@ -21,8 +21,8 @@ from certquant.smoothing.incremental import (
     BRANCH_DIRECT,
     BRANCH_ZETA,
     DEFAULT_ALPHA_ZETA,
-    DEFAULT_GAMMA,
     DEFAULT_DISPARITY,
+    DEFAULT_GAMMA,
     certify_incremental,
     validate_incremental_args,
 )

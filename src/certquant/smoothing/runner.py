@@ -36,8 +36,8 @@ from certquant.smoothing.metrics import average_certified_radius, certify_metric
 from certquant.smoothing.noise import image_seed
 from certquant.utils.errors import CertquantError
 from certquant.utils.io import atomic_write_json, atomic_write_text
-from certquant.utils.run_folder import RunFolder
 from certquant.utils.provenance import software_versions
+from certquant.utils.run_folder import RunFolder
 
 CERTIFY_FILES = {"jsonl": "certificates.jsonl", "tsv": "certify.tsv"}
 PREDICT_FILES = {"jsonl": "predictions.jsonl", "tsv": "predict.tsv"}
@@ -85,7 +85,7 @@ def certify_dataset(
 
     def finish(index: int, result: tuple[dict, CertificationCache | None]) -> dict:
         record, image_cache = result
-        if cache is not None:
+        if cache is not None and image_cache is not None:
             cache().add(index, image_cache, images[index])
         return record
 
