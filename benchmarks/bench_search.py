@@ -1,13 +1,15 @@
 """The search benchmark (issue 6): ARQ against HAQ's reward, random policies and uniform bits at the same budgets.
 
-Each budget is one ``certquant run`` (the pipeline: FP32 certified once, each method searched, its best policy
-calibrated and fine-tuned the same way, then certified with full CERTIFY on the same test subset), in
-``WORK/budget-<F>``, or with ``--methods`` a run of only those methods in ``WORK/budget-<F>-<methods>``. Budgets
-(and with ``--split-methods`` each method) can run as separate processes (``--parallel``); ``--report-only`` merges
-whatever runs exist under WORK into one table with the full-precision model on the first row:
+The grid is one ``certquant run`` (the pipeline: FP32 certified once, each (budget, method) searched, its best policy
+calibrated and fine-tuned the same way, then certified with full CERTIFY on the same test subset) in
+``WORK/budgets-<F1>-<F2>[-<methods>]``. With ``--engine ray`` its searches, fine-tunes and certifications run as Ray
+tasks in dependency order (``--workers`` at a time, ``--gpus-per-worker`` of a GPU each; see ``certquant.engine``),
+else one after another. ``--report-only`` merges whatever runs exist under WORK (also the per-budget folders
+``budget-<F>`` of earlier versions) into one table with the full-precision model on the first row:
 
     python benchmarks/bench_search.py [--config configs/bench-search.yaml] [--budgets 0.015625 0.0125]
-        [--methods arq haq] [--parallel [--split-methods]] [--work runs/bench_search] [--name search] [--report-only]
+        [--methods arq haq] [--engine ray [--workers K] [--gpus-per-worker G]] [--work runs/bench_search]
+        [--name search] [--report-only]
 
 Writes benchmarks/results/<name>.json and <name>.md: per model clean smoothed accuracy, ACR, certified accuracy at
 r = 0.25 / 0.5, BitOPs fraction, search seconds; then the aims of issue 6 checked (ARQ vs FP32 at the W4A4 budget,
@@ -19,12 +21,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from certquant.engine import EngineConfig
 from certquant.pipeline import load_config
 from certquant.pipeline.run import budget_dir, run_pipeline
 from certquant.search.selection import SELECTION_FILE
@@ -38,53 +39,31 @@ W4A4 = 16 / 1024
 ACR_MARGIN, CLEAN_MARGIN = 0.02, 0.015  # issue 6: ARQ within 0.02 ACR and 1.5 points of clean accuracy of FP32
 
 
-def run_folder(work: Path, budget: float, methods: list[str] | None) -> Path:
-    """``WORK/budget-<F>`` for all the config's methods, ``WORK/budget-<F>-<m1>-<m2>`` for a subset."""
-    folder = budget_dir(work, budget)
-    return folder.with_name(f"{folder.name}-{'-'.join(methods)}") if methods else folder
+def run_folder(work: Path, budgets: list[float], methods: list[str] | None) -> Path:
+    """``WORK/budgets-<F1>-<F2>`` for all the config's methods, ``WORK/budgets-<F1>-<F2>-<m1>-<m2>`` for a subset."""
+    name = "budgets-" + "-".join(f"{float(b):g}" for b in budgets)
+    return work / (f"{name}-{'-'.join(methods)}" if methods else name)
 
 
-def run_budget(config: str, budget: float, work: Path, methods: list[str] | None = None) -> None:
-    """One pipeline run at one budget, of the config's methods or only ``methods`` (resumable: rerunning continues
-    where it stopped)."""
+def run_grid(config: str, budgets: list[float], work: Path, methods: list[str] | None = None,
+             engine: EngineConfig | None = None) -> Path:
+    """One pipeline run over ``budgets`` x the config's methods (or ``methods``) on ``engine`` (default: the config's);
+    resumable: rerunning continues where it stopped. Writes ``bench.json`` (device, engine, wall seconds)."""
     cfg = load_config(config)
-    search = dataclasses.replace(cfg.search, budgets=[budget], methods=methods or cfg.search.methods)
-    cfg = dataclasses.replace(cfg, search=search)
-    out = run_folder(work, budget, methods)
+    search = dataclasses.replace(cfg.search, budgets=list(budgets), methods=methods or cfg.search.methods)
+    cfg = dataclasses.replace(cfg, search=search, engine=engine or cfg.engine)
+    out = run_folder(work, budgets, methods)
     device = resolve_device(cfg.device)
     started = time.time()
     run_pipeline(cfg, out, resume=True)
-    atomic_write_json(out / "bench.json", {"device": device_name(device), "seconds": time.time() - started,
-                                           "date": time.strftime("%Y-%m-%d %H:%M")})
-
-
-def run_parallel(config: str, budgets: list[float], work: Path, methods: list[str] | None = None,
-                 split_methods: bool = False) -> None:
-    """Each budget (with ``split_methods`` each (budget, method)) in its own process (this script with --budgets B
-    [--methods M] --run-only), waiting for all; fails if any did. Split runs each certify FP32 themselves."""
-    work.mkdir(parents=True, exist_ok=True)
-    groups: list[list[str] | None] = [[m] for m in methods or load_config(config).search.methods] if split_methods \
-        else [methods]
-    procs = []
-    for budget in budgets:
-        for group in groups:
-            folder = run_folder(work, budget, group)
-            log = open(folder.with_name(folder.name + ".log"), "w")
-            cmd = [sys.executable, __file__, "--config", config, "--budgets", str(budget), "--work", str(work),
-                   "--run-only", *(["--methods", *group] if group else [])]
-            procs.append((folder.name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
-    failed = []
-    for name, proc, log in procs:
-        if proc.wait() != 0:
-            failed.append(name)
-        log.close()
-    if failed:
-        raise SystemExit(f"{failed} failed: see their logs in {work}, then rerun (finished stages are kept)")
+    atomic_write_json(out / "bench.json", {"device": device_name(device), "engine": dataclasses.asdict(cfg.engine),
+                                           "seconds": time.time() - started, "date": time.strftime("%Y-%m-%d %H:%M")})
+    return out
 
 
 def collect(work: Path) -> dict[str, Any]:
     """Merge every finished run of ``work``: one FP32 row (checked identical across runs), then each method."""
-    runs = sorted(p.parent for p in work.glob("budget-*/results.json"))
+    runs = sorted(p.parent for p in work.glob("budget*/results.json"))
     seen: set[str] = set()
     if not runs:
         raise SystemExit(f"no finished run under {work}: run the benchmark first")
@@ -102,8 +81,8 @@ def collect(work: Path) -> dict[str, Any]:
                 fp32 = fp32 or row
             else:
                 if row["name"] in seen:
-                    raise SystemExit(f"{row['name']} is in two runs under {work} (e.g. budget-<F> and "
-                                     f"budget-<F>-{row['method']}): keep one, then rerun --report-only")
+                    raise SystemExit(f"{row['name']} is in two runs under {work} (e.g. budgets-<F> and "
+                                     f"budgets-<F>-{row['method']}): keep one, then rerun --report-only")
                 seen.add(row["name"])
                 rows.append({**row, **selection_summary(budget_dir(run, row["budget"]) / row["method"] / "search")})
                 radii[row["name"]] = image_radii(budget_dir(run, row["budget"]) / row["method"] / "certify")
@@ -195,22 +174,21 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench_search"))
     parser.add_argument("--name", default="search", help="results file stem under benchmarks/results")
     parser.add_argument("--report-only", action="store_true", help="only merge the finished runs into the table")
-    parser.add_argument("--run-only", action="store_true", help="only run (or resume) the budgets; no table")
+    parser.add_argument("--run-only", action="store_true", help="only run (or resume) the grid; no table")
     parser.add_argument("--methods", nargs="*", choices=["uniform", "arq", "haq", "random"],
                         help="run only these methods (default: the config's)")
-    parser.add_argument("--parallel", action="store_true",
-                        help="one process per budget (a GPU is mostly idle under one search); logs in WORK/*.log")
-    parser.add_argument("--split-methods", action="store_true",
-                        help="with --parallel: one process per (budget, method); each certifies FP32 itself")
+    parser.add_argument("--engine", choices=["local", "ray"], default=None,
+                        help="local: the stages one after another; ray: as Ray tasks (default: the config's engine)")
+    parser.add_argument("--workers", type=int, default=None, help="ray: stages at once (default: the cluster's CPUs)")
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPU share of each stage")
     args = parser.parse_args()
     work = Path(args.work)
     budgets = args.budgets or load_config(args.config).search.budgets
+    engine = None
+    if args.engine is not None:
+        engine = EngineConfig(engine=args.engine, workers=args.workers, gpus_per_worker=args.gpus_per_worker)
     if not args.report_only:
-        if args.parallel:
-            run_parallel(args.config, budgets, work, args.methods, args.split_methods)
-        else:
-            for budget in budgets:
-                run_budget(args.config, budget, work, args.methods)
+        run_grid(args.config, budgets, work, args.methods, engine)
     if args.run_only:
         return
     data = collect(work)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-time setup on Debian (root) or any machine with Python >= 3.10: Fashion-MNIST from Debian's package and headless
 # Chromium (for the report test) when apt is available, then certquant with pinned dependencies (torch 2.13.0 CPU
-# build) and its optional extras (deploy: onnx, onnxruntime), so CI runs every test.
+# build) and its optional extras (deploy: onnx, onnxruntime; ray), so CI runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
@@ -14,5 +14,5 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
     || echo "note: apt-get could not install chromium; the report's browser test will be skipped"
 fi
 python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-python -m pip install --quiet --disable-pip-version-check -e ".[test,deploy]"
+python -m pip install --quiet --disable-pip-version-check -e ".[test,deploy,ray]"  # extras: optional for users, tested in CI
 echo "certquant installed: $(command -v certquant)"

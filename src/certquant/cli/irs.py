@@ -10,6 +10,7 @@ import torch
 import typer
 
 from certquant.data import every_kth, load_dataset
+from certquant.engine import Engine
 from certquant.models import load_checkpoint
 from certquant.smoothing import CacheStore, certify_dataset_incremental
 from certquant.smoothing.config import IRSConfig
@@ -71,6 +72,7 @@ def certify_incremental_cmd(
     progress: bool,
     resume: bool,
     radii: Optional[list[float]] = None,
+    engine: Engine | None = None,
     **cache_options: Any,
 ) -> dict:
     """Run IRS of ``checkpoint`` on the base run's cached images (or the --skip/--max subset of them)."""
@@ -120,7 +122,7 @@ def certify_incremental_cmd(
     summary = certify_dataset_incremental(model, images, labels, indices, out, store, n_p, gamma, alpha_zeta, disparity,
                                           identity=identity, arguments=arguments, provenance=provenance,
                                           input_shape=shape, progress=progress, channels_last=channels_last,
-                                          base_run=base_run, resume=resume)
+                                          base_run=base_run, resume=resume, engine=engine)
     inc = summary["incremental"]
     typer.echo(f"{summary['num_images']} images: clean accuracy {summary['clean_accuracy']:.4f}, "
                f"ACR {summary['acr']:.4f}, abstain {summary['abstain_rate']:.3f}"

@@ -30,7 +30,9 @@ def run_cmd(
     resume: bool = typer.Option(False, help="continue the run in --out at the stage and image where it stopped"),
     progress: bool = typer.Option(True, help="show progress bars"),
 ) -> None:
-    """Certify full precision, search each method under each budget, fine-tune, certify, and write the report."""
+    """Certify full precision, search each method under each budget, fine-tune, certify, and write the report.
+    With engine.engine=ray (a KEY=VALUE override or the config's engine section) the stages run as Ray tasks in
+    dependency order, engine.workers at a time."""
     cfg = build(RunConfig, config, overrides)
     results = Pipeline(cfg, out, resume=resume, progress=progress).run()
     typer.echo(summary_table(results))

@@ -7,15 +7,17 @@ from typing import Any, Optional
 
 import typer
 
+from certquant.cli.common import engine_config, engine_options
 from certquant.cli.irs import certify_incremental_cmd
 from certquant.data import every_kth, load_dataset
+from certquant.engine import make_engine
 from certquant.models import load_checkpoint
 from certquant.report.certified import certified_accuracy_table, load_certify_run, plot_certified_accuracy
 from certquant.smoothing import certify_dataset, predict_dataset, validate_smoothing_args
 from certquant.smoothing.config import CertifyConfig, IRSConfig, check_sigma
-from certquant.utils.config import field_docs
 from certquant.smoothing.sequential import SequentialSettings, certify_dataset_sequential, validate_radii
 from certquant.train import resolve_device
+from certquant.utils.config import field_docs
 from certquant.utils.errors import CertquantError
 
 CHECKPOINT_HELP = "checkpoint file or zoo name (see 'certquant zoo')"
@@ -23,6 +25,7 @@ DATASET_HELP = "dataset (default: the checkpoint's; another one is refused)"
 SIGMA_HELP = "noise std in [0,1] pixel units (default: the checkpoint's training sigma)"
 CERTIFY, IRS = CertifyConfig(), IRSConfig()
 CERTIFY_DOCS, IRS_DOCS = field_docs(CertifyConfig), field_docs(IRSConfig)
+ENGINE_OPTIONS = engine_options()
 
 
 def _prepare(checkpoint: str, dataset: Optional[str], sigma: Optional[float], skip: int, max_images: Optional[int],
@@ -77,17 +80,25 @@ def certify_cmd(
     n_max: Optional[int] = typer.Option(None, "--n-max", help="sequential certification with at most N_MAX estimation "
                                                              "samples (same noise as --n N_MAX); without --radii: ACR mode"),
     tolerance: float = typer.Option(0.05, help="sequential ACR mode: stop when the radius cannot grow by more than this"),
+    engine: str = ENGINE_OPTIONS["engine"],
+    workers: Optional[int] = ENGINE_OPTIONS["workers"],
+    gpus_per_worker: float = ENGINE_OPTIONS["gpus_per_worker"],
+    threads_per_worker: Optional[int] = ENGINE_OPTIONS["threads_per_worker"],
 ) -> None:
     """CERTIFY (Cohen et al.) every SKIP-th test image; resumable; writes certificates, summary and a Cohen TSV.
-    With --incremental-from BASE_RUN --np N_P: incremental randomized smoothing (IRS) from the base run's cache."""
+    With --incremental-from BASE_RUN --np N_P: incremental randomized smoothing (IRS) from the base run's cache.
+    With --engine ray: images sharded over Ray workers (same certificates; this process writes the files)."""
+    engine_cfg = engine_config(engine, workers, gpus_per_worker, threads_per_worker)
     if incremental_from is not None:
         if keep_cache:
             raise CertquantError("--keep-cache applies to a full certification, not to --incremental-from")
         if n_max is not None:
             raise CertquantError("with --incremental-from, --np is the most samples sequential IRS may use: drop --n-max")
-        certify_incremental_cmd(ctx, checkpoint, incremental_from, n_p, gamma, alpha_zeta, disparity, out, dataset, skip,
-                                max_images, device, channels_last, progress, resume, validate_radii(parse_radii(radii)),
-                                sigma=sigma, n0=n0, n=n, alpha=alpha, batch=batch, seed=seed)
+        with make_engine(engine_cfg) as eng:
+            certify_incremental_cmd(ctx, checkpoint, incremental_from, n_p, gamma, alpha_zeta, disparity, out, dataset,
+                                    skip, max_images, device, channels_last, progress, resume,
+                                    validate_radii(parse_radii(radii)), sigma=sigma, n0=n0, n=n, alpha=alpha,
+                                    batch=batch, seed=seed, engine=eng)
         return
     if n_p is not None:
         raise CertquantError("--np is an IRS option: give --incremental-from BASE_RUN too")
@@ -96,6 +107,8 @@ def certify_cmd(
             raise CertquantError("--keep-cache applies to a full certification, not to --n-max (sequential)")
         if n_max is None:
             raise CertquantError("--radii certifies sequentially: give --n-max N too (e.g. 100000)")
+        if engine_cfg.engine != "local":
+            raise CertquantError("sequential certification (--n-max) runs on the local engine: drop --engine")
         _certify_sequential_cmd(checkpoint, dataset, sigma, n0, n_max, alpha, skip, max_images, batch, seed, device, out,
                                 channels_last, progress, radii, tolerance, resume)
         return
@@ -104,11 +117,12 @@ def certify_cmd(
     arguments = {"checkpoint": checkpoint, "dataset": info["dataset"], "sigma": sigma, "n0": n0, "n": n, "alpha": alpha,
                  "skip": skip, "max": max_images, "batch": batch, "seed": seed, "device": device,
                  "channels_last": channels_last, "out": str(out)}
-    summary = certify_dataset(model, images, labels, indices, out, sigma, n0, n, alpha, batch, seed,
-                              identity=identity, arguments=arguments,
-                              provenance={"checkpoint_sha256": info["sha256"], "checkpoint_path": info["path"]},
-                              input_shape=_input_shape(info), progress=progress, channels_last=channels_last,
-                              keep_cache=keep_cache, resume=resume)
+    with make_engine(engine_cfg) as eng:
+        summary = certify_dataset(model, images, labels, indices, out, sigma, n0, n, alpha, batch, seed,
+                                  identity=identity, arguments=arguments,
+                                  provenance={"checkpoint_sha256": info["sha256"], "checkpoint_path": info["path"]},
+                                  input_shape=_input_shape(info), progress=progress, channels_last=channels_last,
+                                  keep_cache=keep_cache, resume=resume, engine=eng)
     accs = ", ".join(f"{r}: {a:.3f}" for r, a in summary["certified_accuracy"].items())
     typer.echo(f"{summary['num_images']} images: clean accuracy {summary['clean_accuracy']:.4f}, "
                f"ACR {summary['acr']:.4f}, abstain {summary['abstain_rate']:.3f}")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from certquant.deploy.export import ExportConfig
+from certquant.engine import EngineConfig
 from certquant.quant.config import FinetuneConfig, QuantizeConfig
 from certquant.search.config import SearchSettings
 from certquant.smoothing.config import CertifyConfig, check_sigma
@@ -49,6 +50,9 @@ class RunConfig:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """Where the stages run (engine.engine=ray: as Ray tasks); not part of the run's identity, so either engine
+    resumes a run."""
 
     def __post_init__(self) -> None:
         check_sigma(self.sigma)

@@ -13,18 +13,27 @@ Run folder (every stage keeps its output, so ``resume`` continues at the stage a
     budget-<F>/<method>/onnx-certify/ CERTIFY of the exported file (run by onnxruntime) on the same test subset
     budget-<F>/<method>/agreement.json  share of noisy test samples where the file and the PyTorch model agree
     results.json, report.md, report.html, *.png    (certquant.report.run_report)
+
+The stages are a task graph (``Pipeline.tasks``): FP32's certification, and per (budget, method) a search, then the
+fine-tune of its policy, then the certification of that model. The config's ``engine`` runs it: ``local`` one
+stage after another in this process (as listed), ``ray`` each stage as a Ray task with ``engine.cpus_per_worker``
+cores and ``engine.gpus_per_worker`` of a GPU, as soon as the stages it needs are done. Each stage writes its own
+folder (on a multi-machine cluster the run folder must be on storage every node sees) and is skipped on resume when
+its output exists, so a run resumes with either engine.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from certquant.data import every_kth, load_dataset
+from certquant.engine import Task, make_engine
 from certquant.models import load_checkpoint, resolve_checkpoint
-from certquant.pipeline.config import RunConfig
+from certquant.pipeline.config import RunConfig, config_from_dict
 from certquant.quant import LayerInfo, Policy, quantizable_layers, quantize_checkpoint
 from certquant.quant.checkpoint import input_shape
 from certquant.report.run_report import write_report
@@ -33,6 +42,7 @@ from certquant.search.job import build_search, final_selection, score_search_pol
 from certquant.search.runner import BEST_FILE, SUMMARY_FILE
 from certquant.smoothing import certify_dataset
 from certquant.train import resolve_device
+from certquant.utils.errors import CertquantError
 from certquant.utils.run_folder import RunFolder
 
 
@@ -73,7 +83,9 @@ class Pipeline:
         return quantizable_layers(self.model, input_shape(self.info))
 
     def identity(self) -> dict[str, Any]:
-        return {"format": "certquant-run", "version": 2, "config": self.cfg.to_dict(), "checkpoint": self.checkpoint,
+        """What must match on resume: the config without its engine (either engine resumes the other's run)."""
+        config = {k: v for k, v in self.cfg.to_dict().items() if k != "engine"}
+        return {"format": "certquant-run", "version": 2, "config": config, "checkpoint": self.checkpoint,
                 "checkpoint_sha256": self.info["sha256"], "sigma": self.sigma, "test_indices": self.indices,
                 "stages": [{"budget": b, "method": m, "folder": stage_folder(b, m)} for b, m in self.stages]}
 
@@ -150,21 +162,81 @@ class Pipeline:
         self.folder.claim(self.resume)
         return {(b, m): self.search(b, m) for b, m in self.stages}
 
-    def run(self) -> dict:
-        self.folder.claim(self.resume)
-        started = time.time()
-        self._certify(self.model, self.out / "fp32" / "certify", "fp32")
-        for budget, method in self.stages:
-            folder = self.out / stage_folder(budget, method)
+    # -- the task graph -------------------------------------------------------------------------------------------
+
+    def stage(self, stage: str, budget: float | None = None, method: str | None = None, previous: Any = None) -> Any:
+        """Run (or skip, when done) one stage: ``certify-fp32``; ``search`` -> Policy; ``quantize`` (of ``previous``,
+        the search's policy) -> model path; ``certify`` (of ``previous``, that path)."""
+        if stage == "certify-fp32":
+            self._certify(self.model, self.out / "fp32" / "certify", "fp32")
+            return None
+        if budget is None or method is None:
+            raise CertquantError(f"pipeline stage '{stage}' needs a budget and a method")
+        folder = self.out / stage_folder(budget, method)
+        if stage == "search":
             policy = self.search(budget, method)
-            if method == "haq":
+            if method == "haq":  # HAQ's policies scored with ARQ's estimator too, for the BitOPs-vs-ACR plot
                 self._score_acr(budget, method, folder / "search")
-            qmodel, _ = load_checkpoint(self._quantize(policy, folder), map_location=self.device)
+            return policy
+        if stage == "quantize":
+            return str(self._quantize(previous, folder))
+        if stage == "certify":
+            qmodel, _ = load_checkpoint(previous, map_location=self.device)
             self._certify(qmodel, folder / "certify", f"{method}@{budget:g}")
             if self.cfg.export.enabled:
                 self._deploy(qmodel, folder, f"{method}@{budget:g}")
+            return None
+        raise CertquantError(f"unknown pipeline stage '{stage}'")
+
+    def tasks(self) -> list[Task]:
+        """The stages as tasks, in the order the local engine runs them."""
+        spec = (self.cfg.to_dict(), str(self.out))
+        tasks = [Task("certify fp32", run_stage, (spec, "certify-fp32"))]
+        for budget, method in self.stages:
+            name = f"{method}@{budget:g}"
+            tasks += [Task(f"search {name}", run_stage, (spec, "search", budget, method)),
+                      Task(f"fine-tune {name}", run_stage_after, (spec, "quantize", budget, method),
+                           (f"search {name}",)),
+                      Task(f"certify {name}", run_stage_after, (spec, "certify", budget, method),
+                           (f"fine-tune {name}",))]
+        return tasks
+
+    def run(self) -> dict:
+        with make_engine(self.cfg.engine) as engine:
+            engine.check_device(self.device.type)  # e.g. more GPUs than the cluster has: refused before anything
+            self.folder.claim(self.resume)
+            started = time.time()
+            _PIPELINES[_spec_key((self.cfg.to_dict(), str(self.out)))] = self
+            try:
+                engine.run_graph(self.tasks(), progress=self.progress and self.cfg.engine.engine != "local",
+                                 desc="run stages")
+            finally:
+                _PIPELINES.clear()
         _say(f"all stages done in {time.time() - started:.0f}s (this session); writing the report")
         return write_report(self.out)
+
+
+_PIPELINES: dict[str, Pipeline] = {}  # per process: the open pipeline of a run, so its stages load data once
+
+
+def _spec_key(spec: tuple[dict[str, Any], str]) -> str:
+    return json.dumps(spec, sort_keys=True, default=str)
+
+
+def run_stage(spec: tuple[dict[str, Any], str], stage: str, budget: float | None = None, method: str | None = None) -> Any:
+    """A task of ``Pipeline.tasks``; ``spec`` = (config dict, run folder). In the driver's process the open
+    ``Pipeline`` runs it; on a Ray worker one is opened (resume, no progress bars) once per process and reused."""
+    return run_stage_after(None, spec, stage, budget, method)
+
+
+def run_stage_after(previous: Any, spec: tuple[dict[str, Any], str], stage: str, budget: float | None = None,
+                    method: str | None = None) -> Any:
+    """``run_stage`` of a stage that takes the result of the stage before it (a policy, a model path)."""
+    key = _spec_key(spec)
+    if key not in _PIPELINES:
+        _PIPELINES.clear()
+        _PIPELINES[key] = Pipeline(config_from_dict(spec[0]), spec[1], resume=True, progress=False)
+    return _PIPELINES[key].stage(stage, budget, method, previous=previous)
 
 
 def run_pipeline(cfg: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:

@@ -8,19 +8,21 @@ the n_p samples f' ran on, the base run's ACR on the same images).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
+from certquant.engine import Engine
 from certquant.smoothing.cache_store import CacheStore, tensor_sha256
 from certquant.smoothing.incremental import (
     BRANCH_DIRECT,
     BRANCH_ZETA,
     DEFAULT_ALPHA_ZETA,
-    DEFAULT_GAMMA,
     DEFAULT_DISPARITY,
+    DEFAULT_GAMMA,
     certify_incremental,
     validate_incremental_args,
 )
@@ -49,9 +51,11 @@ def certify_dataset_incremental(
     channels_last: bool = False,
     base_run: str | Path | None = None,
     resume: bool = False,
+    engine: Engine | None = None,
 ) -> dict:
     """IRS (``certify_incremental``) of ``images[i]`` for every i in ``indices`` against ``store``'s entries; write the
-    run folder and return the summary. Each image's pixels must be those the cache was made for."""
+    run folder and return the summary. Each image's pixels must be those the cache was made for. With ``engine``
+    the images run on its workers, each reading only its images' cache entries."""
     key = store.key
     validate_incremental_args(n_p, gamma, alpha_zeta, disparity, float(key["alpha"]))
     if n_p > int(key["n"]):
@@ -62,27 +66,48 @@ def certify_dataset_incremental(
               "alpha_zeta": float(alpha_zeta), "disparity": disparity, "channels_last": channels_last,
               "base_checkpoint_sha256": key.get("checkpoint_sha256"), "base_model_sha256": key.get("model_sha256")}
     _set_memory_format(approx_model, channels_last)
-
-    def one(index: int) -> dict:
-        expected = store.image_sha256(index)
-        if expected is not None and expected != tensor_sha256(images[index]):
-            raise CertquantError(f"test image {index} differs from the image the IRS cache was made for: use the base "
-                                 "run's dataset")
-        cert = certify_incremental(approx_model, store.entry(index), images[index], float(key["sigma"]), n_p, gamma,
-                                   alpha_zeta, disparity, input_shape=input_shape)
-        label = int(labels[index])
-        return {"index": index, "label": label, "predicted": cert.label, "radius": cert.radius,
-                "pa_lower": cert.pa_lower, "correct": cert.label == label, "seconds": cert.seconds,
-                "c_a": cert.c_a, "n_a": cert.n_a, "zeta": cert.zeta, "n_d": cert.n_d, "n_p": cert.n_p,
-                "branch": cert.branch, "base_pa_lower": cert.base_pa_lower, "evaluated": cert.evaluated}
+    worker = IncrementalImage(approx_model, store, float(key["sigma"]), n_p, float(gamma), float(alpha_zeta), disparity,
+                              input_shape, channels_last)
 
     def postfix(records: list[dict]) -> str:
         return f"ACR {average_certified_radius(records):.3f}"
 
-    records, wall = _run("certify-incremental", CERTIFY_FILES, approx_model, indices, out_dir, params, identity, one,
-                         postfix, progress, resume)
+    records, wall = _run("certify-incremental", CERTIFY_FILES, approx_model, images, labels, indices, out_dir, params,
+                         identity, worker, lambda index, record: record, postfix, progress, resume, engine)
     return write_certify_summary(out_dir, records, wall, n_p, indices, arguments if arguments is not None else params,
                                  provenance, extra={"incremental": incremental_summary(records, params, base_run)})
+
+
+@dataclass
+class IncrementalImage:
+    """Worker side of ``certify_dataset_incremental``: IRS of one ``(index, image, label)`` item -> record. Holds the
+    approximate model and the cache's index (key and records); an image's predictions file is read where it runs."""
+
+    approx_model: nn.Module
+    store: CacheStore
+    sigma: float
+    n_p: int
+    gamma: float
+    alpha_zeta: float
+    disparity: str
+    input_shape: Sequence[int] | None = None
+    channels_last: bool = False
+
+    def setup(self) -> None:
+        _set_memory_format(self.approx_model, self.channels_last)
+
+    def __call__(self, item: tuple[int, torch.Tensor, int]) -> dict:
+        index, image, label = item
+        expected = self.store.image_sha256(index)
+        if expected is not None and expected != tensor_sha256(image):
+            raise CertquantError(f"test image {index} differs from the image the IRS cache was made for: use the base "
+                                 "run's dataset")
+        cert = certify_incremental(self.approx_model, self.store.entry(index), image, self.sigma, self.n_p, self.gamma,
+                                   self.alpha_zeta, self.disparity, input_shape=self.input_shape)
+        return {"index": index, "label": label, "predicted": cert.label, "radius": cert.radius,
+                "pa_lower": cert.pa_lower, "correct": cert.label == label, "seconds": cert.seconds,
+                "c_a": cert.c_a, "n_a": cert.n_a, "zeta": cert.zeta, "n_d": cert.n_d, "n_p": cert.n_p,
+                "branch": cert.branch, "base_pa_lower": cert.base_pa_lower, "evaluated": cert.evaluated}
 
 
 def incremental_summary(records: Sequence[dict], params: dict, base_run: str | Path | None = None) -> dict:

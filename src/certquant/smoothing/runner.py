@@ -11,27 +11,33 @@ Layout of a run folder::
 
 Each image's noise is seeded by ``noise.image_seed(seed, index)``, so a resumed run (or one over a subset, e.g. a
 smaller ``--max``) gives exactly the certificates an uninterrupted run gives.
+
+Images are items of an engine (``certquant.engine``): the worker side (``CertifyImage``, ``PredictImage``, IRS's
+``IncrementalImage``) holds the model and computes one image; the driver alone writes the run folder, in completion
+order (files are read back by index), so a run started by one engine is resumed by either.
 """
 
 from __future__ import annotations
 
 import datetime
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from certquant.engine import Engine, EngineConfig, LocalEngine
 from certquant.smoothing.cache_store import CACHE_DIR, CacheWriter, cache_key, model_fingerprint
-from certquant.smoothing.core import certify, model_device, predict, validate_smoothing_args
+from certquant.smoothing.core import CertificationCache, certify, model_device, predict, validate_smoothing_args
 from certquant.smoothing.metrics import average_certified_radius, certify_metrics, predict_metrics
 from certquant.smoothing.noise import image_seed
 from certquant.utils.errors import CertquantError
 from certquant.utils.io import atomic_write_json, atomic_write_text
-from certquant.utils.run_folder import RunFolder
 from certquant.utils.provenance import software_versions
+from certquant.utils.run_folder import RunFolder
 
 CERTIFY_FILES = {"jsonl": "certificates.jsonl", "tsv": "certify.tsv"}
 PREDICT_FILES = {"jsonl": "predictions.jsonl", "tsv": "predict.tsv"}
@@ -57,6 +63,7 @@ def certify_dataset(
     channels_last: bool = False,
     keep_cache: bool = False,
     resume: bool = False,
+    engine: Engine | None = None,
 ) -> dict:
     """CERTIFY ``images[i]`` for every i in ``indices``; write the run folder (see module docstring); return the summary.
 
@@ -66,30 +73,98 @@ def certify_dataset(
     CPU; float results may differ in the last bits, so it is part of the run's identity).
     ``keep_cache`` also writes the IRS cache of every image to ``out_dir/irs_cache`` (see ``cache_store``).
     ``resume`` continues a run in ``out_dir`` made with the same identity (``certquant.utils.run_folder``).
+    ``engine`` runs the images (default: this process; see ``certquant.engine``); the certificates do not depend on it.
     """
     validate_smoothing_args(sigma, alpha, batch_size, seed, n0=n0, n=n)
     params = {"sigma": float(sigma), "n0": n0, "n": n, "alpha": float(alpha), "batch_size": batch_size, "seed": seed,
               "channels_last": channels_last, **({"keep_cache": True} if keep_cache else {})}
     _set_memory_format(model, channels_last)
     cache = _cache_writer(model, out_dir, params, identity) if keep_cache else None
+    worker = CertifyImage(model, float(sigma), n0, n, float(alpha), batch_size, seed, keep_cache, input_shape,
+                          channels_last)
 
-    def one(index: int) -> dict:
-        cert = certify(model, images[index], sigma, n0, n, alpha, batch_size, image_seed(seed, index),
-                       keep_cache=keep_cache, input_shape=input_shape)
-        if cache is not None:
-            cache().add(index, cert.cache, images[index])
-        label = int(labels[index])
-        return {"index": index, "label": label, "predicted": cert.label, "radius": cert.radius,
-                "pa_lower": cert.pa_lower, "correct": cert.label == label, "seconds": cert.seconds,
-                "c_a": cert.c_a, "n_a": cert.n_a}
+    def finish(index: int, result: tuple[dict, CertificationCache | None]) -> dict:
+        record, image_cache = result
+        if cache is not None and image_cache is not None:
+            cache().add(index, image_cache, images[index])
+        return record
 
     def postfix(records: list[dict]) -> str:
         return f"ACR {average_certified_radius(records):.3f}"
 
-    records, wall = _run("certify", CERTIFY_FILES, model, indices, out_dir, params, identity, one, postfix, progress,
-                         resume)
+    records, wall = _run("certify", CERTIFY_FILES, model, images, labels, indices, out_dir, params, identity, worker,
+                         finish, postfix, progress, resume, engine)
     return write_certify_summary(out_dir, records, wall, n0 + n, indices,
                                  arguments if arguments is not None else params, provenance)
+
+
+@dataclass
+class CertifyImage:
+    """Worker side of ``certify_dataset``: CERTIFY of one ``(index, image, label)`` item -> (record, IRS cache or
+    None). Holds the model, so an engine ships it once per worker."""
+
+    model: nn.Module
+    sigma: float
+    n0: int
+    n: int
+    alpha: float
+    batch_size: int
+    seed: int
+    keep_cache: bool = False
+    input_shape: Sequence[int] | None = None
+    channels_last: bool = False
+
+    def setup(self) -> None:
+        _set_memory_format(self.model, self.channels_last)
+
+    def __call__(self, item: tuple[int, torch.Tensor, int]) -> tuple[dict, CertificationCache | None]:
+        index, image, label = item
+        cert = certify(self.model, image, self.sigma, self.n0, self.n, self.alpha, self.batch_size,
+                       image_seed(self.seed, index), keep_cache=self.keep_cache, input_shape=self.input_shape)
+        record = {"index": index, "label": label, "predicted": cert.label, "radius": cert.radius,
+                  "pa_lower": cert.pa_lower, "correct": cert.label == label, "seconds": cert.seconds,
+                  "c_a": cert.c_a, "n_a": cert.n_a}
+        return record, cert.cache
+
+
+@dataclass
+class PredictImage:
+    """Worker side of ``predict_dataset``: PREDICT of one ``(index, image, label)`` item -> record."""
+
+    model: nn.Module
+    sigma: float
+    n: int
+    alpha: float
+    batch_size: int
+    seed: int
+    input_shape: Sequence[int] | None = None
+    channels_last: bool = False
+
+    def setup(self) -> None:
+        _set_memory_format(self.model, self.channels_last)
+
+    def __call__(self, item: tuple[int, torch.Tensor, int]) -> dict:
+        index, image, label = item
+        started = time.perf_counter()
+        predicted = predict(self.model, image, self.sigma, self.n, self.alpha, self.batch_size,
+                            image_seed(self.seed, index), input_shape=self.input_shape)
+        return {"index": index, "label": label, "predicted": predicted, "correct": predicted == label,
+                "seconds": time.perf_counter() - started}
+
+
+class ImageItems:
+    """The engine's items for ``indices``: ``(index, a copy of images[index], int label)``, made on demand (a copy,
+    so shipping an item to a worker does not ship the whole dataset tensor)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: Sequence[int]):
+        self.images, self.labels, self.indices = images, labels, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[int, torch.Tensor, int]:
+        index = self.indices[position]
+        return index, self.images[index].clone(), int(self.labels[index])
 
 
 def write_certify_summary(out_dir: str | Path, records: list[dict], wall: float, samples_per_image: int,
@@ -129,26 +204,20 @@ def predict_dataset(
     progress: bool = True,
     channels_last: bool = False,
     resume: bool = False,
+    engine: Engine | None = None,
 ) -> dict:
     """PREDICT ``images[i]`` for every i in ``indices``; writes predictions.jsonl, predict.tsv, summary.json."""
     validate_smoothing_args(sigma, alpha, batch_size, seed, n=n)
     params = {"sigma": float(sigma), "n": n, "alpha": float(alpha), "batch_size": batch_size, "seed": seed,
               "channels_last": channels_last}
     _set_memory_format(model, channels_last)
-
-    def one(index: int) -> dict:
-        started = time.perf_counter()
-        predicted = predict(model, images[index], sigma, n, alpha, batch_size, image_seed(seed, index),
-                            input_shape=input_shape)
-        label = int(labels[index])
-        return {"index": index, "label": label, "predicted": predicted, "correct": predicted == label,
-                "seconds": time.perf_counter() - started}
+    worker = PredictImage(model, float(sigma), n, float(alpha), batch_size, seed, input_shape, channels_last)
 
     def postfix(records: list[dict]) -> str:
         return f"acc {sum(r['correct'] for r in records) / max(1, len(records)):.3f}"
 
-    records, wall = _run("predict", PREDICT_FILES, model, indices, out_dir, params, identity, one, postfix, progress,
-                         resume)
+    records, wall = _run("predict", PREDICT_FILES, model, images, labels, indices, out_dir, params, identity, worker,
+                         lambda index, record: record, postfix, progress, resume, engine)
     summary = {
         **predict_metrics(records),
         "indices": list(indices),
@@ -166,19 +235,28 @@ def _run(
     kind: str,
     files: dict[str, str],
     model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
     indices: Sequence[int],
     out_dir: str | Path,
     params: dict,
     identity: dict | None,
-    one: Callable[[int], dict],
+    worker: Callable[[tuple[int, torch.Tensor, int]], Any],
+    finish: Callable[[int, Any], dict],
     postfix: Callable[[list[dict]], str],
     progress: bool,
     resume: bool,
+    engine: Engine | None = None,
 ) -> tuple[list[dict], float]:
-    """The resumable loop shared by certify, predict and IRS: returns (records of ``indices`` in order, wall seconds)."""
+    """The resumable loop shared by certify, predict and IRS: ``worker`` computes each image not yet in the JSONL
+    (on ``engine``), ``finish(index, result)`` turns its result into the record the driver appends; returns (records
+    of ``indices`` in order, wall seconds)."""
     if not indices:
         raise CertquantError("no images selected: check --skip and --max")
-    folder = RunFolder(out_dir, kind, {**params, "device": model_device(model).type, **(identity or {})})
+    device = model_device(model).type
+    engine = engine or LocalEngine(EngineConfig())
+    engine.check_device(device)  # refuse what the workers cannot run before the folder is claimed
+    folder = RunFolder(out_dir, kind, {**params, "device": device, **(identity or {})})
     folder.claim(resume)
     done = {int(r["index"]): r for r in folder.records(files["jsonl"])}
     wanted = set(indices)
@@ -186,13 +264,15 @@ def _run(
     todo = [i for i in indices if i not in done]
     started = time.perf_counter()
     bar = tqdm(total=len(indices), initial=len(records), desc=kind, unit="img", disable=not progress)
+    names = [f"{kind} of image {i}" for i in todo]
     try:
-        for index in todo:
-            record = one(index)
+        for position, result in engine.map_unordered(worker, ImageItems(images, labels, todo), names):
+            record = finish(todo[position], result)
             folder.append(files["jsonl"], record)
             records.append(record)
             bar.update(1)
-            bar.set_postfix_str(postfix(records))
+            running = f", {engine.running} running" if engine.running > 1 else ""
+            bar.set_postfix_str(postfix(records) + running)
     finally:
         bar.close()
     by_index = {r["index"]: r for r in records if r["index"] in wanted}
