@@ -17,7 +17,10 @@ Run folder::
     summary.json        at the end: best reward and policy, FP32 reference, timing
 
 Evaluations are cached by policy: the evaluator is deterministic (fixed seeds), so a policy the agent proposes again is
-not re-quantized and re-certified; its history line says ``cached: true``.
+not re-quantized and re-certified; its history line says ``cached: true``. An evaluator with ``races = True``
+(``PolicyEvaluator`` with ``EvalConfig.race_delta`` > 0) is called with ``incumbent=`` the best reward so far and may
+stop scoring a candidate that cannot beat it (``certquant.search.racing``; ``terms.raced_out``, ``images_scored``);
+the incumbent only grows, so a cached raced-out result stays below it.
 """
 
 from __future__ import annotations
@@ -181,7 +184,9 @@ class Search:
         key = _policy_key(policy)
         cached = key in self.cache
         if not cached:
-            terms = dict(self.evaluate(policy))
+            # a racing evaluator (EvalConfig.race_delta) may stop a candidate that cannot beat the best so far
+            races = getattr(self.evaluate, "races", False) and self.best is not None
+            terms = dict(self.evaluate(policy, incumbent=self.best["reward"]) if races else self.evaluate(policy))
             if "reward" not in terms or not math.isfinite(float(terms["reward"])):
                 raise CertquantError(f"the evaluator returned no finite 'reward' (got {terms.get('reward')!r})")
             self.cache[key] = terms
