@@ -43,3 +43,15 @@ def tiny_config(tiny_checkpoint, tmp_path_factory) -> Path:
         "quantize": {"calibration_images": 32},
     }))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_truth(tiny_config, tmp_path_factory) -> Path:
+    """A truth pool at the tiny size: 4 policies at budget 0.0125, 2 fine-tune seeds, 5 held-out images."""
+    import bench_truth
+
+    root = tmp_path_factory.mktemp("truth")
+    bench_truth.main(["--config", str(tiny_config), "--budget", "0.0125", "--policies", "4", "--replicates", "2",
+                      "--images", "5", "--work", str(root / "work"), "--results", str(root), "--name", "truth-tiny",
+                      "--no-progress"])
+    return root / "truth-tiny.json"
