@@ -32,7 +32,8 @@ from certquant.smoothing.metrics import counted_radius, mean_ci
 from certquant.train import resolve_device
 from certquant.utils import atomic_write_json, read_jsonl
 from certquant.utils.tables import markdown_table
-from common import ROOT, device_name, write_results
+import search_matrix
+from common import ROOT, RESULTS, device_name, write_results
 
 W4A4 = 16 / 1024
 ACR_MARGIN, CLEAN_MARGIN = 0.02, 0.015  # issue 6: ARQ within 0.02 ACR and 1.5 points of clean accuracy of FP32
@@ -44,10 +45,11 @@ def run_folder(work: Path, budget: float, methods: list[str] | None) -> Path:
     return folder.with_name(f"{folder.name}-{'-'.join(methods)}") if methods else folder
 
 
-def run_budget(config: str, budget: float, work: Path, methods: list[str] | None = None) -> None:
+def run_budget(config: str, budget: float, work: Path, methods: list[str] | None = None,
+               overrides: list[str] | None = None) -> None:
     """One pipeline run at one budget, of the config's methods or only ``methods`` (resumable: rerunning continues
-    where it stopped)."""
-    cfg = load_config(config)
+    where it stopped); ``overrides``: run-config KEY=VALUE (a search seed: ``search_matrix.seed_overrides``)."""
+    cfg = load_config(config, overrides)
     search = dataclasses.replace(cfg.search, budgets=[budget], methods=methods or cfg.search.methods)
     cfg = dataclasses.replace(cfg, search=search)
     out = run_folder(work, budget, methods)
@@ -59,20 +61,23 @@ def run_budget(config: str, budget: float, work: Path, methods: list[str] | None
 
 
 def run_parallel(config: str, budgets: list[float], work: Path, methods: list[str] | None = None,
-                 split_methods: bool = False) -> None:
-    """Each budget (with ``split_methods`` each (budget, method)) in its own process (this script with --budgets B
-    [--methods M] --run-only), waiting for all; fails if any did. Split runs each certify FP32 themselves."""
+                 split_methods: bool = False, seeds: list[int] | None = None) -> None:
+    """Each budget (with ``split_methods`` each (budget, method); with ``seeds`` each of those per seed) in its own
+    process (this script with --budgets B [--methods M] [--seeds S] --run-only), waiting for all; fails if any did.
+    Split runs each certify FP32 themselves."""
     work.mkdir(parents=True, exist_ok=True)
     groups: list[list[str] | None] = [[m] for m in methods or load_config(config).search.methods] if split_methods \
         else [methods]
     procs = []
-    for budget in budgets:
-        for group in groups:
-            folder = run_folder(work, budget, group)
-            log = open(folder.with_name(folder.name + ".log"), "w")
-            cmd = [sys.executable, __file__, "--config", config, "--budgets", str(budget), "--work", str(work),
-                   "--run-only", *(["--methods", *group] if group else [])]
-            procs.append((folder.name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+    for seed, budget, group in [(s, b, g) for s in seeds or [None] for b in budgets for g in groups]:
+        folder = run_folder(work if seed is None else search_matrix.seed_work(work, seed), budget, group)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        log = open(folder.with_name(folder.name + ".log"), "w")
+        cmd = [sys.executable, __file__, "--config", config, "--budgets", str(budget), "--work", str(work),
+               "--run-only", *(["--methods", *group] if group else []),
+               *(["--seeds", str(seed)] if seed is not None else [])]
+        label = folder.name if seed is None else f"{folder.parent.name}/{folder.name}"
+        procs.append((label, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
     failed = []
     for name, proc, log in procs:
         if proc.wait() != 0:
@@ -188,7 +193,23 @@ def _interval(ci: list[float] | None) -> str:
     return "-" if not ci else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
 
 
-def main() -> None:
+def run_seeds(config: str, budgets: list[float], work: Path, seeds: list[int], methods: list[str] | None) -> None:
+    """The grid once per search seed, in ``WORK/seed-S`` (``search_matrix.seed_overrides``), one after another."""
+    for seed in seeds:
+        for budget in budgets:
+            run_budget(config, budget, search_matrix.seed_work(work, seed), methods, search_matrix.seed_overrides(seed))
+
+
+def report_seeds(work: Path, name: str, results: Path | None) -> str:
+    """The across-seeds report (``search_matrix``): <name>.json, .md and the ACR-vs-BitOPs plot <name>.png."""
+    data = search_matrix.collect_matrix(work, image_radii)
+    png = search_matrix.plot(data, (results or RESULTS) / f"{name}.png")
+    text = search_matrix.markdown(data, png.name)
+    write_results(name, data, text, results)
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "bench-search.yaml"))
     parser.add_argument("--budgets", type=float, nargs="*", help="run only these budgets (default: the config's)")
@@ -202,19 +223,28 @@ def main() -> None:
                         help="one process per budget (a GPU is mostly idle under one search); logs in WORK/*.log")
     parser.add_argument("--split-methods", action="store_true",
                         help="with --parallel: one process per (budget, method); each certifies FP32 itself")
-    args = parser.parse_args()
+    parser.add_argument("--seeds", type=int, nargs="*",
+                        help="search seeds: the grid once per seed in WORK/seed-S, reported across seeds")
+    parser.add_argument("--results", default=None, help="results folder (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    results = Path(args.results) if args.results else None
     work = Path(args.work)
     budgets = args.budgets or load_config(args.config).search.budgets
-    if not args.report_only:
+    if args.seeds and not args.report_only and not args.parallel:
+        run_seeds(args.config, budgets, work, args.seeds, args.methods)
+    elif not args.report_only:
         if args.parallel:
-            run_parallel(args.config, budgets, work, args.methods, args.split_methods)
+            run_parallel(args.config, budgets, work, args.methods, args.split_methods, args.seeds)
         else:
             for budget in budgets:
                 run_budget(args.config, budget, work, args.methods)
     if args.run_only:
         return
+    if args.seeds is not None:
+        print(report_seeds(work, args.name, results))
+        return
     data = collect(work)
-    write_results(args.name, data, markdown(data))
+    write_results(args.name, data, markdown(data), results)
     print(markdown(data))
 
 
