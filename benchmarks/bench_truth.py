@@ -212,7 +212,8 @@ def markdown(data: dict) -> str:
                             "ACR mean", "clean", "cert r=0.25", "cert r=0.5"], rows)
     agree = data.get("replicate_agreement")
     note = "" if not agree else (
-        f"\n\nReplicates (first two fine-tune seeds): Kendall tau of ACR {agree['kendall_tau_acr']}, mean |dACR| "
+        f"\n\nReplicates (first two fine-tune seeds): Kendall tau of ACR "
+        f"{'-' if agree['kendall_tau_acr'] is None else format(agree['kendall_tau_acr'], '.2f')}, mean |dACR| "
         f"{agree['mean_abs_acr_difference']:.4f}, max {agree['max_abs_acr_difference']:.4f}.")
     return f"# Truth pool\n\n{head}\n\n{table}{note}\n"
 
