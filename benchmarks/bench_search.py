@@ -8,6 +8,10 @@ whatever runs exist under WORK into one table with the full-precision model on t
 
     python benchmarks/bench_search.py [--config configs/bench-search.yaml] [--budgets 0.015625 0.0125]
         [--methods arq haq] [--parallel [--split-methods]] [--work runs/bench_search] [--name search] [--report-only]
+        [--seeds 0 1 2] [--set KEY=VALUE ...] [--results DIR]
+
+With ``--seeds`` the grid runs once per search seed in ``WORK/seed-S`` and the report is the across-seeds one of
+``search_matrix.py`` (means and intervals over seeds, ARQ minus each baseline paired, search time, ACR-vs-BitOPs plot).
 
 Writes benchmarks/results/<name>.json and <name>.md: per model clean smoothed accuracy, ACR, certified accuracy at
 r = 0.25 / 0.5, BitOPs fraction, search seconds; then the aims of issue 6 checked (ARQ vs FP32 at the W4A4 budget,
@@ -61,7 +65,8 @@ def run_budget(config: str, budget: float, work: Path, methods: list[str] | None
 
 
 def run_parallel(config: str, budgets: list[float], work: Path, methods: list[str] | None = None,
-                 split_methods: bool = False, seeds: list[int] | None = None) -> None:
+                 split_methods: bool = False, seeds: list[int] | None = None,
+                 overrides: list[str] | None = None) -> None:
     """Each budget (with ``split_methods`` each (budget, method); with ``seeds`` each of those per seed) in its own
     process (this script with --budgets B [--methods M] [--seeds S] --run-only), waiting for all; fails if any did.
     Split runs each certify FP32 themselves."""
@@ -75,7 +80,8 @@ def run_parallel(config: str, budgets: list[float], work: Path, methods: list[st
         log = open(folder.with_name(folder.name + ".log"), "w")
         cmd = [sys.executable, __file__, "--config", config, "--budgets", str(budget), "--work", str(work),
                "--run-only", *(["--methods", *group] if group else []),
-               *(["--seeds", str(seed)] if seed is not None else [])]
+               *(["--seeds", str(seed)] if seed is not None else []),
+               *(["--set", *overrides] if overrides else [])]
         label = folder.name if seed is None else f"{folder.parent.name}/{folder.name}"
         procs.append((label, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
     failed = []
@@ -193,11 +199,14 @@ def _interval(ci: list[float] | None) -> str:
     return "-" if not ci else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
 
 
-def run_seeds(config: str, budgets: list[float], work: Path, seeds: list[int], methods: list[str] | None) -> None:
-    """The grid once per search seed, in ``WORK/seed-S`` (``search_matrix.seed_overrides``), one after another."""
+def run_seeds(config: str, budgets: list[float], work: Path, seeds: list[int], methods: list[str] | None,
+              overrides: list[str] | None = None) -> None:
+    """The grid once per search seed, in ``WORK/seed-S`` (``search_matrix.seed_overrides`` after ``overrides``), one
+    after another."""
     for seed in seeds:
         for budget in budgets:
-            run_budget(config, budget, search_matrix.seed_work(work, seed), methods, search_matrix.seed_overrides(seed))
+            run_budget(config, budget, search_matrix.seed_work(work, seed), methods,
+                       [*(overrides or []), *search_matrix.seed_overrides(seed)])
 
 
 def report_seeds(work: Path, name: str, results: Path | None) -> str:
@@ -226,18 +235,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="*",
                         help="search seeds: the grid once per seed in WORK/seed-S, reported across seeds")
     parser.add_argument("--results", default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="run-config overrides of every run, e.g. certify.max_images=200 (certquant run --help)")
     args = parser.parse_args(argv)
     results = Path(args.results) if args.results else None
     work = Path(args.work)
-    budgets = args.budgets or load_config(args.config).search.budgets
+    budgets = args.budgets or load_config(args.config, args.set).search.budgets
     if args.seeds and not args.report_only and not args.parallel:
-        run_seeds(args.config, budgets, work, args.seeds, args.methods)
+        run_seeds(args.config, budgets, work, args.seeds, args.methods, args.set)
     elif not args.report_only:
         if args.parallel:
-            run_parallel(args.config, budgets, work, args.methods, args.split_methods, args.seeds)
+            run_parallel(args.config, budgets, work, args.methods, args.split_methods, args.seeds, args.set)
         else:
             for budget in budgets:
-                run_budget(args.config, budget, work, args.methods)
+                run_budget(args.config, budget, work, args.methods, args.set)
     if args.run_only:
         return
     if args.seeds is not None:

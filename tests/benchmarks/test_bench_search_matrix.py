@@ -37,7 +37,8 @@ def test_seed_overrides_vary_search_calibration_and_finetune_only():
 
 def test_matrix_end_to_end(tiny_config, tmp_path):
     bench_search.main(["--config", str(tiny_config), "--budgets", "0.0125", "--seeds", "0", "1", "--work",
-                       str(tmp_path / "work"), "--results", str(tmp_path), "--name", "search-tiny"])
+                       str(tmp_path / "work"), "--results", str(tmp_path), "--name", "search-tiny",
+                       "--set", "certify.max_images=2"])
     data = json.loads((tmp_path / "search-tiny.json").read_text())
     assert (tmp_path / "search-tiny.png").stat().st_size > 0
     assert "![ACR vs BitOPs](search-tiny.png)" in (tmp_path / "search-tiny.md").read_text()
@@ -53,7 +54,7 @@ def test_matrix_end_to_end(tiny_config, tmp_path):
            for s in (0, 1)]
     assert [i["config"]["search"]["seed"] for i in ids] == [0, 1]
     assert [i["config"]["finetune"]["seed"] for i in ids] == [0, 1]
-    assert ids[0]["test_indices"] == ids[1]["test_indices"]
+    assert ids[0]["test_indices"] == ids[1]["test_indices"] and len(ids[0]["test_indices"]) == 2  # --set applied
     # the report alone, from the finished runs, is the same
     bench_search.main(["--config", str(tiny_config), "--seeds", "--report-only", "--work", str(tmp_path / "work"),
                        "--results", str(tmp_path / "again"), "--name", "search-tiny"])
