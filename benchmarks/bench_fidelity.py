@@ -13,7 +13,7 @@ over the pool, with a bootstrap 95% interval (policies resampled with replacemen
   reward: the mean over the tied ones);
 - cost per candidate: seconds (quantization, fine-tuning steps, scoring) and forward samples (scoring; fine-tuning
   adds steps x batch forward-backward samples), measured in this run on this machine; the one-off FP32 cost
-  (IRS / paired caches) apart.
+  (IRS / paired caches) apart (computed once per run and shared by those rows: later ones show ~0).
 
 The ceiling: the truth's first replicate used as a reward, against its second (another fine-tune seed of the same
 policy): no reward computed before the final fine-tune can rank better than that on average.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 import zlib
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, ClassVar, Sequence
@@ -31,7 +32,7 @@ from certquant.quant import Policy, bitops_fraction, finetune, noisy_calibration
 from certquant.quant.config import ACT_CLIPS, WEIGHT_CLIPS
 from certquant.search.racing import race
 from certquant.smoothing import (ABSTAIN, certified_radius, certify, certify_incremental, certify_many,
-                                 clopper_pearson_lower, image_seed)
+                                 clopper_pearson_lower, image_seed, model_device)
 from certquant.smoothing.config import CertifyConfig
 from certquant.smoothing.incremental import DEFAULT_ALPHA_ZETA, DEFAULT_GAMMA, ONE_SIDED, TWO_SIDED
 from certquant.train import accuracy
@@ -231,6 +232,23 @@ class ScratchEstimator(ACREstimator):
                                 self.sigma)
 
 
+_CACHES: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, list[Any]]]" = weakref.WeakKeyDictionary()
+
+
+def fp32_caches(fp_model: nn.Module, search: SearchSet, sigma: float, c: CertifyConfig, n_fp: int) -> list[Any]:
+    """FP32's certification of every search image with n0 + n_fp samples and ``keep_cache`` (what IRS and the paired
+    estimators reuse). Computed once per model and settings in a process: several searches or benchmark rows over
+    the same search set share it (the same call gives the same caches, so sharing changes no result)."""
+    key = (tuple(search.seeds), tuple(search.images.shape), float(search.images.double().sum()), float(sigma), c.n0,
+           n_fp, c.alpha, c.batch, model_device(fp_model).type)
+    memo = _CACHES.setdefault(fp_model, {})
+    if key not in memo:
+        memo.clear()  # one search set per model at a time: bounded memory
+        memo[key] = [certify(fp_model, search.images[k], sigma, c.n0, n_fp, c.alpha, c.batch, search.seeds[k],
+                             keep_cache=True).cache for k in range(len(search.images))]
+    return memo[key]
+
+
 class IRSEstimator(ACREstimator):
     """Incremental randomized smoothing (SPEC §3): certify FP32 once with ``keep_cache``, then each candidate with
     n_p samples against the cache (``certquant.smoothing.certify_incremental``)."""
@@ -243,9 +261,7 @@ class IRSEstimator(ACREstimator):
         self.caches: list[Any] = []
 
     def prepare(self, fp_model: nn.Module, search: SearchSet) -> None:
-        c = self.certify_config
-        self.caches = [certify(fp_model, search.images[k], self.sigma, c.n0, self.config.n_fp, c.alpha, c.batch,
-                               search.seeds[k], keep_cache=True).cache for k in range(len(search.images))]
+        self.caches = fp32_caches(fp_model, search, self.sigma, self.certify_config, self.config.n_fp)
 
     def certify_image(self, model: nn.Module, k: int, x: torch.Tensor, seed: int) -> tuple[int, float]:
         cfg = self.config

@@ -42,8 +42,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from certquant.search.evaluators import ACREstimator, SearchSet, register_estimator
-from certquant.smoothing import ABSTAIN, certified_radius, certify, clopper_pearson_lower, sample_counts
+from certquant.search.evaluators import ACREstimator, SearchSet, fp32_caches, register_estimator
+from certquant.smoothing import ABSTAIN, certified_radius, clopper_pearson_lower, sample_counts
 from certquant.smoothing.core import _as_model_input, _evaluating
 
 
@@ -81,9 +81,7 @@ class PairedEstimator(ACREstimator):
         self.caches: list[Any] = []
 
     def prepare(self, fp_model: nn.Module, search: SearchSet) -> None:
-        c = self.certify_config
-        self.caches = [certify(fp_model, search.images[k], self.sigma, c.n0, self.config.n_fp, c.alpha, c.batch,
-                               search.seeds[k], keep_cache=True).cache for k in range(len(search.images))]
+        self.caches = fp32_caches(fp_model, search, self.sigma, self.certify_config, self.config.n_fp)
 
     def estimate(self, model: nn.Module, k: int, x: torch.Tensor) -> PairedEstimate:
         """p'_hat of search image ``k``: ``model`` on the first n_p of f's cached noise samples."""
