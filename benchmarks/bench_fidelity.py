@@ -33,10 +33,12 @@ import dataclasses
 import json
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
+from common import ROOT, device_name, write_results
 from scipy.stats import kendalltau, spearmanr
 
 from certquant.models import load_checkpoint, resolve_checkpoint
@@ -49,7 +51,6 @@ from certquant.train import resolve_device
 from certquant.utils.errors import CertquantError
 from certquant.utils.run_folder import RunFolder
 from certquant.utils.tables import markdown_table
-from common import ROOT, device_name, write_results
 
 REWARDS = ("haq", "scratch", "irs", "irs-one-sided", "paired", "paired-margin")
 SCORES_FILE = "scores.jsonl"
@@ -226,11 +227,17 @@ def _with_ci(value: float | None, ci: list[float] | None) -> str:
     return f"{value:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else f"{value:+.2f}"
 
 
+def _regret(value: float | None, ci: list[float] | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+
+
 def markdown(data: dict) -> str:
     p = data["provenance"]
     t, s = p["truth"], p["search"]
-    head = (f"Reward fidelity on the truth pool of {t['arch']} at budget {t['budget']:g} ({len(data['rows'][0]['rewards'])} "
-            f"policies, truth = final ACR after the pipeline's fine-tune, mean of {t['replicates']} seed(s), on "
+    count = len(data["rows"][0]["rewards"])
+    head = (f"Reward fidelity on the truth pool of {t['arch']} at budget {t['budget']:g} ({count} policies, truth = final ACR after the pipeline's fine-tune, mean of {t['replicates']} seed(s), on "
             f"{len(t['validation_indices'])} held-out validation images); rewards on the {s['search_images']} search "
             f"images of seed {s['seed']}, n_p = {s['n_p']}, n_fp = {s['n_fp']}, HAQ noise copies {s['noise_copies']}, "
             f"n0 = {p['certify']['n0']}. Intervals: bootstrap 95% over the pool ({p['bootstrap_rounds']} rounds). "
@@ -240,8 +247,7 @@ def markdown(data: dict) -> str:
     rows = [[r["name"], _with_ci(r["kendall_tau_acr"], r["kendall_tau_acr_ci95"]),
              _with_ci(r["spearman_acr"], r["spearman_acr_ci95"]),
              _with_ci(r["kendall_tau_clean"], r["kendall_tau_clean_ci95"]),
-             "-" if r["regret_acr"] is None else f"{r['regret_acr']:.4f}" + (f" [{r['regret_acr_ci95'][0]:.4f}, {r['regret_acr_ci95'][1]:.4f}]"
-                                         if r["regret_acr_ci95"] else ""),
+             _regret(r["regret_acr"], r["regret_acr_ci95"]),
              f"{r['seconds_per_candidate']:.2f}", f"{r['forward_samples_per_candidate']:.0f}",
              r["finetune_samples_per_candidate"],
              "-" if r["seconds_fp32_once"] is None else f"{r['seconds_fp32_once']:.1f}"] for r in data["rows"]]

@@ -23,10 +23,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+from common import ROOT, device_name, write_results
 from scipy.stats import kendalltau
 
 from certquant.data import load_dataset
@@ -46,7 +48,6 @@ from certquant.utils import read_jsonl
 from certquant.utils.errors import CertquantError
 from certquant.utils.run_folder import RunFolder
 from certquant.utils.tables import markdown_table
-from common import ROOT, device_name, write_results
 
 BAND = (0.85, 1.0)  # share of the budget every pool policy uses
 RADII = (0.25, 0.5)
@@ -113,7 +114,8 @@ class TruthPool:
                  search_dirs: Sequence[Path] = (), top_k: int = 4, progress: bool = True):
         if count < 2 or replicates < 1 or images < 1:
             raise CertquantError("the truth pool needs --policies >= 2, --replicates >= 1 and --images >= 1")
-        self.cfg, self.budget, self.work, self.count, self.replicates = cfg, float(budget), Path(work), count, replicates
+        self.cfg, self.budget, self.work = cfg, float(budget), Path(work)
+        self.count, self.replicates = count, replicates
         self.progress = progress
         self.device = resolve_device(cfg.device)
         self.checkpoint = resolve_checkpoint(cfg.checkpoint)
@@ -190,7 +192,8 @@ def replicate_agreement(rows: list[dict]) -> dict[str, Any] | None:
     b = np.array([r["replicates"][1]["acr"] for r in rows])
     tau = kendalltau(a, b).statistic
     return {"kendall_tau_acr": None if np.isnan(tau) else float(tau),
-            "mean_abs_acr_difference": float(np.abs(a - b).mean()), "max_abs_acr_difference": float(np.abs(a - b).max())}
+            "mean_abs_acr_difference": float(np.abs(a - b).mean()),
+            "max_abs_acr_difference": float(np.abs(a - b).max())}
 
 
 def markdown(data: dict) -> str:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from certquant.pipeline.run import budget_dir
 from certquant.smoothing.metrics import mean_ci

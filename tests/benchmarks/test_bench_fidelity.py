@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 
+import bench_fidelity
 import numpy as np
 import pytest
 
-import bench_fidelity
 from certquant.utils import read_jsonl
 
 

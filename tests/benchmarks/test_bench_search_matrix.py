@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from scipy.stats import t as student_t
-
 import bench_search
+import pytest
 import search_matrix
+from scipy.stats import t as student_t
 
 
 def test_paired_difference_is_the_mean_over_seeds_of_per_image_means():

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 
+import bench_truth
 import pytest
 import torch
 
-import bench_truth
 from certquant.models import load_checkpoint
 from certquant.quant import Policy, bitops_fraction, quantizable_layers
 from certquant.quant.checkpoint import input_shape
@@ -49,7 +49,8 @@ def test_truth_pool_end_to_end(tiny_config, tiny_checkpoint, tmp_path):
     # the fine-tune seed is the replicate's: the two models differ
     a, _ = load_checkpoint(tmp_path / "work" / "policy-00" / "model-ft0.pt")
     b, _ = load_checkpoint(tmp_path / "work" / "policy-00" / "model-ft1.pt")
-    assert any((p != q).any() for p, q in zip(a.state_dict().values(), b.state_dict().values()) if p.is_floating_point())
+    pairs = zip(a.state_dict().values(), b.state_dict().values())
+    assert any((p != q).any() for p, q in pairs if p.is_floating_point())
     stored = Policy.from_dict(load_checkpoint(tmp_path / "work" / "policy-00" / "model-ft0.pt")[1]["policy"])
     assert bitops_fraction(layers, stored) == pytest.approx(rows[0]["bitops_fraction"])
     saved = json.loads((tmp_path / "results" / "truth-tiny.json").read_text())
@@ -61,9 +62,9 @@ def test_truth_pool_end_to_end(tiny_config, tiny_checkpoint, tmp_path):
 
 
 def test_searched_policies_join_the_pool_first(tiny_config, tmp_path):
+    from certquant.models import resolve_checkpoint
     from certquant.pipeline import load_config
     from certquant.search.job import build_search
-    from certquant.models import resolve_checkpoint
 
     cfg = load_config(tiny_config, ["search.episodes=6"])
     model, info = load_checkpoint(resolve_checkpoint(cfg.checkpoint))

@@ -17,7 +17,7 @@ from certquant.search.evaluators import SearchSet
 from certquant.smoothing.config import CertifyConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "smoothing"))
-from linear_models import LinearTwoClass  # noqa: E402
+from linear_models import LinearTwoClass
 
 SIGMA = 0.25  # the search fixtures' CNN (tests/search/conftest.py)
 
@@ -101,3 +101,4 @@ def test_paired_radius_of_fp32_itself_is_the_cp_radius_at_n_p(trained_cnn, searc
     share = cache.n_a / cache.n
     expected = certified_radius(clopper_pearson_lower(share * 100, 100, 0.001), SIGMA)
     assert radius == pytest.approx(expected)
+    assert (label == cache.c_a) == (radius > 0)

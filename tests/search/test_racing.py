@@ -7,10 +7,17 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from certquant.quant import Policy
-from certquant.search import EnvConfig, EvalConfig, PolicyEvaluator, SearchConfig, race, run_search, serfling_upper
+from certquant.search import (
+    EnvConfig,
+    EvalConfig,
+    PolicyEvaluator,
+    SearchConfig,
+    race,
+    run_search,
+    serfling_upper,
+)
 from certquant.search.racing import checks
 from certquant.smoothing.bounds import clopper_pearson_lower
 from certquant.smoothing.config import CertifyConfig

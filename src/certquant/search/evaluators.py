@@ -232,7 +232,7 @@ class ScratchEstimator(ACREstimator):
                                 self.sigma)
 
 
-_CACHES: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, list[Any]]]" = weakref.WeakKeyDictionary()
+_CACHES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, list[Any]]] = weakref.WeakKeyDictionary()
 
 
 def fp32_caches(fp_model: nn.Module, search: SearchSet, sigma: float, c: CertifyConfig, n_fp: int) -> list[Any]:

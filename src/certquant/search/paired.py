@@ -42,8 +42,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from certquant.search.evaluators import ACREstimator, SearchSet, fp32_caches, register_estimator
-from certquant.smoothing import ABSTAIN, certified_radius, clopper_pearson_lower, sample_counts
+from certquant.search.evaluators import (
+    ACREstimator,
+    SearchSet,
+    fp32_caches,
+    register_estimator,
+)
+from certquant.smoothing import (
+    ABSTAIN,
+    certified_radius,
+    clopper_pearson_lower,
+    sample_counts,
+)
 from certquant.smoothing.core import _as_model_input, _evaluating
 
 
@@ -60,7 +70,8 @@ class PairedEstimate:
     n_a: int
 
 
-def paired_estimate(base_predictions: torch.Tensor, predictions: torch.Tensor, c_a: int, n_a: int, n: int) -> PairedEstimate:
+def paired_estimate(base_predictions: torch.Tensor, predictions: torch.Tensor, c_a: int, n_a: int,
+                    n: int) -> PairedEstimate:
     """p'_hat from f's cached predictions of the first m samples, f''s predictions of the same m samples, f's c_A
     and n_A of its n estimation samples."""
     m = len(predictions)

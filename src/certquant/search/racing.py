@@ -33,8 +33,8 @@ ones: racing saves cost, and never changes which candidate is best except with p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from certquant.utils.errors import CertquantError
 
