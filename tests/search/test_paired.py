@@ -102,3 +102,12 @@ def test_paired_radius_of_fp32_itself_is_the_cp_radius_at_n_p(trained_cnn, searc
     expected = certified_radius(clopper_pearson_lower(share * 100, 100, 0.001), SIGMA)
     assert radius == pytest.approx(expected)
     assert (label == cache.c_a) == (radius > 0)
+
+
+def test_packed_estimates_equal_one_image_at_a_time(trained_cnn, search_set):
+    ev = _evaluator(trained_cnn, search_set, estimator="paired", max_forward=250)  # 2 images and a half per pass
+    ev.reference()
+    qmodel = ev.quantized(Policy.uniform(ev.layers, 3, arch="small-cnn"))
+    packed = ev.scorer.estimate_many(qmodel, ev.search, list(range(12)))
+    alone = [ev.scorer.estimate(qmodel, k, ev.search.images[k]) for k in range(12)]
+    assert packed == alone

@@ -37,7 +37,7 @@ Cost per candidate and image: m forward samples (no selection samples: c_A is f'
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -54,7 +54,7 @@ from certquant.smoothing import (
     clopper_pearson_lower,
     sample_counts,
 )
-from certquant.smoothing.core import _as_model_input, _evaluating
+from certquant.smoothing.core import _as_model_input, _evaluating, classify
 
 
 @dataclass
@@ -104,6 +104,48 @@ class PairedEstimator(ACREstimator):
         assert predictions is not None
         return paired_estimate(cache.predictions, predictions, cache.c_a, cache.n_a, cache.n)
 
+    def estimate_many(self, model: nn.Module, search: SearchSet, indices: Sequence[int]) -> list[PairedEstimate]:
+        """``estimate`` of every image in ``indices``, with the noise of several images packed into forward passes of
+        at most ``max_forward`` samples (as the scratch estimator's ``certify_many``: a GPU is launch-bound under one
+        small pass per image). The same noise samples, so the same estimates up to float effects of the batching."""
+        m = self.config.n_p
+        chunks: dict[int, list[torch.Tensor]] = {k: [] for k in indices}
+        pending: list[torch.Tensor] = []
+        owners: list[int] = []
+
+        def flush() -> None:
+            classes, _ = classify(model, torch.cat(pending))
+            for owner, part in zip(owners, classes.split([len(p) for p in pending])):
+                chunks[owner].append(part.cpu())
+            pending.clear()
+            owners.clear()
+
+        with _evaluating(model):
+            for k in indices:
+                for batch in self.caches[k].noisy_batches(_as_model_input(model, search.images[k]), limit=m):
+                    if pending and sum(len(p) for p in pending) + len(batch) > self.config.max_forward:
+                        flush()
+                    pending.append(batch)
+                    owners.append(k)
+            if pending:
+                flush()
+        return [paired_estimate(self.caches[k].predictions, torch.cat(chunks[k]), self.caches[k].c_a,
+                                self.caches[k].n_a, self.caches[k].n) for k in indices]
+
+    def from_estimate(self, est: PairedEstimate) -> tuple[int, float]:
+        """(c_A or ABSTAIN, the image's robustness term) from p'_hat."""
+        raise NotImplementedError
+
+    def certify_image(self, model: nn.Module, k: int, x: torch.Tensor, seed: int) -> tuple[int, float]:
+        return self.from_estimate(self.estimate(model, k, x))
+
+    def certify_indices(self, model: nn.Module, search: SearchSet, indices: Sequence[int]) -> list[tuple[int, float]]:
+        return [self.from_estimate(est) for est in self.estimate_many(model, search, list(indices))]
+
+    def score(self, model: nn.Module, search: SearchSet) -> dict[str, Any]:
+        certificates = self.certify_indices(model, search, range(len(search.images)))
+        return self.terms_of(certificates, search.labels.tolist())
+
 
 @register_estimator
 class PairedRadiusEstimator(PairedEstimator):
@@ -111,8 +153,7 @@ class PairedRadiusEstimator(PairedEstimator):
 
     name = "paired"
 
-    def certify_image(self, model: nn.Module, k: int, x: torch.Tensor, seed: int) -> tuple[int, float]:
-        est = self.estimate(model, k, x)
+    def from_estimate(self, est: PairedEstimate) -> tuple[int, float]:
         m = est.m
         pa_lower = clopper_pearson_lower(est.p_hat * m, m, self.certify_config.alpha) if est.p_hat > 0 else 0.0
         return (est.c_a, certified_radius(pa_lower, self.sigma)) if pa_lower > 0.5 else (ABSTAIN, 0.0)
@@ -128,8 +169,7 @@ class PairedMarginEstimator(PairedEstimator):
 
     name = "paired-margin"
 
-    def certify_image(self, model: nn.Module, k: int, x: torch.Tensor, seed: int) -> tuple[int, float]:
-        est = self.estimate(model, k, x)
+    def from_estimate(self, est: PairedEstimate) -> tuple[int, float]:
         return (est.c_a, est.p_hat - 0.5) if est.p_hat > 0.5 else (ABSTAIN, 0.0)
 
     def max_radius(self) -> float:
