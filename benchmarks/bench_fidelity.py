@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import ROOT, device_name, write_results
 from scipy.stats import kendalltau, spearmanr
 
 from certquant.models import load_checkpoint, resolve_checkpoint
@@ -51,6 +50,7 @@ from certquant.train import resolve_device
 from certquant.utils.errors import CertquantError
 from certquant.utils.run_folder import RunFolder
 from certquant.utils.tables import markdown_table
+from common import ROOT, device_name, write_results
 
 REWARDS = ("haq", "scratch", "irs", "irs-one-sided", "paired", "paired-margin")
 SCORES_FILE = "scores.jsonl"
@@ -80,8 +80,9 @@ def regret(reward: np.ndarray, truth: np.ndarray) -> float:
     return float(truth.max() - truth[top].mean())
 
 
-def bootstrap(stat: Callable[[np.ndarray, np.ndarray], float], reward: np.ndarray, truth: np.ndarray, rounds: int,
-              seed: int) -> list[float] | None:
+def bootstrap(
+    stat: Callable[[np.ndarray, np.ndarray], float], reward: np.ndarray, truth: np.ndarray, rounds: int, seed: int
+) -> list[float] | None:
     """Percentile 95% interval of ``stat(reward, truth)`` over the pool resampled with replacement (rounds whose
     statistic is undefined, e.g. a constant resample, are left out); None when none is defined."""
     rng = np.random.default_rng(seed)
@@ -96,15 +97,20 @@ def bootstrap(stat: Callable[[np.ndarray, np.ndarray], float], reward: np.ndarra
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
 
 
-def fidelity(reward: Sequence[float], truth_acr: Sequence[float], truth_clean: Sequence[float], rounds: int = 2000,
-             seed: int = 0) -> dict[str, Any]:
+def fidelity(
+    reward: Sequence[float], truth_acr: Sequence[float], truth_clean: Sequence[float], rounds: int = 2000, seed: int = 0
+) -> dict[str, Any]:
     """Kendall tau and Spearman rho with the truth's ACR and clean accuracy, top-1 regret (ACR), each with its
     bootstrap 95% interval over the pool (the same resamples for every statistic: one seed)."""
     r, acr, clean = (np.asarray(v, dtype=float) for v in (reward, truth_acr, truth_clean))
     out: dict[str, Any] = {}
-    for name, stat, truth in (("kendall_tau_acr", _tau, acr), ("spearman_acr", _rho, acr),
-                              ("kendall_tau_clean", _tau, clean), ("spearman_clean", _rho, clean),
-                              ("regret_acr", regret, acr)):
+    for name, stat, truth in (
+        ("kendall_tau_acr", _tau, acr),
+        ("spearman_acr", _rho, acr),
+        ("kendall_tau_clean", _tau, clean),
+        ("spearman_clean", _rho, clean),
+        ("regret_acr", regret, acr),
+    ):
         value = stat(r, truth)
         out[name] = value if np.isfinite(value) else None  # e.g. a constant reward: no ranking
         out[f"{name}_ci95"] = bootstrap(stat, r, truth, rounds, seed)
@@ -138,34 +144,53 @@ class Row:
 class Fidelity:
     """Scores a truth pool's policies with each row's evaluator, resumably, and measures fidelity."""
 
-    def __init__(self, cfg: RunConfig, truth: dict, work: Path, rows: Sequence[Row], rounds: int = 2000,
-                 progress: bool = True):
+    def __init__(
+        self, cfg: RunConfig, truth: dict, work: Path, rows: Sequence[Row], rounds: int = 2000, progress: bool = True
+    ):
         self.cfg, self.truth, self.work, self.rows, self.rounds = cfg, truth, Path(work), list(rows), rounds
         self.progress = progress
         unknown = [r.reward for r in rows if r.reward != "haq" and r.reward not in ESTIMATORS]
         if unknown:
             raise CertquantError(f"unknown reward(s) {', '.join(unknown)}: use haq or one of {', '.join(ESTIMATORS)}")
         self.device = resolve_device(cfg.device)
-        self.model, self.info = load_checkpoint(resolve_checkpoint(cfg.checkpoint), expect_dataset=cfg.dataset,
-                                                map_location=self.device)
+        self.model, self.info = load_checkpoint(
+            resolve_checkpoint(cfg.checkpoint), expect_dataset=cfg.dataset, map_location=self.device
+        )
         prov = truth["provenance"]
         if self.info["sha256"] != prov["checkpoint_sha256"]:
-            raise CertquantError(f"the truth pool was made with another checkpoint ({prov['checkpoint']}) than the "
-                                 f"config's ({cfg.checkpoint}): use the config the truth was made with")
+            raise CertquantError(
+                f"the truth pool was made with another checkpoint ({prov['checkpoint']}) than the "
+                f"config's ({cfg.checkpoint}): use the config the truth was made with"
+            )
         self.sigma = float(cfg.sigma if cfg.sigma is not None else self.info["sigma"])
         self.indices = validation_indices(self.info, cfg.search.search_images, cfg.search.seed)
         overlap = set(self.indices) & set(prov["validation_indices"])
         if overlap:
-            raise CertquantError(f"{len(overlap)} search images are also truth images: make the truth with the same "
-                                 "search.search_images and search.seed (it skips them)")
+            raise CertquantError(
+                f"{len(overlap)} search images are also truth images: make the truth with the same "
+                "search.search_images and search.seed (it skips them)"
+            )
 
     def score_row(self, row: Row) -> tuple[list[dict], dict]:
         """Every pool policy's reward terms under ``row`` (resumed from its scores.jsonl)."""
         settings = row.settings(self.cfg)
-        evaluator = evaluator_on(self.model, self.info, self.sigma, settings, self.cfg.certify, row.method,
-                                 self.indices, self.device, finetune_pool=True)
-        identity = {"row": row.name, "evaluator": evaluator.describe(), "checkpoint_sha256": self.info["sha256"],
-                    "policies": [[p["w_bits"], p["a_bits"]] for p in self.truth["policies"]]}
+        evaluator = evaluator_on(
+            self.model,
+            self.info,
+            self.sigma,
+            settings,
+            self.cfg.certify,
+            row.method,
+            self.indices,
+            self.device,
+            finetune_pool=True,
+        )
+        identity = {
+            "row": row.name,
+            "evaluator": evaluator.describe(),
+            "checkpoint_sha256": self.info["sha256"],
+            "policies": [[p["w_bits"], p["a_bits"]] for p in self.truth["policies"]],
+        }
         folder = RunFolder(self.work / row.name, "fidelity-row", identity)
         folder.claim(resume=True)
         done = {r["id"]: r for r in folder.records(SCORES_FILE)}
@@ -178,16 +203,31 @@ class Fidelity:
                 folder.write_json("reference.json", reference)
             policy = Policy.from_lists(evaluator.layers, p["w_bits"], p["a_bits"], arch=self.info["arch"])
             terms = evaluator(policy)
-            record = {"id": p["id"], "reward": terms["reward"],
-                      **{k: terms.get(k) for k in ("acr", "clean_accuracy", "noisy_accuracy", "forward_samples",
-                                                   "seconds_quantize", "seconds_score")},
-                      "seconds": terms["seconds_quantize"] + terms["seconds_score"],
-                      "finetune_samples": settings.finetune_steps * settings.finetune_batch}
+            record = {
+                "id": p["id"],
+                "reward": terms["reward"],
+                **{
+                    k: terms.get(k)
+                    for k in (
+                        "acr",
+                        "clean_accuracy",
+                        "noisy_accuracy",
+                        "forward_samples",
+                        "seconds_quantize",
+                        "seconds_score",
+                    )
+                },
+                "seconds": terms["seconds_quantize"] + terms["seconds_score"],
+                "finetune_samples": settings.finetune_steps * settings.finetune_batch,
+            }
             folder.append(SCORES_FILE, record)
             done[p["id"]] = record
             if self.progress:
-                print(f"[fidelity] {row.name}: policy {p['id']} reward {record['reward']:+.5f} "
-                      f"({record['seconds']:.1f} s)", flush=True)
+                print(
+                    f"[fidelity] {row.name}: policy {p['id']} reward {record['reward']:+.5f} "
+                    f"({record['seconds']:.1f} s)",
+                    flush=True,
+                )
         return [done[p["id"]] for p in self.truth["policies"]], reference or {}
 
     def run(self) -> dict[str, Any]:
@@ -198,12 +238,20 @@ class Fidelity:
         for row in self.rows:
             scores, reference = self.score_row(row)
             rewards = [s["reward"] for s in scores]
-            out_rows.append({"name": row.name, "reward": row.reward, "finetune_steps": row.finetune_steps,
-                             "n_p": self.cfg.search.n_p, **fidelity(rewards, acr, clean, self.rounds),
-                             "seconds_per_candidate": float(np.median([s["seconds"] for s in scores])),
-                             "forward_samples_per_candidate": float(np.mean([s["forward_samples"] for s in scores])),
-                             "finetune_samples_per_candidate": scores[0]["finetune_samples"],
-                             "seconds_fp32_once": reference.get("seconds"), "rewards": rewards})
+            out_rows.append(
+                {
+                    "name": row.name,
+                    "reward": row.reward,
+                    "finetune_steps": row.finetune_steps,
+                    "n_p": self.cfg.search.n_p,
+                    **fidelity(rewards, acr, clean, self.rounds),
+                    "seconds_per_candidate": float(np.median([s["seconds"] for s in scores])),
+                    "forward_samples_per_candidate": float(np.mean([s["forward_samples"] for s in scores])),
+                    "finetune_samples_per_candidate": scores[0]["finetune_samples"],
+                    "seconds_fp32_once": reference.get("seconds"),
+                    "rewards": rewards,
+                }
+            )
         ceiling = None
         if all(len(p["replicates"]) >= 2 for p in pool):
             first = [p["replicates"][0]["acr"] for p in pool]
@@ -211,14 +259,32 @@ class Fidelity:
             second_clean = [p["replicates"][1]["clean_accuracy"] for p in pool]
             ceiling = {"name": "ceiling: replicate 1 vs 2", **fidelity(first, second, second_clean, self.rounds)}
         s = self.cfg.search
-        return {"provenance": {"truth": self.truth["provenance"], "search_indices": self.indices,
-                               "search": {k: getattr(s, k) for k in ("search_images", "seed", "n_p", "n_fp",
-                                                                     "noise_copies", "clean_weight", "lam",
-                                                                     "finetune_batch", "finetune_lr")},
-                               "certify": {"n0": self.cfg.certify.n0, "alpha": self.cfg.certify.alpha},
-                               "bootstrap_rounds": self.rounds, "device": device_name(self.device),
-                               "date": time.strftime("%Y-%m-%d %H:%M")},
-                "rows": out_rows, "ceiling": ceiling}
+        return {
+            "provenance": {
+                "truth": self.truth["provenance"],
+                "search_indices": self.indices,
+                "search": {
+                    k: getattr(s, k)
+                    for k in (
+                        "search_images",
+                        "seed",
+                        "n_p",
+                        "n_fp",
+                        "noise_copies",
+                        "clean_weight",
+                        "lam",
+                        "finetune_batch",
+                        "finetune_lr",
+                    )
+                },
+                "certify": {"n0": self.cfg.certify.n0, "alpha": self.cfg.certify.alpha},
+                "bootstrap_rounds": self.rounds,
+                "device": device_name(self.device),
+                "date": time.strftime("%Y-%m-%d %H:%M"),
+            },
+            "rows": out_rows,
+            "ceiling": ceiling,
+        }
 
 
 def _with_ci(value: float | None, ci: list[float] | None) -> str:
@@ -237,26 +303,53 @@ def markdown(data: dict) -> str:
     p = data["provenance"]
     t, s = p["truth"], p["search"]
     count = len(data["rows"][0]["rewards"])
-    head = (f"Reward fidelity on the truth pool of {t['arch']} at budget {t['budget']:g} ({count} policies, truth = final ACR after the pipeline's fine-tune, mean of {t['replicates']} seed(s), on "
-            f"{len(t['validation_indices'])} held-out validation images); rewards on the {s['search_images']} search "
-            f"images of seed {s['seed']}, n_p = {s['n_p']}, n_fp = {s['n_fp']}, HAQ noise copies {s['noise_copies']}, "
-            f"n0 = {p['certify']['n0']}. Intervals: bootstrap 95% over the pool ({p['bootstrap_rounds']} rounds). "
-            f"Device: {p['device']}.")
-    headers = ["reward", "tau ACR", "rho ACR", "tau clean", "regret ACR", "s / candidate", "fwd samples / cand.",
-               "FT samples / cand.", "FP32 once s"]
-    rows = [[r["name"], _with_ci(r["kendall_tau_acr"], r["kendall_tau_acr_ci95"]),
-             _with_ci(r["spearman_acr"], r["spearman_acr_ci95"]),
-             _with_ci(r["kendall_tau_clean"], r["kendall_tau_clean_ci95"]),
-             _regret(r["regret_acr"], r["regret_acr_ci95"]),
-             f"{r['seconds_per_candidate']:.2f}", f"{r['forward_samples_per_candidate']:.0f}",
-             r["finetune_samples_per_candidate"],
-             "-" if r["seconds_fp32_once"] is None else f"{r['seconds_fp32_once']:.1f}"] for r in data["rows"]]
+    head = (
+        f"Reward fidelity on the truth pool of {t['arch']} at budget {t['budget']:g} ({count} policies, truth = final ACR after the pipeline's fine-tune, mean of {t['replicates']} seed(s), on "
+        f"{len(t['validation_indices'])} held-out validation images); rewards on the {s['search_images']} search "
+        f"images of seed {s['seed']}, n_p = {s['n_p']}, n_fp = {s['n_fp']}, HAQ noise copies {s['noise_copies']}, "
+        f"n0 = {p['certify']['n0']}. Intervals: bootstrap 95% over the pool ({p['bootstrap_rounds']} rounds). "
+        f"Device: {p['device']}."
+    )
+    headers = [
+        "reward",
+        "tau ACR",
+        "rho ACR",
+        "tau clean",
+        "regret ACR",
+        "s / candidate",
+        "fwd samples / cand.",
+        "FT samples / cand.",
+        "FP32 once s",
+    ]
+    rows = [
+        [
+            r["name"],
+            _with_ci(r["kendall_tau_acr"], r["kendall_tau_acr_ci95"]),
+            _with_ci(r["spearman_acr"], r["spearman_acr_ci95"]),
+            _with_ci(r["kendall_tau_clean"], r["kendall_tau_clean_ci95"]),
+            _regret(r["regret_acr"], r["regret_acr_ci95"]),
+            f"{r['seconds_per_candidate']:.2f}",
+            f"{r['forward_samples_per_candidate']:.0f}",
+            r["finetune_samples_per_candidate"],
+            "-" if r["seconds_fp32_once"] is None else f"{r['seconds_fp32_once']:.1f}",
+        ]
+        for r in data["rows"]
+    ]
     c = data.get("ceiling")
     if c:
-        rows.append([c["name"], _with_ci(c["kendall_tau_acr"], c["kendall_tau_acr_ci95"]),
-                     _with_ci(c["spearman_acr"], c["spearman_acr_ci95"]),
-                     _with_ci(c["kendall_tau_clean"], c["kendall_tau_clean_ci95"]), f"{c['regret_acr']:.4f}",
-                     "-", "-", "-", "-"])
+        rows.append(
+            [
+                c["name"],
+                _with_ci(c["kendall_tau_acr"], c["kendall_tau_acr_ci95"]),
+                _with_ci(c["spearman_acr"], c["spearman_acr_ci95"]),
+                _with_ci(c["kendall_tau_clean"], c["kendall_tau_clean_ci95"]),
+                f"{c['regret_acr']:.4f}",
+                "-",
+                "-",
+                "-",
+                "-",
+            ]
+        )
     return f"# Reward fidelity\n\n{head}\n\n{markdown_table(headers, rows)}\n"
 
 

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import search_matrix
 from certquant.pipeline import load_config
 from certquant.pipeline.run import budget_dir, run_pipeline
 from certquant.search.selection import SELECTION_FILE
@@ -36,8 +37,7 @@ from certquant.smoothing.metrics import counted_radius, mean_ci
 from certquant.train import resolve_device
 from certquant.utils import atomic_write_json, read_jsonl
 from certquant.utils.tables import markdown_table
-import search_matrix
-from common import ROOT, RESULTS, device_name, write_results
+from common import RESULTS, ROOT, device_name, write_results
 
 W4A4 = 16 / 1024
 ACR_MARGIN, CLEAN_MARGIN = 0.02, 0.015  # issue 6: ARQ within 0.02 ACR and 1.5 points of clean accuracy of FP32

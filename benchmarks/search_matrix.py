@@ -44,9 +44,14 @@ def seed_work(work: Path, seed: int) -> Path:
 
 def _metrics(row: dict) -> dict[str, Any]:
     cert = row.get("certified_accuracy", {})
-    return {"acr": row["acr"], "clean_accuracy": row["clean_accuracy"],
-            "cert_acc_0.25": cert.get("0.25", 0.0), "cert_acc_0.5": cert.get("0.5", 0.0),
-            "bitops_fraction": row["bitops_fraction"], "search_seconds": row.get("search_seconds")}
+    return {
+        "acr": row["acr"],
+        "clean_accuracy": row["clean_accuracy"],
+        "cert_acc_0.25": cert.get("0.25", 0.0),
+        "cert_acc_0.5": cert.get("0.5", 0.0),
+        "bitops_fraction": row["bitops_fraction"],
+        "search_seconds": row.get("search_seconds"),
+    }
 
 
 def collect_runs(work: Path, image_radii: Callable[[Path], dict[int, float]]) -> list[dict[str, Any]]:
@@ -60,17 +65,29 @@ def collect_runs(work: Path, image_radii: Callable[[Path], dict[int, float]]) ->
             results = json.loads(results_path.read_text())
             for row in results["rows"]:
                 folder = run / "fp32" if row["method"] == "fp32" else budget_dir(run, row["budget"]) / row["method"]
-                records.append({"seed": seed, "budget": row["budget"], "method": row["method"], "run": str(run),
-                                **_metrics(row), "radii": image_radii(folder / "certify"),
-                                "provenance": results.get("provenance")})
+                records.append(
+                    {
+                        "seed": seed,
+                        "budget": row["budget"],
+                        "method": row["method"],
+                        "run": str(run),
+                        **_metrics(row),
+                        "radii": image_radii(folder / "certify"),
+                        "provenance": results.get("provenance"),
+                    }
+                )
     return records
 
 
 def interval(values: list[float]) -> dict[str, Any]:
     """Mean and Student-t 95% interval over seeds (None below two seeds)."""
     present = [v for v in values if v is not None]
-    return {"mean": statistics.fmean(present) if present else None, "ci95": mean_ci(present), "n": len(present),
-            "values": values}
+    return {
+        "mean": statistics.fmean(present) if present else None,
+        "ci95": mean_ci(present),
+        "n": len(present),
+        "values": values,
+    }
 
 
 def verdict(ci: list[float] | None) -> str:
@@ -88,8 +105,13 @@ def paired_difference(arq: dict[int, dict[int, float]], base: dict[int, dict[int
         if common:
             per_seed[seed] = statistics.fmean(arq[seed][i] - base[seed][i] for i in common)
     stats = interval(list(per_seed.values()))
-    return {"per_seed": per_seed, "mean": stats["mean"], "ci95": stats["ci95"], "seeds": len(per_seed),
-            "verdict": verdict(stats["ci95"])}
+    return {
+        "per_seed": per_seed,
+        "mean": stats["mean"],
+        "ci95": stats["ci95"],
+        "seeds": len(per_seed),
+        "verdict": verdict(stats["ci95"]),
+    }
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -101,25 +123,50 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         methods = sorted({r["method"] for r in at}, key=lambda m: (ORDER.index(m) if m in ORDER else 9, m))
         by_method = {m: sorted((r for r in at if r["method"] == m), key=lambda r: r["seed"]) for m in methods}
         for method, runs in by_method.items():
-            rows.append({"budget": budget, "method": method, "seeds": [r["seed"] for r in runs],
-                         **{k: interval([r[k] for r in runs]) for k in METRICS}})
+            rows.append(
+                {
+                    "budget": budget,
+                    "method": method,
+                    "seeds": [r["seed"] for r in runs],
+                    **{k: interval([r[k] for r in runs]) for k in METRICS},
+                }
+            )
         if "arq" in by_method:
             arq = {r["seed"]: r["radii"] for r in by_method["arq"]}
             for method, runs in by_method.items():
                 if method != "arq":
-                    diffs.append({"budget": budget, "baseline": method,
-                                  **paired_difference(arq, {r["seed"]: r["radii"] for r in runs})})
+                    diffs.append(
+                        {
+                            "budget": budget,
+                            "baseline": method,
+                            **paired_difference(arq, {r["seed"]: r["radii"] for r in runs}),
+                        }
+                    )
         if "arq" in by_method and "haq" in by_method:
             t_arq = interval([r["search_seconds"] for r in by_method["arq"]])["mean"]
             t_haq = interval([r["search_seconds"] for r in by_method["haq"]])["mean"]
-            times.append({"budget": budget, "arq_seconds": t_arq, "haq_seconds": t_haq,
-                          "ratio": t_arq / t_haq if t_arq is not None and t_haq else None})
+            times.append(
+                {
+                    "budget": budget,
+                    "arq_seconds": t_arq,
+                    "haq_seconds": t_haq,
+                    "ratio": t_arq / t_haq if t_arq is not None and t_haq else None,
+                }
+            )
     fp = interval([r["acr"] for r in fp32]) if fp32 else None
-    return {"fp32_acr": fp, "rows": rows, "differences": diffs, "search_time": times,
-            "points": [{k: r[k] for k in ("seed", "budget", "method", "acr", "bitops_fraction", "clean_accuracy")}
-                       for r in records if r["method"] != "fp32"],
-            "provenance": next((r["provenance"] for r in records if r.get("provenance")), None),
-            "runs": sorted({r["run"] for r in records})}
+    return {
+        "fp32_acr": fp,
+        "rows": rows,
+        "differences": diffs,
+        "search_time": times,
+        "points": [
+            {k: r[k] for k in ("seed", "budget", "method", "acr", "bitops_fraction", "clean_accuracy")}
+            for r in records
+            if r["method"] != "fp32"
+        ],
+        "provenance": next((r["provenance"] for r in records if r.get("provenance")), None),
+        "runs": sorted({r["run"] for r in records}),
+    }
 
 
 def collect_matrix(work: Path, image_radii: Callable[[Path], dict[int, float]]) -> dict[str, Any]:
@@ -142,33 +189,66 @@ def markdown(data: dict[str, Any], plot: str | None = None) -> str:
     p = data.get("provenance") or {}
     c, s, f = p.get("certify", {}), p.get("search", {}), p.get("finetune", {})
     seeds = sorted({pt["seed"] for pt in data["points"]})
-    head = (f"{p.get('arch', '?')} on {p.get('dataset', '?')}, sigma = {p.get('sigma', '?')}; search seeds "
-            f"{seeds} (search, calibration and fine-tune seeded alike for every method); CERTIFY n0 = {c.get('n0')}, "
-            f"n = {c.get('n')}, alpha = {c.get('alpha')} on {len(p.get('test_indices', []))} test images. Search: "
-            f"{s.get('episodes')} episodes on {s.get('search_images')} validation images, n_p = {s.get('n_p')} "
-            f"({s.get('estimator')}), pin first/last: {s.get('pin_first_last')}, final top-k {s.get('final_top_k')}; "
-            f"fine-tune {f.get('epochs')} epoch(s) on {f.get('images')} noisy images. Intervals: Student-t 95% over "
-            "seeds.")
+    head = (
+        f"{p.get('arch', '?')} on {p.get('dataset', '?')}, sigma = {p.get('sigma', '?')}; search seeds "
+        f"{seeds} (search, calibration and fine-tune seeded alike for every method); CERTIFY n0 = {c.get('n0')}, "
+        f"n = {c.get('n')}, alpha = {c.get('alpha')} on {len(p.get('test_indices', []))} test images. Search: "
+        f"{s.get('episodes')} episodes on {s.get('search_images')} validation images, n_p = {s.get('n_p')} "
+        f"({s.get('estimator')}), pin first/last: {s.get('pin_first_last')}, final top-k {s.get('final_top_k')}; "
+        f"fine-tune {f.get('epochs')} epoch(s) on {f.get('images')} noisy images. Intervals: Student-t 95% over "
+        "seeds."
+    )
     fp = data.get("fp32_acr")
     table = markdown_table(
         ["budget", "method", "seeds", "ACR", "clean acc", "cert acc r=0.25", "cert acc r=0.5", "BitOPs %", "search s"],
-        [[f"{r['budget']:g}", r["method"], len(r["seeds"]), _fmt(r["acr"]), _fmt(r["clean_accuracy"], 3),
-          _fmt(r["cert_acc_0.25"], 3), _fmt(r["cert_acc_0.5"], 3), _fmt(r["bitops_fraction"], 3, 100),
-          _fmt(r["search_seconds"], 0)] for r in data["rows"]])
+        [
+            [
+                f"{r['budget']:g}",
+                r["method"],
+                len(r["seeds"]),
+                _fmt(r["acr"]),
+                _fmt(r["clean_accuracy"], 3),
+                _fmt(r["cert_acc_0.25"], 3),
+                _fmt(r["cert_acc_0.5"], 3),
+                _fmt(r["bitops_fraction"], 3, 100),
+                _fmt(r["search_seconds"], 0),
+            ]
+            for r in data["rows"]
+        ],
+    )
     diffs = markdown_table(
         ["budget", "ARQ minus", "seeds", "mean dACR", "95% CI over seeds", "per seed", "verdict"],
-        [[f"{d['budget']:g}", d["baseline"], d["seeds"], "-" if d["mean"] is None else f"{d['mean']:+.4f}",
-          "-" if not d["ci95"] else f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]",
-          ", ".join(f"{v:+.4f}" for v in d["per_seed"].values()), d["verdict"]] for d in data["differences"]])
+        [
+            [
+                f"{d['budget']:g}",
+                d["baseline"],
+                d["seeds"],
+                "-" if d["mean"] is None else f"{d['mean']:+.4f}",
+                "-" if not d["ci95"] else f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]",
+                ", ".join(f"{v:+.4f}" for v in d["per_seed"].values()),
+                d["verdict"],
+            ]
+            for d in data["differences"]
+        ],
+    )
     times = markdown_table(
         ["budget", "ARQ search s", "HAQ search s", "ARQ / HAQ"],
-        [[f"{t['budget']:g}", "-" if t["arq_seconds"] is None else f"{t['arq_seconds']:.0f}",
-          "-" if t["haq_seconds"] is None else f"{t['haq_seconds']:.0f}",
-          "-" if t["ratio"] is None else f"{t['ratio']:.2f}"] for t in data["search_time"]])
+        [
+            [
+                f"{t['budget']:g}",
+                "-" if t["arq_seconds"] is None else f"{t['arq_seconds']:.0f}",
+                "-" if t["haq_seconds"] is None else f"{t['haq_seconds']:.0f}",
+                "-" if t["ratio"] is None else f"{t['ratio']:.2f}",
+            ]
+            for t in data["search_time"]
+        ],
+    )
     fp_line = f"FP32 ACR {fp['mean']:.4f}.\n\n" if fp and fp["mean"] is not None else ""
     figure = f"\n\n![ACR vs BitOPs]({plot})\n" if plot else "\n"
-    return (f"# Search benchmark across seeds\n\n{head}\n\n{fp_line}{table}\n\n## ARQ minus each baseline (paired over "
-            f"test images within a seed, interval over seeds)\n\n{diffs}\n\n## Search wall time\n\n{times}{figure}")
+    return (
+        f"# Search benchmark across seeds\n\n{head}\n\n{fp_line}{table}\n\n## ARQ minus each baseline (paired over "
+        f"test images within a seed, interval over seeds)\n\n{diffs}\n\n## Search wall time\n\n{times}{figure}"
+    )
 
 
 def plot(data: dict[str, Any], path: Path) -> Path:
@@ -189,8 +269,15 @@ def plot(data: dict[str, Any], path: Path) -> Path:
                 continue
             xs, ys = [100 * pt["bitops_fraction"] for pt in pts], [pt["acr"] for pt in pts]
             ax.scatter(xs, ys, s=14, alpha=0.5, color=colors.get(method))
-            ax.scatter([statistics.fmean(xs)], [statistics.fmean(ys)], s=90, marker="D", color=colors.get(method),
-                       edgecolor="black", label=method)
+            ax.scatter(
+                [statistics.fmean(xs)],
+                [statistics.fmean(ys)],
+                s=90,
+                marker="D",
+                color=colors.get(method),
+                edgecolor="black",
+                label=method,
+            )
         ax.axvline(100 * budget, color="black", lw=0.6, ls=":")
         ax.set_title(f"budget {budget:g}")
         ax.set_xlabel("BitOPs % of FP32")

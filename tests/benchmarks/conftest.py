@@ -24,8 +24,16 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> str:
     torch.set_num_threads(1)
-    cfg = TrainConfig(dataset="synthetic", model="small-cnn", sigma=0.25, epochs=1, lr=0.05, val_size=200,
-                      train_limit=600, device="cpu")
+    cfg = TrainConfig(
+        dataset="synthetic",
+        model="small-cnn",
+        sigma=0.25,
+        epochs=1,
+        lr=0.05,
+        val_size=200,
+        train_limit=600,
+        device="cpu",
+    )
     return str(train(cfg, tmp_path_factory.mktemp("ckpt")))
 
 
@@ -33,15 +41,30 @@ def tiny_checkpoint(tmp_path_factory) -> str:
 def tiny_config(tiny_checkpoint, tmp_path_factory) -> Path:
     """A run config (YAML) at the smallest sizes that still exercise every stage."""
     path = tmp_path_factory.mktemp("config") / "tiny.yaml"
-    path.write_text(yaml.safe_dump({
-        "dataset": "synthetic", "checkpoint": tiny_checkpoint, "device": "cpu",
-        "certify": {"n0": 10, "n": 100, "skip": 100, "max_images": 3, "batch": 50},
-        "search": {"budgets": [0.0125], "methods": ["uniform", "arq", "haq", "random"], "episodes": 3,
-                   "agent": {"warmup_episodes": 2}, "search_images": 4, "final_images": 4, "n_p": 40, "n_fp": 80,
-                   "noise_copies": 4, "calib_images": 16},
-        "finetune": {"epochs": 1, "images": 128, "batch": 64},
-        "quantize": {"calibration_images": 32},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": "synthetic",
+                "checkpoint": tiny_checkpoint,
+                "device": "cpu",
+                "certify": {"n0": 10, "n": 100, "skip": 100, "max_images": 3, "batch": 50},
+                "search": {
+                    "budgets": [0.0125],
+                    "methods": ["uniform", "arq", "haq", "random"],
+                    "episodes": 3,
+                    "agent": {"warmup_episodes": 2},
+                    "search_images": 4,
+                    "final_images": 4,
+                    "n_p": 40,
+                    "n_fp": 80,
+                    "noise_copies": 4,
+                    "calib_images": 16,
+                },
+                "finetune": {"epochs": 1, "images": 128, "batch": 64},
+                "quantize": {"calibration_images": 32},
+            }
+        )
+    )
     return path
 
 
@@ -51,7 +74,25 @@ def tiny_truth(tiny_config, tmp_path_factory) -> Path:
     import bench_truth
 
     root = tmp_path_factory.mktemp("truth")
-    bench_truth.main(["--config", str(tiny_config), "--budget", "0.0125", "--policies", "4", "--replicates", "2",
-                      "--images", "5", "--work", str(root / "work"), "--results", str(root), "--name", "truth-tiny",
-                      "--no-progress"])
+    bench_truth.main(
+        [
+            "--config",
+            str(tiny_config),
+            "--budget",
+            "0.0125",
+            "--policies",
+            "4",
+            "--replicates",
+            "2",
+            "--images",
+            "5",
+            "--work",
+            str(root / "work"),
+            "--results",
+            str(root),
+            "--name",
+            "truth-tiny",
+            "--no-progress",
+        ]
+    )
     return root / "truth-tiny.json"

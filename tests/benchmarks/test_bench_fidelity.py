@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 
-import bench_fidelity
 import numpy as np
 import pytest
 
+import bench_fidelity
 from certquant.utils import read_jsonl
 
 
@@ -38,9 +38,28 @@ def test_bootstrap_interval_is_reproducible_and_brackets_the_estimate():
 
 
 def test_fidelity_end_to_end(tiny_truth, tiny_config, tmp_path):
-    args = ["--truth", str(tiny_truth), "--config", str(tiny_config), "--rewards", "haq", "scratch", "paired",
-            "--finetune-steps", "0", "2", "--bootstrap", "50", "--work", str(tmp_path / "work"), "--results",
-            str(tmp_path), "--name", "fidelity-tiny", "--no-progress"]
+    args = [
+        "--truth",
+        str(tiny_truth),
+        "--config",
+        str(tiny_config),
+        "--rewards",
+        "haq",
+        "scratch",
+        "paired",
+        "--finetune-steps",
+        "0",
+        "2",
+        "--bootstrap",
+        "50",
+        "--work",
+        str(tmp_path / "work"),
+        "--results",
+        str(tmp_path),
+        "--name",
+        "fidelity-tiny",
+        "--no-progress",
+    ]
     data = bench_fidelity.main(args)
     rows = {r["name"]: r for r in data["rows"]}
     assert sorted(rows) == sorted(["haq", "scratch", "paired", "haq+ft2", "scratch+ft2", "paired+ft2"])
@@ -67,5 +86,15 @@ def test_truth_of_another_checkpoint_is_refused(tiny_truth, tiny_config, tmp_pat
     other = tmp_path / "truth-other.json"
     other.write_text(json.dumps(truth))
     with pytest.raises(SystemExit, match="^error: the truth pool was made with another checkpoint"):
-        bench_fidelity.main(["--truth", str(other), "--config", str(tiny_config), "--work", str(tmp_path / "w"),
-                             "--results", str(tmp_path)])
+        bench_fidelity.main(
+            [
+                "--truth",
+                str(other),
+                "--config",
+                str(tiny_config),
+                "--work",
+                str(tmp_path / "w"),
+                "--results",
+                str(tmp_path),
+            ]
+        )

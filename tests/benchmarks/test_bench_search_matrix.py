@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 
-import bench_search
 import pytest
-import search_matrix
 from scipy.stats import t as student_t
+
+import bench_search
+import search_matrix
 
 
 def test_paired_difference_is_the_mean_over_seeds_of_per_image_means():
@@ -18,7 +19,7 @@ def test_paired_difference_is_the_mean_over_seeds_of_per_image_means():
     assert d["per_seed"] == pytest.approx({0: 0.1, 1: 0.0, 2: 0.1})
     assert d["mean"] == pytest.approx(0.2 / 3)
     sd = (((0.1 - 0.2 / 3) ** 2 * 2 + (0.2 / 3) ** 2) / 2) ** 0.5
-    half = student_t.ppf(0.975, 2) * sd / 3 ** 0.5
+    half = student_t.ppf(0.975, 2) * sd / 3**0.5
     assert d["ci95"] == pytest.approx([0.2 / 3 - half, 0.2 / 3 + half])
     assert d["verdict"] == "tied"  # the interval includes 0
 
@@ -35,9 +36,25 @@ def test_seed_overrides_vary_search_calibration_and_finetune_only():
 
 
 def test_matrix_end_to_end(tiny_config, tmp_path):
-    bench_search.main(["--config", str(tiny_config), "--budgets", "0.0125", "--seeds", "0", "1", "--work",
-                       str(tmp_path / "work"), "--results", str(tmp_path), "--name", "search-tiny",
-                       "--set", "certify.max_images=2"])
+    bench_search.main(
+        [
+            "--config",
+            str(tiny_config),
+            "--budgets",
+            "0.0125",
+            "--seeds",
+            "0",
+            "1",
+            "--work",
+            str(tmp_path / "work"),
+            "--results",
+            str(tmp_path),
+            "--name",
+            "search-tiny",
+            "--set",
+            "certify.max_images=2",
+        ]
+    )
     data = json.loads((tmp_path / "search-tiny.json").read_text())
     assert (tmp_path / "search-tiny.png").stat().st_size > 0
     assert "![ACR vs BitOPs](search-tiny.png)" in (tmp_path / "search-tiny.md").read_text()
@@ -49,12 +66,26 @@ def test_matrix_end_to_end(tiny_config, tmp_path):
     assert data["search_time"][0]["ratio"] > 0
     assert len(data["points"]) == 8
     # each seed is its own run with its own search seed; the test subset is the same
-    ids = [json.loads((tmp_path / "work" / f"seed-{s}" / "budget-0.0125" / "run.json").read_text())["identity"]
-           for s in (0, 1)]
+    ids = [
+        json.loads((tmp_path / "work" / f"seed-{s}" / "budget-0.0125" / "run.json").read_text())["identity"]
+        for s in (0, 1)
+    ]
     assert [i["config"]["search"]["seed"] for i in ids] == [0, 1]
     assert [i["config"]["finetune"]["seed"] for i in ids] == [0, 1]
     assert ids[0]["test_indices"] == ids[1]["test_indices"] and len(ids[0]["test_indices"]) == 2  # --set applied
     # the report alone, from the finished runs, is the same
-    bench_search.main(["--config", str(tiny_config), "--seeds", "--report-only", "--work", str(tmp_path / "work"),
-                       "--results", str(tmp_path / "again"), "--name", "search-tiny"])
+    bench_search.main(
+        [
+            "--config",
+            str(tiny_config),
+            "--seeds",
+            "--report-only",
+            "--work",
+            str(tmp_path / "work"),
+            "--results",
+            str(tmp_path / "again"),
+            "--name",
+            "search-tiny",
+        ]
+    )
     assert json.loads((tmp_path / "again" / "search-tiny.json").read_text())["rows"] == data["rows"]

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 
-import bench_truth
 import pytest
 import torch
 
+import bench_truth
 from certquant.models import load_checkpoint
 from certquant.quant import Policy, bitops_fraction, quantizable_layers
 from certquant.quant.checkpoint import input_shape
@@ -21,9 +21,28 @@ BUDGET = 0.0125
 
 
 def _run(tiny_config, work, results, *extra):
-    return bench_truth.main(["--config", str(tiny_config), "--budget", str(BUDGET), "--policies", "4",
-                             "--replicates", "2", "--images", "5", "--work", str(work), "--results", str(results),
-                             "--name", "truth-tiny", "--no-progress", *extra])
+    return bench_truth.main(
+        [
+            "--config",
+            str(tiny_config),
+            "--budget",
+            str(BUDGET),
+            "--policies",
+            "4",
+            "--replicates",
+            "2",
+            "--images",
+            "5",
+            "--work",
+            str(work),
+            "--results",
+            str(results),
+            "--name",
+            "truth-tiny",
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def test_truth_pool_end_to_end(tiny_config, tiny_checkpoint, tmp_path):
@@ -68,16 +87,16 @@ def test_searched_policies_join_the_pool_first(tiny_config, tmp_path):
 
     cfg = load_config(tiny_config, ["search.episodes=6"])
     model, info = load_checkpoint(resolve_checkpoint(cfg.checkpoint))
-    search, _ = build_search(model, info, 0.25, cfg.search, cfg.certify, "random", BUDGET, tmp_path / "s",
-                             torch.device("cpu"))
+    search, _ = build_search(
+        model, info, 0.25, cfg.search, cfg.certify, "random", BUDGET, tmp_path / "s", torch.device("cpu")
+    )
     search.run(progress=False)
     pool = bench_truth.TruthPool(cfg, BUDGET, tmp_path / "w", 3, 1, 2, [tmp_path / "s"], top_k=2, progress=False)
     drawn = pool.pool()
     history = list(read_jsonl(tmp_path / "s" / "history.jsonl"))
-    in_band = [h for h in bench_truth.top_policies(history, 2)
-               if 0.85 <= h["bitops_fraction"] / BUDGET <= 1.0]
+    in_band = [h for h in bench_truth.top_policies(history, 2) if 0.85 <= h["bitops_fraction"] / BUDGET <= 1.0]
     assert [s for s, _ in drawn[: len(in_band)]] == [f"{tmp_path / 's'}#{h['episode']}" for h in in_band]
-    assert all(s == "random" for s, _ in drawn[len(in_band):])
+    assert all(s == "random" for s, _ in drawn[len(in_band) :])
 
 
 def test_bad_input_is_one_line(tiny_config, tmp_path):

@@ -56,10 +56,12 @@ def test_paired_estimate_is_unbiased_with_the_stated_variance():
     Var = Var(D)(1/m - 1/n) + Var(B)/n, and below from scratch's Var(B)/m."""
     f, g, x, sigma, p_a, p_b, p_ab = _linear_pair()
     trials, m, n = 400, 100, 2000
-    estimator = ESTIMATORS["paired"](sigma, EvalConfig(estimator="paired", n_p=m, n_fp=n),
-                                     CertifyConfig(n0=20, batch=500), 0, torch.device("cpu"))
-    search = SearchSet(x.expand(trials, 1, 4, 4).clone(), torch.ones(trials, dtype=torch.long),
-                       [1000 + t for t in range(trials)])
+    estimator = ESTIMATORS["paired"](
+        sigma, EvalConfig(estimator="paired", n_p=m, n_fp=n), CertifyConfig(n0=20, batch=500), 0, torch.device("cpu")
+    )
+    search = SearchSet(
+        x.expand(trials, 1, 4, 4).clone(), torch.ones(trials, dtype=torch.long), [1000 + t for t in range(trials)]
+    )
     estimator.prepare(f, search)
     p_hat = np.array([estimator.estimate(g, k, search.images[k]).p_hat for k in range(trials)])
     var_d = (p_a + p_b - 2 * p_ab) - (p_b - p_a) ** 2
@@ -74,8 +76,9 @@ def test_paired_estimate_is_unbiased_with_the_stated_variance():
 def _evaluator(model, search_set, **kwargs) -> PolicyEvaluator:
     images, labels, idx = search_set
     cfg = EvalConfig(**{"n_p": 100, "n_fp": 400, "calib_images": 64, **kwargs})
-    return PolicyEvaluator(model, SIGMA, images, labels, idx, cfg, certify_config=CertifyConfig(n0=20, batch=100),
-                           arch="small-cnn")
+    return PolicyEvaluator(
+        model, SIGMA, images, labels, idx, cfg, certify_config=CertifyConfig(n0=20, batch=100), arch="small-cnn"
+    )
 
 
 @pytest.mark.parametrize("estimator", ["paired", "paired-margin"])

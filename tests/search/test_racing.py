@@ -35,8 +35,9 @@ def test_serfling_bound_exact_values():
         serfling_upper(0.5, 0, 100, 1.0, 0.05)
 
 
-def _trials(population: np.ndarray, target: float, value_range: float, delta: float, batch: int, trials: int,
-            seed: int) -> tuple[int, list[int]]:
+def _trials(
+    population: np.ndarray, target: float, value_range: float, delta: float, batch: int, trials: int, seed: int
+) -> tuple[int, list[int]]:
     rng = np.random.default_rng(seed)
     stops, scored = 0, []
     for _ in range(trials):
@@ -76,10 +77,25 @@ def _evaluator(model, race_delta: float) -> PolicyEvaluator:
 
     images, labels = load_dataset("synthetic", "train")
     idx = list(range(1000, 1040))
-    cfg = EvalConfig(estimator="paired-margin", n_p=100, n_fp=400, calib_images=64, clean_weight=0.0,
-                     race_delta=race_delta, race_batch=5)
-    return PolicyEvaluator(model, SIGMA, images[idx], labels[idx], idx, cfg,
-                           certify_config=CertifyConfig(n0=20, batch=100), arch="small-cnn")
+    cfg = EvalConfig(
+        estimator="paired-margin",
+        n_p=100,
+        n_fp=400,
+        calib_images=64,
+        clean_weight=0.0,
+        race_delta=race_delta,
+        race_batch=5,
+    )
+    return PolicyEvaluator(
+        model,
+        SIGMA,
+        images[idx],
+        labels[idx],
+        idx,
+        cfg,
+        certify_config=CertifyConfig(n0=20, batch=100),
+        arch="small-cnn",
+    )
 
 
 def test_evaluator_races_a_bad_candidate_out_and_its_full_reward_is_below_the_incumbent(trained_cnn):
@@ -113,7 +129,12 @@ def test_runner_gives_a_racing_evaluator_the_best_reward_so_far(tmp_path):
             seen.append(incumbent)
             return {"reward": float(sum(policy.w_bits))}
 
-    run_search(layers, Racing(), SearchConfig(EnvConfig(budget=0.5), method="random", episodes=4), tmp_path / "s",
-               progress=False)
+    run_search(
+        layers,
+        Racing(),
+        SearchConfig(EnvConfig(budget=0.5), method="random", episodes=4),
+        tmp_path / "s",
+        progress=False,
+    )
     assert seen[0] is None and all(s is not None for s in seen[1:])
     assert all(seen[i + 1] >= seen[i] for i in range(1, len(seen) - 1))  # the incumbent never falls

@@ -31,8 +31,16 @@ from torch import nn
 from certquant.quant import Policy, bitops_fraction, finetune, noisy_calibration_batch, quantizable_layers, quantize
 from certquant.quant.config import ACT_CLIPS, WEIGHT_CLIPS
 from certquant.search.racing import race
-from certquant.smoothing import (ABSTAIN, certified_radius, certify, certify_incremental, certify_many,
-                                 clopper_pearson_lower, image_seed, model_device)
+from certquant.smoothing import (
+    ABSTAIN,
+    certified_radius,
+    certify,
+    certify_incremental,
+    certify_many,
+    clopper_pearson_lower,
+    image_seed,
+    model_device,
+)
 from certquant.smoothing.config import CertifyConfig
 from certquant.smoothing.incremental import DEFAULT_ALPHA_ZETA, DEFAULT_GAMMA, ONE_SIDED, TWO_SIDED
 from certquant.train import accuracy
@@ -446,7 +454,7 @@ class PolicyEvaluator:
         done = time.perf_counter()
         kind = self.reward_kind
         reward = kind.value(terms, reference, self.config)
-        if terms.get("raced_out"):
+        if terms.get("raced_out") and incumbent is not None:
             reward = min(reward, float(incumbent))  # mean_t <= U_t < tau already implies it (racing.py)
         out: Terms = {"reward": reward, "reward_kind": kind.name, "lambda": self.config.lam,
                       **kind.settings(self.config)}

@@ -36,8 +36,9 @@ Cost per candidate and image: m forward samples (no selection samples: c_A is f'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,8 +71,9 @@ class PairedEstimate:
     n_a: int
 
 
-def paired_estimate(base_predictions: torch.Tensor, predictions: torch.Tensor, c_a: int, n_a: int,
-                    n: int) -> PairedEstimate:
+def paired_estimate(
+    base_predictions: torch.Tensor, predictions: torch.Tensor, c_a: int, n_a: int, n: int
+) -> PairedEstimate:
     """p'_hat from f's cached predictions of the first m samples, f''s predictions of the same m samples, f's c_A
     and n_A of its n estimation samples."""
     m = len(predictions)
@@ -99,8 +101,17 @@ class PairedEstimator(ACREstimator):
         cache, m = self.caches[k], self.config.n_p
         x = _as_model_input(model, x)
         with _evaluating(model):
-            _, predictions = sample_counts(model, x, cache.sigma, cache.n, cache.batch_size, cache.seed, cache.stage,
-                                           keep_predictions=True, limit=m)
+            _, predictions = sample_counts(
+                model,
+                x,
+                cache.sigma,
+                cache.n,
+                cache.batch_size,
+                cache.seed,
+                cache.stage,
+                keep_predictions=True,
+                limit=m,
+            )
         assert predictions is not None
         return paired_estimate(cache.predictions, predictions, cache.c_a, cache.n_a, cache.n)
 
@@ -129,8 +140,16 @@ class PairedEstimator(ACREstimator):
                     owners.append(k)
             if pending:
                 flush()
-        return [paired_estimate(self.caches[k].predictions, torch.cat(chunks[k]), self.caches[k].c_a,
-                                self.caches[k].n_a, self.caches[k].n) for k in indices]
+        return [
+            paired_estimate(
+                self.caches[k].predictions,
+                torch.cat(chunks[k]),
+                self.caches[k].c_a,
+                self.caches[k].n_a,
+                self.caches[k].n,
+            )
+            for k in indices
+        ]
 
     def from_estimate(self, est: PairedEstimate) -> tuple[int, float]:
         """(c_A or ABSTAIN, the image's robustness term) from p'_hat."""

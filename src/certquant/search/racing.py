@@ -64,14 +64,21 @@ class RaceResult:
     checks_made: int = 0
 
 
-def race(score: Callable[[list[int]], Sequence[float]], order: Sequence[int], batch: int, target: float,
-         value_range: float, delta: float) -> RaceResult:
+def race(
+    score: Callable[[list[int]], Sequence[float]],
+    order: Sequence[int],
+    batch: int,
+    target: float,
+    value_range: float,
+    delta: float,
+) -> RaceResult:
     """Score ``order``'s items ``batch`` at a time with ``score(items) -> values`` (each in an interval of width
     ``value_range``) and stop at the first check whose Serfling bound U_t (level 1 - delta / J) is below ``target``
     (see the module docstring). Returns every value scored."""
     if batch < 1 or not 0 < delta < 1 or not value_range > 0 or not math.isfinite(value_range):
-        raise CertquantError(f"racing needs batch >= 1, delta in (0, 1) and a finite range > 0, got {batch}, "
-                             f"{delta}, {value_range}")
+        raise CertquantError(
+            f"racing needs batch >= 1, delta in (0, 1) and a finite range > 0, got {batch}, {delta}, {value_range}"
+        )
     population = len(order)
     level = delta / max(1, checks(population, batch))
     result, total = RaceResult(), 0.0

@@ -30,7 +30,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 import torch
@@ -185,8 +185,11 @@ class Search:
         cached = key in self.cache
         if not cached:
             # a racing evaluator (EvalConfig.race_delta) may stop a candidate that cannot beat the best so far
-            races = getattr(self.evaluate, "races", False) and self.best is not None
-            terms = dict(self.evaluate(policy, incumbent=self.best["reward"]) if races else self.evaluate(policy))
+            best = self.best
+            if getattr(self.evaluate, "races", False) and best is not None:
+                terms = dict(cast(Any, self.evaluate)(policy, incumbent=best["reward"]))
+            else:
+                terms = dict(self.evaluate(policy))
             if "reward" not in terms or not math.isfinite(float(terms["reward"])):
                 raise CertquantError(f"the evaluator returned no finite 'reward' (got {terms.get('reward')!r})")
             self.cache[key] = terms
