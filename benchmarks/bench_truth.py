@@ -197,6 +197,7 @@ class TruthPool:
             self.device,
             self.sigma,
             finetune_seed=seed,
+            progress=self.progress,
         )
         qmodel, _ = load_checkpoint(path, map_location=self.device)
         images, labels = load_dataset(self.info["dataset"], "train")
