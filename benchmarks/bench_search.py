@@ -9,7 +9,10 @@ else one after another. ``--report-only`` merges whatever runs exist under WORK 
 
     python benchmarks/bench_search.py [--config configs/bench-search.yaml] [--budgets 0.015625 0.0125]
         [--methods arq haq] [--engine ray [--workers K] [--gpus-per-worker G]] [--work runs/bench_search]
-        [--name search] [--report-only]
+        [--name search] [--report-only] [--seeds 0 1 2] [--set KEY=VALUE ...] [--results DIR]
+
+With ``--seeds`` the grid runs once per search seed in ``WORK/seed-S`` and the report is the across-seeds one of
+``search_matrix.py`` (means and intervals over seeds, ARQ minus each baseline paired, search time, ACR-vs-BitOPs plot).
 
 Writes benchmarks/results/<name>.json and <name>.md: per model clean smoothed accuracy, ACR, certified accuracy at
 r = 0.25 / 0.5, BitOPs fraction, search seconds; then the aims of issue 6 checked (ARQ vs FP32 at the W4A4 budget,
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from certquant.engine import EngineConfig
+import search_matrix
 from certquant.pipeline import load_config
 from certquant.pipeline.run import budget_dir, run_pipeline
 from certquant.search.selection import SELECTION_FILE
@@ -33,7 +37,7 @@ from certquant.smoothing.metrics import counted_radius, mean_ci
 from certquant.train import resolve_device
 from certquant.utils import atomic_write_json, read_jsonl
 from certquant.utils.tables import markdown_table
-from common import ROOT, device_name, write_results
+from common import RESULTS, ROOT, device_name, write_results
 
 W4A4 = 16 / 1024
 ACR_MARGIN, CLEAN_MARGIN = 0.02, 0.015  # issue 6: ARQ within 0.02 ACR and 1.5 points of clean accuracy of FP32
@@ -46,10 +50,11 @@ def run_folder(work: Path, budgets: list[float], methods: list[str] | None) -> P
 
 
 def run_grid(config: str, budgets: list[float], work: Path, methods: list[str] | None = None,
-             engine: EngineConfig | None = None) -> Path:
+             engine: EngineConfig | None = None, overrides: list[str] | None = None) -> Path:
     """One pipeline run over ``budgets`` x the config's methods (or ``methods``) on ``engine`` (default: the config's);
-    resumable: rerunning continues where it stopped. Writes ``bench.json`` (device, engine, wall seconds)."""
-    cfg = load_config(config)
+    resumable: rerunning continues where it stopped; ``overrides``: run-config KEY=VALUE (a search seed:
+    ``search_matrix.seed_overrides``). Writes ``bench.json`` (device, engine, wall seconds)."""
+    cfg = load_config(config, overrides)
     search = dataclasses.replace(cfg.search, budgets=list(budgets), methods=methods or cfg.search.methods)
     cfg = dataclasses.replace(cfg, search=search, engine=engine or cfg.engine)
     out = run_folder(work, budgets, methods)
@@ -167,7 +172,16 @@ def _interval(ci: list[float] | None) -> str:
     return "-" if not ci else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
 
 
-def main() -> None:
+def report_seeds(work: Path, name: str, results: Path | None) -> str:
+    """The across-seeds report (``search_matrix``): <name>.json, .md and the ACR-vs-BitOPs plot <name>.png."""
+    data = search_matrix.collect_matrix(work, image_radii)
+    png = search_matrix.plot(data, (results or RESULTS) / f"{name}.png")
+    text = search_matrix.markdown(data, png.name)
+    write_results(name, data, text, results)
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "bench-search.yaml"))
     parser.add_argument("--budgets", type=float, nargs="*", help="run only these budgets (default: the config's)")
@@ -181,18 +195,30 @@ def main() -> None:
                         help="local: the stages one after another; ray: as Ray tasks (default: the config's engine)")
     parser.add_argument("--workers", type=int, default=None, help="ray: stages at once (default: the cluster's CPUs)")
     parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPU share of each stage")
-    args = parser.parse_args()
+    parser.add_argument("--seeds", type=int, nargs="*",
+                        help="search seeds: the grid once per seed in WORK/seed-S, reported across seeds")
+    parser.add_argument("--results", default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="run-config overrides of every run, e.g. certify.max_images=200 (certquant run --help)")
+    args = parser.parse_args(argv)
+    results = Path(args.results) if args.results else None
     work = Path(args.work)
-    budgets = args.budgets or load_config(args.config).search.budgets
+    budgets = args.budgets or load_config(args.config, args.set).search.budgets
     engine = None
     if args.engine is not None:
         engine = EngineConfig(engine=args.engine, workers=args.workers, gpus_per_worker=args.gpus_per_worker)
     if not args.report_only:
-        run_grid(args.config, budgets, work, args.methods, engine)
+        for seed in args.seeds or [None]:
+            seeded = [] if seed is None else search_matrix.seed_overrides(seed)
+            run_grid(args.config, budgets, work if seed is None else search_matrix.seed_work(work, seed),
+                     args.methods, engine, [*args.set, *seeded])
     if args.run_only:
         return
+    if args.seeds is not None:
+        print(report_seeds(work, args.name, results))
+        return
     data = collect(work)
-    write_results(args.name, data, markdown(data))
+    write_results(args.name, data, markdown(data), results)
     print(markdown(data))
 
 

@@ -21,8 +21,9 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def write_results(name: str, data: Any, markdown: str) -> None:
-    """benchmarks/results/<name>.json and <name>.md, each written atomically."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / f"{name}.json", data)
-    atomic_write_text(RESULTS / f"{name}.md", markdown)
+def write_results(name: str, data: Any, markdown: str, results: Path | None = None) -> None:
+    """<results>/<name>.json and <name>.md (default: benchmarks/results), each written atomically."""
+    folder = Path(results) if results is not None else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / f"{name}.json", data)
+    atomic_write_text(folder / f"{name}.md", markdown)

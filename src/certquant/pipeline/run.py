@@ -60,6 +60,25 @@ def _say(message: str) -> None:
     print(f"[certquant run] {message}", file=sys.stderr, flush=True)
 
 
+def final_model(cfg: RunConfig, checkpoint: str | Path, policy: Policy, path: Path, device: Any,
+                sigma: float, finetune_seed: int | None = None, progress: bool = True) -> Path:
+    """The final stage's model of ``policy``: quantized (calibrated on ``cfg.quantize.calibration_images`` training
+    images with noise ``sigma``) and fine-tuned with that noise as ``cfg.finetune`` says (``finetune_seed`` replaces
+    its seed: a replicate), written to ``path``; resumable, and kept when ``path`` exists. The benchmarks' truth pool
+    (benchmarks/bench_truth.py) uses it too."""
+    q, f = cfg.quantize, cfg.finetune
+    if path.exists():
+        return path
+    seed = f.seed if finetune_seed is None else finetune_seed
+    _say(f"quantize + fine-tune {path.parent.name}: {f.epochs} epoch(s) on {f.images} training images with noise "
+         f"sigma {sigma}")
+    quantize_checkpoint(checkpoint, policy, path, calib_images=q.calibration_images, calib_seed=q.seed,
+                        act_clip=q.act_clip, weight_clip=q.weight_clip, finetune_epochs=f.epochs,
+                        finetune_images=f.images, lr=f.lr, batch_size=f.batch, seed=seed, device=str(device),
+                        resume=True, sigma=sigma, progress=progress)
+    return path
+
+
 class Pipeline:
     """One run of the main job: everything is loaded and validated when it is built, nothing is written until
     ``run()`` (or ``search_only()``) claims the run folder and executes (or resumes) every stage in order."""
@@ -125,17 +144,8 @@ class Pipeline:
                               self.device, progress=self.progress)
 
     def _quantize(self, policy: Policy, folder: Path) -> Path:
-        q, f = self.cfg.quantize, self.cfg.finetune
-        path = folder / "model.pt"
-        if path.exists():
-            return path
-        _say(f"quantize + fine-tune {folder.name}: {f.epochs} epoch(s) on {f.images} training images with noise "
-             f"sigma {self.sigma}")
-        quantize_checkpoint(self.checkpoint, policy, path, calib_images=q.calibration_images, calib_seed=q.seed,
-                            act_clip=q.act_clip, weight_clip=q.weight_clip, finetune_epochs=f.epochs,
-                            finetune_images=f.images, lr=f.lr, batch_size=f.batch, seed=f.seed,
-                            device=str(self.device), resume=True, sigma=self.sigma, progress=self.progress)
-        return path
+        return final_model(self.cfg, self.checkpoint, policy, folder / "model.pt", self.device, self.sigma,
+                           progress=self.progress)
 
     def _deploy(self, qmodel: Any, folder: Path, name: str) -> None:
         """``export.format: onnx``: export the final model, compare predictions on noisy test samples, certify the

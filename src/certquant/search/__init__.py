@@ -12,6 +12,8 @@ from certquant.search.evaluators import (
     ScratchEstimator,
     register_estimator,
 )
+from certquant.search.paired import PairedEstimator, PairedMarginEstimator, PairedRadiusEstimator, paired_estimate
+from certquant.search.racing import race, serfling_upper
 from certquant.search.runner import METHODS, Search, SearchConfig, SearchResult, run_search, uniform_policy
 from certquant.search.selection import reselect, top_policies
 
@@ -24,6 +26,9 @@ __all__ = [
     "EnvConfig",
     "EvalConfig",
     "METHODS",
+    "PairedEstimator",
+    "PairedMarginEstimator",
+    "PairedRadiusEstimator",
     "PolicyEvaluator",
     "REWARDS",
     "ScratchEstimator",
@@ -31,9 +36,12 @@ __all__ = [
     "SearchConfig",
     "SearchResult",
     "action_to_bits",
+    "paired_estimate",
+    "race",
     "register_estimator",
     "reselect",
     "run_search",
+    "serfling_upper",
     "top_policies",
     "uniform_policy",
 ]

@@ -18,7 +18,10 @@ search set (disjoint from the test subset, SPEC §5). Three small pieces compose
 
 from __future__ import annotations
 
+import json
 import time
+import weakref
+import zlib
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -27,7 +30,17 @@ from torch import nn
 
 from certquant.quant import Policy, bitops_fraction, finetune, noisy_calibration_batch, quantizable_layers, quantize
 from certquant.quant.config import ACT_CLIPS, WEIGHT_CLIPS
-from certquant.smoothing import ABSTAIN, certify, certify_incremental, certify_many, image_seed
+from certquant.search.racing import race
+from certquant.smoothing import (
+    ABSTAIN,
+    certified_radius,
+    certify,
+    certify_incremental,
+    certify_many,
+    clopper_pearson_lower,
+    image_seed,
+    model_device,
+)
 from certquant.smoothing.config import CertifyConfig
 from certquant.smoothing.incremental import DEFAULT_ALPHA_ZETA, DEFAULT_GAMMA, ONE_SIDED, TWO_SIDED
 from certquant.train import accuracy
@@ -44,11 +57,12 @@ class EvalConfig:
     ``CertifyConfig``, the seed from the search)."""
 
     estimator: str = "scratch"
-    """ARQ's ACR estimator: scratch (certify from scratch with n_p samples), irs or irs-one-sided (SPEC 3)."""
+    """ARQ's ACR estimator: scratch (certify from scratch with n_p samples), irs or irs-one-sided (SPEC 3), paired
+    or paired-margin (n_p samples against FP32's cached n_fp, search/paired.py)."""
     n_p: int = 400
     """Estimation samples per search image and candidate (IRS: samples of the disparity estimate)."""
     n_fp: int = 10_000
-    """IRS only: estimation samples of the one-time FP32 certification whose cache IRS reuses."""
+    """IRS and paired: estimation samples of the one-time FP32 certification whose cache they reuse."""
     gamma: float = DEFAULT_GAMMA
     """IRS only: above this FP32 pA_lower a candidate is certified directly with its n_p samples (SPEC 3)."""
     alpha_zeta: float = DEFAULT_ALPHA_ZETA
@@ -74,6 +88,11 @@ class EvalConfig:
     max_forward: int = 5000
     """scratch: pack several search images' noise into forward passes of at most this many samples (a GPU is
     launch-bound under many small passes: 3.1x faster scoring on ResNet-20; measured 0.97-1.01x on a CPU)."""
+    race_delta: float = 0.0
+    """Racing (ARQ rewards, search/racing.py): stop scoring a candidate once its reward on the whole search set is
+    below the incumbent's with confidence 1 - race_delta (Serfling's bound over a random image order); 0: off."""
+    race_batch: int = 10
+    """Racing: search images scored between two stopping checks."""
 
     def __post_init__(self) -> None:
         check(self.estimator in ESTIMATORS,
@@ -88,6 +107,11 @@ class EvalConfig:
         check(self.act_clip in ACT_CLIPS and self.weight_clip in WEIGHT_CLIPS,
               f"act_clip must be one of {', '.join(ACT_CLIPS)} and weight_clip one of {', '.join(WEIGHT_CLIPS)}")
         check(self.finetune_lr > 0, f"finetune_lr must be > 0, got {self.finetune_lr}")
+        check(0.0 <= self.race_delta < 1.0 and self.race_batch >= 1,
+              f"race_delta must be in [0, 1) (0: no racing) and race_batch >= 1, got {self.race_delta}, "
+              f"{self.race_batch}")
+        check(self.race_delta == 0 or self.clean_weight >= 0,
+              f"racing needs clean_weight >= 0 (per-image reward terms in a known range), got {self.clean_weight}")
         if self.estimator != "scratch":
             check(self.n_p <= self.n_fp, f"IRS reuses n_p of the n_fp FP32 samples: n_p = {self.n_p} must be <= "
                   f"n_fp = {self.n_fp}")
@@ -162,16 +186,31 @@ class ACREstimator(Scorer):
         subclass batches them."""
         return [self.certify_image(model, k, images[k], seeds[k]) for k in range(len(images))]
 
-    def score(self, model: nn.Module, search: SearchSet) -> Terms:
+    def certify_indices(self, model: nn.Module, search: SearchSet, indices: Sequence[int]) -> list[tuple[int, float]]:
+        """Certificates of the search images ``indices`` only (racing scores the set batch by batch)."""
+        if len(indices) == len(search.images) and list(indices) == list(range(len(search.images))):
+            return self.certify_all(model, search.images, search.seeds)
+        return [self.certify_image(model, k, search.images[k], search.seeds[k]) for k in indices]
+
+    def max_radius(self) -> float:
+        """The largest radius this estimator can return for one image (racing needs the range); inf: unknown."""
+        return float("inf")
+
+    @staticmethod
+    def terms_of(certificates: Sequence[tuple[int, float]], labels: Sequence[int]) -> Terms:
         """ACR (a radius counts when certified and correct), clean smoothed accuracy and abstain rate."""
         radii, correct, abstained = [], 0, 0
-        for k, (label, radius) in enumerate(self.certify_all(model, search.images, search.seeds)):
-            hit = label == int(search.labels[k])
+        for (label, radius), truth in zip(certificates, labels):
+            hit = label == int(truth)
             radii.append(radius if hit else 0.0)
             correct += hit
             abstained += label == ABSTAIN
-        count = max(1, len(search.images))
+        count = max(1, len(certificates))
         return {"acr": sum(radii) / count, "clean_accuracy": correct / count, "abstain_rate": abstained / count}
+
+    def score(self, model: nn.Module, search: SearchSet) -> Terms:
+        """ACR, clean smoothed accuracy and abstain rate over the whole search set."""
+        return self.terms_of(self.certify_all(model, search.images, search.seeds), search.labels.tolist())
 
 
 class ScratchEstimator(ACREstimator):
@@ -192,6 +231,31 @@ class ScratchEstimator(ACREstimator):
                              max_forward=self.config.max_forward)
         return [(cert.label, cert.radius) for cert in certs]
 
+    def certify_indices(self, model: nn.Module, search: SearchSet, indices: Sequence[int]) -> list[tuple[int, float]]:
+        return self.certify_all(model, search.images[list(indices)], [search.seeds[k] for k in indices])
+
+    def max_radius(self) -> float:
+        """All n_p samples on c_A: sigma * Phi^-1(alpha^(1/n_p))."""
+        return certified_radius(clopper_pearson_lower(self.config.n_p, self.config.n_p, self.certify_config.alpha),
+                                self.sigma)
+
+
+_CACHES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, list[Any]]] = weakref.WeakKeyDictionary()
+
+
+def fp32_caches(fp_model: nn.Module, search: SearchSet, sigma: float, c: CertifyConfig, n_fp: int) -> list[Any]:
+    """FP32's certification of every search image with n0 + n_fp samples and ``keep_cache`` (what IRS and the paired
+    estimators reuse). Computed once per model and settings in a process: several searches or benchmark rows over
+    the same search set share it (the same call gives the same caches, so sharing changes no result)."""
+    key = (tuple(search.seeds), tuple(search.images.shape), float(search.images.double().sum()), float(sigma), c.n0,
+           n_fp, c.alpha, c.batch, model_device(fp_model).type)
+    memo = _CACHES.setdefault(fp_model, {})
+    if key not in memo:
+        memo.clear()  # one search set per model at a time: bounded memory
+        memo[key] = [certify(fp_model, search.images[k], sigma, c.n0, n_fp, c.alpha, c.batch, search.seeds[k],
+                             keep_cache=True).cache for k in range(len(search.images))]
+    return memo[key]
+
 
 class IRSEstimator(ACREstimator):
     """Incremental randomized smoothing (SPEC §3): certify FP32 once with ``keep_cache``, then each candidate with
@@ -205,15 +269,19 @@ class IRSEstimator(ACREstimator):
         self.caches: list[Any] = []
 
     def prepare(self, fp_model: nn.Module, search: SearchSet) -> None:
-        c = self.certify_config
-        self.caches = [certify(fp_model, search.images[k], self.sigma, c.n0, self.config.n_fp, c.alpha, c.batch,
-                               search.seeds[k], keep_cache=True).cache for k in range(len(search.images))]
+        self.caches = fp32_caches(fp_model, search, self.sigma, self.certify_config, self.config.n_fp)
 
     def certify_image(self, model: nn.Module, k: int, x: torch.Tensor, seed: int) -> tuple[int, float]:
         cfg = self.config
         cert = certify_incremental(model, self.caches[k], x, self.sigma, cfg.n_p, gamma=cfg.gamma,
                                    alpha_zeta=cfg.alpha_zeta, disparity=self.disparity)
         return cert.label, cert.radius
+
+    def max_radius(self) -> float:
+        """zeta branch: at most FP32's pA_lower (all n_fp samples); direct branch: all n_p at alpha + alpha_zeta."""
+        cfg, alpha = self.config, self.certify_config.alpha
+        return max(certified_radius(clopper_pearson_lower(cfg.n_fp, cfg.n_fp, alpha), self.sigma),
+                   certified_radius(clopper_pearson_lower(cfg.n_p, cfg.n_p, alpha + cfg.alpha_zeta), self.sigma))
 
 
 class OneSidedIRSEstimator(IRSEstimator):
@@ -360,22 +428,67 @@ class PolicyEvaluator:
                      seed=self.seed, device=self.device, progress=False)  # the search shows its own progress
         return qmodel.eval()
 
-    def __call__(self, policy: Policy) -> Terms:
-        """All reward terms of ``policy``: ``reward``, the candidate's and FP32's raw terms, BitOPs and timings."""
+    @property
+    def races(self) -> bool:
+        """Whether candidates are raced against the incumbent (``config.race_delta`` > 0, an ACR-estimator reward)."""
+        return self.config.race_delta > 0 and isinstance(self.scorer, ACREstimator)
+
+    def __call__(self, policy: Policy, incumbent: float | None = None) -> Terms:
+        """All reward terms of ``policy``: ``reward``, the candidate's and FP32's raw terms, BitOPs and timings,
+        ``forward_samples`` (inputs the candidate classified while scored) and ``images_scored``. With racing and an
+        ``incumbent`` reward, scoring may stop early (``raced_out``: its reward, over the images scored, is below
+        the incumbent's; see ``certquant.search.racing``)."""
         reference = self.reference()
         started = time.perf_counter()
         qmodel = self.quantized(policy)
         quantized_at = time.perf_counter()
-        terms = self.scorer.score(qmodel, self.search)
+        seen = [0]
+        hook = qmodel.register_forward_pre_hook(lambda _module, args: seen.__setitem__(0, seen[0] + len(args[0])))
+        try:
+            if self.races and incumbent is not None:
+                terms = self._race(qmodel, policy, float(incumbent), reference)
+            else:
+                terms = {**self.scorer.score(qmodel, self.search), "images_scored": len(self.search.images)}
+        finally:
+            hook.remove()
         done = time.perf_counter()
         kind = self.reward_kind
-        out: Terms = {"reward": kind.value(terms, reference, self.config), "reward_kind": kind.name,
-                      "lambda": self.config.lam, **kind.settings(self.config)}
+        reward = kind.value(terms, reference, self.config)
+        if terms.get("raced_out") and incumbent is not None:
+            reward = min(reward, float(incumbent))  # mean_t <= U_t < tau already implies it (racing.py)
+        out: Terms = {"reward": reward, "reward_kind": kind.name, "lambda": self.config.lam,
+                      **kind.settings(self.config)}
         out.update(terms)
         out.update({f"{k}_fp32": v for k, v in reference.items() if k != "seconds"})
         out.update(bitops_fraction=bitops_fraction(self.layers, policy), seconds_quantize=quantized_at - started,
-                   seconds_score=done - quantized_at)
+                   seconds_score=done - quantized_at, forward_samples=seen[0])
         return out
+
+    def _race(self, qmodel: nn.Module, policy: Policy, incumbent: float, reference: Terms) -> Terms:
+        """Racing (``certquant.search.racing``): per-image q_k = r_k + w * correct_k against
+        tau = R_inc / lambda + ACR_fp32 + w * clean_fp32, images in a random order seeded by the policy."""
+        cfg, scorer, search = self.config, self.scorer, self.search
+        assert isinstance(scorer, ACREstimator)
+        w = cfg.clean_weight
+        target = incumbent / cfg.lam + reference["acr"] + w * reference["clean_accuracy"]
+        labels = search.labels.tolist()
+        certificates: dict[int, tuple[int, float]] = {}
+
+        def score(indices: list[int]) -> list[float]:
+            values = []
+            for k, cert in zip(indices, scorer.certify_indices(qmodel, search, indices)):
+                certificates[k] = cert
+                hit = cert[0] == labels[k]
+                values.append((cert[1] if hit else 0.0) + w * hit)
+            return values
+
+        key = zlib.crc32(json.dumps([[n, b[0], b[1]] for n, b in policy.items()]).encode())
+        order = torch.randperm(len(search.images), generator=torch.Generator().manual_seed(image_seed(self.seed, key)))
+        result = race(score, order.tolist(), cfg.race_batch, target, scorer.max_radius() + w, cfg.race_delta)
+        scored = sorted(certificates)
+        terms = scorer.terms_of([certificates[k] for k in scored], [labels[k] for k in scored])
+        return {**terms, "images_scored": len(scored), "raced_out": result.stopped, "race_upper": result.upper,
+                "race_target": target}
 
     def describe(self) -> dict[str, Any]:
         """The evaluator's identity for the search's config file (what changes rewards)."""

@@ -17,7 +17,10 @@ Run folder::
     summary.json        at the end: best reward and policy, FP32 reference, timing
 
 Evaluations are cached by policy: the evaluator is deterministic (fixed seeds), so a policy the agent proposes again is
-not re-quantized and re-certified; its history line says ``cached: true``.
+not re-quantized and re-certified; its history line says ``cached: true``. An evaluator with ``races = True``
+(``PolicyEvaluator`` with ``EvalConfig.race_delta`` > 0) is called with ``incumbent=`` the best reward so far and may
+stop scoring a candidate that cannot beat it (``certquant.search.racing``; ``terms.raced_out``, ``images_scored``);
+the incumbent only grows, so a cached raced-out result stays below it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 import torch
@@ -181,7 +184,12 @@ class Search:
         key = _policy_key(policy)
         cached = key in self.cache
         if not cached:
-            terms = dict(self.evaluate(policy))
+            # a racing evaluator (EvalConfig.race_delta) may stop a candidate that cannot beat the best so far
+            best = self.best
+            if getattr(self.evaluate, "races", False) and best is not None:
+                terms = dict(cast(Any, self.evaluate)(policy, incumbent=best["reward"]))
+            else:
+                terms = dict(self.evaluate(policy))
             if "reward" not in terms or not math.isfinite(float(terms["reward"])):
                 raise CertquantError(f"the evaluator returned no finite 'reward' (got {terms.get('reward')!r})")
             self.cache[key] = terms

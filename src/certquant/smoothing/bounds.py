@@ -7,15 +7,16 @@ from scipy.stats import beta, norm
 from certquant.utils.errors import CertquantError
 
 
-def _check(k: int, n: int, alpha: float) -> None:
+def _check(k: float, n: int, alpha: float) -> None:
     if n < 1 or not 0 <= k <= n:
         raise CertquantError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
     if not 0.0 < alpha < 1.0:
         raise CertquantError(f"alpha must be in (0, 1), got {alpha}")
 
 
-def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
+def clopper_pearson_lower(k: float, n: int, alpha: float) -> float:
     """Lower bound p_low with P[p >= p_low] >= 1 - alpha after k successes in n trials: Beta(k, n-k+1) quantile at alpha.
+    (A real-valued k, e.g. a predicted count, interpolates: the Beta quantile is continuous in k.)
 
     Used for pA_lower, the lower confidence bound on the top-class probability (0 when k = 0).
     """

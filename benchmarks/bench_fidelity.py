@@ -1,0 +1,388 @@
+"""Reward fidelity against the truth pool (issue 18, item 2): how well each reward the search offers ranks candidates
+the way their final certificate does, and what it costs per candidate.
+
+Every reward (HAQ's noisy top-1 ``haq``; ARQ with each ACR estimator: ``scratch``, ``irs``, ``irs-one-sided``,
+``paired``, ``paired-margin``), each without and with a few noisy fine-tuning steps per candidate
+(``search.finetune_steps``), scores every policy of a truth pool (``benchmarks/bench_truth.py``) exactly as the search
+would: the search's own evaluator (``certquant.search.job.evaluator_on``) on the search set of the config's seed. Then,
+over the pool, with a bootstrap 95% interval (policies resampled with replacement):
+
+- Kendall tau and Spearman rho of the reward with the truth's final ACR (the mean over its fine-tune replicates) and
+  with its clean smoothed accuracy;
+- top-1 regret: the truth ACR of the truth's best policy minus that of the policy the reward ranks first (ties in the
+  reward: the mean over the tied ones);
+- cost per candidate: seconds (quantization, fine-tuning steps, scoring) and forward samples (scoring; fine-tuning
+  adds steps x batch forward-backward samples), measured in this run on this machine; the one-off FP32 cost
+  (IRS / paired caches) apart (computed once per run and shared by those rows: later ones show ~0).
+
+The ceiling: the truth's first replicate used as a reward, against its second (another fine-tune seed of the same
+policy): no reward computed before the final fine-tune can rank better than that on average.
+
+    python benchmarks/bench_fidelity.py --truth benchmarks/results/truth-<model>-<budget>.json
+        [--config configs/bench-search.yaml] [--rewards haq scratch irs irs-one-sided paired paired-margin]
+        [--finetune-steps 0 50] [--bootstrap 2000] [--work runs/bench_fidelity/<name>] [--name fidelity-<...>]
+        [--results DIR] [KEY=VALUE ...]
+
+Resumable (one run folder per row, one JSONL line per scored policy). Writes ``<results>/<name>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import kendalltau, spearmanr
+
+from certquant.models import load_checkpoint, resolve_checkpoint
+from certquant.pipeline import load_config
+from certquant.pipeline.config import RunConfig
+from certquant.quant import Policy
+from certquant.search import ESTIMATORS
+from certquant.search.job import evaluator_on, validation_indices
+from certquant.train import resolve_device
+from certquant.utils.errors import CertquantError
+from certquant.utils.run_folder import RunFolder
+from certquant.utils.tables import markdown_table
+from common import ROOT, device_name, write_results
+
+REWARDS = ("haq", "scratch", "irs", "irs-one-sided", "paired", "paired-margin")
+SCORES_FILE = "scores.jsonl"
+
+
+# -- statistics over the pool ---------------------------------------------------------------------------------------
+
+
+def _tau(x: np.ndarray, y: np.ndarray) -> float:
+    """Kendall's tau-b (ties allowed); nan when either side is constant (no ranking)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant input: nan, reported as "-"
+        value = kendalltau(x, y).statistic
+    return float("nan") if value is None else float(value)
+
+
+def _rho(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho; nan when either side is constant."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(spearmanr(x, y).statistic)
+
+
+def regret(reward: np.ndarray, truth: np.ndarray) -> float:
+    """max(truth) - truth of the reward's first choice (mean over the policies tied at the reward's maximum)."""
+    top = np.flatnonzero(reward == reward.max())
+    return float(truth.max() - truth[top].mean())
+
+
+def bootstrap(
+    stat: Callable[[np.ndarray, np.ndarray], float], reward: np.ndarray, truth: np.ndarray, rounds: int, seed: int
+) -> list[float] | None:
+    """Percentile 95% interval of ``stat(reward, truth)`` over the pool resampled with replacement (rounds whose
+    statistic is undefined, e.g. a constant resample, are left out); None when none is defined."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(rounds):
+        idx = rng.integers(0, len(reward), len(reward))
+        value = stat(reward[idx], truth[idx])
+        if np.isfinite(value):
+            values.append(value)
+    if not values:
+        return None
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def fidelity(
+    reward: Sequence[float], truth_acr: Sequence[float], truth_clean: Sequence[float], rounds: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """Kendall tau and Spearman rho with the truth's ACR and clean accuracy, top-1 regret (ACR), each with its
+    bootstrap 95% interval over the pool (the same resamples for every statistic: one seed)."""
+    r, acr, clean = (np.asarray(v, dtype=float) for v in (reward, truth_acr, truth_clean))
+    out: dict[str, Any] = {}
+    for name, stat, truth in (
+        ("kendall_tau_acr", _tau, acr),
+        ("spearman_acr", _rho, acr),
+        ("kendall_tau_clean", _tau, clean),
+        ("spearman_clean", _rho, clean),
+        ("regret_acr", regret, acr),
+    ):
+        value = stat(r, truth)
+        out[name] = value if np.isfinite(value) else None  # e.g. a constant reward: no ranking
+        out[f"{name}_ci95"] = bootstrap(stat, r, truth, rounds, seed)
+    return out
+
+
+# -- scoring the pool -----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One reward configuration: ``reward`` (haq or an ACR estimator of ARQ's reward), fine-tuning steps."""
+
+    reward: str
+    finetune_steps: int
+
+    @property
+    def name(self) -> str:
+        return self.reward + (f"+ft{self.finetune_steps}" if self.finetune_steps else "")
+
+    def settings(self, cfg: RunConfig):
+        """The search settings this row scores with: the config's, with its estimator and fine-tuning steps."""
+        estimator = cfg.search.estimator if self.reward == "haq" else self.reward
+        return dataclasses.replace(cfg.search, estimator=estimator, finetune_steps=self.finetune_steps)
+
+    @property
+    def method(self) -> str:
+        return "haq" if self.reward == "haq" else "arq"
+
+
+class Fidelity:
+    """Scores a truth pool's policies with each row's evaluator, resumably, and measures fidelity."""
+
+    def __init__(
+        self, cfg: RunConfig, truth: dict, work: Path, rows: Sequence[Row], rounds: int = 2000, progress: bool = True
+    ):
+        self.cfg, self.truth, self.work, self.rows, self.rounds = cfg, truth, Path(work), list(rows), rounds
+        self.progress = progress
+        unknown = [r.reward for r in rows if r.reward != "haq" and r.reward not in ESTIMATORS]
+        if unknown:
+            raise CertquantError(f"unknown reward(s) {', '.join(unknown)}: use haq or one of {', '.join(ESTIMATORS)}")
+        self.device = resolve_device(cfg.device)
+        self.model, self.info = load_checkpoint(
+            resolve_checkpoint(cfg.checkpoint), expect_dataset=cfg.dataset, map_location=self.device
+        )
+        prov = truth["provenance"]
+        if self.info["sha256"] != prov["checkpoint_sha256"]:
+            raise CertquantError(
+                f"the truth pool was made with another checkpoint ({prov['checkpoint']}) than the "
+                f"config's ({cfg.checkpoint}): use the config the truth was made with"
+            )
+        self.sigma = float(cfg.sigma if cfg.sigma is not None else self.info["sigma"])
+        self.indices = validation_indices(self.info, cfg.search.search_images, cfg.search.seed)
+        overlap = set(self.indices) & set(prov["validation_indices"])
+        if overlap:
+            raise CertquantError(
+                f"{len(overlap)} search images are also truth images: make the truth with the same "
+                "search.search_images and search.seed (it skips them)"
+            )
+
+    def score_row(self, row: Row) -> tuple[list[dict], dict]:
+        """Every pool policy's reward terms under ``row`` (resumed from its scores.jsonl)."""
+        settings = row.settings(self.cfg)
+        evaluator = evaluator_on(
+            self.model,
+            self.info,
+            self.sigma,
+            settings,
+            self.cfg.certify,
+            row.method,
+            self.indices,
+            self.device,
+            finetune_pool=True,
+        )
+        identity = {
+            "row": row.name,
+            "evaluator": evaluator.describe(),
+            "checkpoint_sha256": self.info["sha256"],
+            "policies": [[p["w_bits"], p["a_bits"]] for p in self.truth["policies"]],
+        }
+        folder = RunFolder(self.work / row.name, "fidelity-row", identity)
+        folder.claim(resume=True)
+        done = {r["id"]: r for r in folder.records(SCORES_FILE)}
+        reference = folder.read_json("reference.json") if (folder / "reference.json").exists() else None
+        for p in self.truth["policies"]:
+            if p["id"] in done:
+                continue
+            if reference is None:
+                reference = dict(evaluator.reference())
+                folder.write_json("reference.json", reference)
+            policy = Policy.from_lists(evaluator.layers, p["w_bits"], p["a_bits"], arch=self.info["arch"])
+            terms = evaluator(policy)
+            record = {
+                "id": p["id"],
+                "reward": terms["reward"],
+                **{
+                    k: terms.get(k)
+                    for k in (
+                        "acr",
+                        "clean_accuracy",
+                        "noisy_accuracy",
+                        "forward_samples",
+                        "seconds_quantize",
+                        "seconds_score",
+                    )
+                },
+                "seconds": terms["seconds_quantize"] + terms["seconds_score"],
+                "finetune_samples": settings.finetune_steps * settings.finetune_batch,
+            }
+            folder.append(SCORES_FILE, record)
+            done[p["id"]] = record
+            if self.progress:
+                print(
+                    f"[fidelity] {row.name}: policy {p['id']} reward {record['reward']:+.5f} "
+                    f"({record['seconds']:.1f} s)",
+                    flush=True,
+                )
+        return [done[p["id"]] for p in self.truth["policies"]], reference or {}
+
+    def run(self) -> dict[str, Any]:
+        pool = self.truth["policies"]
+        acr = [p["mean"]["acr"] for p in pool]
+        clean = [p["mean"]["clean_accuracy"] for p in pool]
+        out_rows = []
+        for row in self.rows:
+            scores, reference = self.score_row(row)
+            rewards = [s["reward"] for s in scores]
+            out_rows.append(
+                {
+                    "name": row.name,
+                    "reward": row.reward,
+                    "finetune_steps": row.finetune_steps,
+                    "n_p": self.cfg.search.n_p,
+                    **fidelity(rewards, acr, clean, self.rounds),
+                    "seconds_per_candidate": float(np.median([s["seconds"] for s in scores])),
+                    "forward_samples_per_candidate": float(np.mean([s["forward_samples"] for s in scores])),
+                    "finetune_samples_per_candidate": scores[0]["finetune_samples"],
+                    "seconds_fp32_once": reference.get("seconds"),
+                    "rewards": rewards,
+                }
+            )
+        ceiling = None
+        if all(len(p["replicates"]) >= 2 for p in pool):
+            first = [p["replicates"][0]["acr"] for p in pool]
+            second = [p["replicates"][1]["acr"] for p in pool]
+            second_clean = [p["replicates"][1]["clean_accuracy"] for p in pool]
+            ceiling = {"name": "ceiling: replicate 1 vs 2", **fidelity(first, second, second_clean, self.rounds)}
+        s = self.cfg.search
+        return {
+            "provenance": {
+                "truth": self.truth["provenance"],
+                "search_indices": self.indices,
+                "search": {
+                    k: getattr(s, k)
+                    for k in (
+                        "search_images",
+                        "seed",
+                        "n_p",
+                        "n_fp",
+                        "noise_copies",
+                        "clean_weight",
+                        "lam",
+                        "finetune_batch",
+                        "finetune_lr",
+                    )
+                },
+                "certify": {"n0": self.cfg.certify.n0, "alpha": self.cfg.certify.alpha},
+                "bootstrap_rounds": self.rounds,
+                "device": device_name(self.device),
+                "date": time.strftime("%Y-%m-%d %H:%M"),
+            },
+            "rows": out_rows,
+            "ceiling": ceiling,
+        }
+
+
+def _with_ci(value: float | None, ci: list[float] | None) -> str:
+    if value is None or not np.isfinite(value):
+        return "-"
+    return f"{value:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else f"{value:+.2f}"
+
+
+def _regret(value: float | None, ci: list[float] | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+
+
+def markdown(data: dict) -> str:
+    p = data["provenance"]
+    t, s = p["truth"], p["search"]
+    count = len(data["rows"][0]["rewards"])
+    head = (
+        f"Reward fidelity on the truth pool of {t['arch']} at budget {t['budget']:g} ({count} policies, truth = final ACR after the pipeline's fine-tune, mean of {t['replicates']} seed(s), on "
+        f"{len(t['validation_indices'])} held-out validation images); rewards on the {s['search_images']} search "
+        f"images of seed {s['seed']}, n_p = {s['n_p']}, n_fp = {s['n_fp']}, HAQ noise copies {s['noise_copies']}, "
+        f"n0 = {p['certify']['n0']}. Intervals: bootstrap 95% over the pool ({p['bootstrap_rounds']} rounds). "
+        f"Device: {p['device']}."
+    )
+    headers = [
+        "reward",
+        "tau ACR",
+        "rho ACR",
+        "tau clean",
+        "regret ACR",
+        "s / candidate",
+        "fwd samples / cand.",
+        "FT samples / cand.",
+        "FP32 once s",
+    ]
+    rows = [
+        [
+            r["name"],
+            _with_ci(r["kendall_tau_acr"], r["kendall_tau_acr_ci95"]),
+            _with_ci(r["spearman_acr"], r["spearman_acr_ci95"]),
+            _with_ci(r["kendall_tau_clean"], r["kendall_tau_clean_ci95"]),
+            _regret(r["regret_acr"], r["regret_acr_ci95"]),
+            f"{r['seconds_per_candidate']:.2f}",
+            f"{r['forward_samples_per_candidate']:.0f}",
+            r["finetune_samples_per_candidate"],
+            "-" if r["seconds_fp32_once"] is None else f"{r['seconds_fp32_once']:.1f}",
+        ]
+        for r in data["rows"]
+    ]
+    c = data.get("ceiling")
+    if c:
+        rows.append(
+            [
+                c["name"],
+                _with_ci(c["kendall_tau_acr"], c["kendall_tau_acr_ci95"]),
+                _with_ci(c["spearman_acr"], c["spearman_acr_ci95"]),
+                _with_ci(c["kendall_tau_clean"], c["kendall_tau_clean_ci95"]),
+                f"{c['regret_acr']:.4f}",
+                "-",
+                "-",
+                "-",
+                "-",
+            ]
+        )
+    return f"# Reward fidelity\n\n{head}\n\n{markdown_table(headers, rows)}\n"
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--truth", required=True, help="a truth pool result file (benchmarks/bench_truth.py)")
+    parser.add_argument("--config", default=str(ROOT / "configs" / "bench-search.yaml"))
+    parser.add_argument("--rewards", nargs="*", default=list(REWARDS))
+    parser.add_argument("--finetune-steps", type=int, nargs="*", default=[0, 50])
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap rounds over the pool")
+    parser.add_argument("--work", default=None, help="default: runs/bench_fidelity/<name>")
+    parser.add_argument("--name", default=None, help="results stem (default: the truth's, truth- -> fidelity-)")
+    parser.add_argument("--results", default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="run-config overrides KEY=VALUE (certquant run --help)")
+    args = parser.parse_args(argv)
+    try:
+        truth_path = Path(args.truth)
+        if not truth_path.is_file():
+            raise CertquantError(f"{truth_path} does not exist: run benchmarks/bench_truth.py first")
+        truth = json.loads(truth_path.read_text())
+        cfg = load_config(args.config, args.overrides)
+        name = args.name or truth_path.stem.replace("truth-", "fidelity-", 1)
+        work = Path(args.work) if args.work else ROOT / "runs" / "bench_fidelity" / name
+        rows = [Row(r, steps) for steps in args.finetune_steps for r in args.rewards]
+        data = Fidelity(cfg, truth, work, rows, args.bootstrap, progress=not args.no_progress).run()
+    except CertquantError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    text = markdown(data)
+    write_results(name, data, text, Path(args.results) if args.results else None)
+    print(text)
+    return data
+
+
+if __name__ == "__main__":
+    main()

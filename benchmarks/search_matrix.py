@@ -1,0 +1,293 @@
+"""The search benchmark across seeds (issue 18, item 5): statistics and report of ``bench_search.py --seeds``.
+
+Each search seed S is one run of the benchmark's grid in ``WORK/seed-S/`` with ``seed_overrides(S)``: the search
+(agent, search set, scoring noise, random policies), the calibration draw and the fine-tune all take seed S, for every
+method alike; the test subset and its certification noise stay fixed, so methods are paired over test images within a
+seed. This module only reads finished runs (``results.json`` and the per-image certificates), so it works whatever
+executes the grid (processes or Ray tasks):
+
+- per budget and method, over the seeds: mean ACR, clean smoothed accuracy, certified accuracy at r = 0.25 / 0.5,
+  BitOPs fraction and search wall time, each with a Student-t 95% interval over the seeds;
+- ARQ minus each baseline, paired: per seed the mean over the common test images of the per-image radius
+  difference, then the mean over seeds with a Student-t 95% interval over seeds (the seed is the unit that varies
+  the search and the fine-tune; an interval over images alone would ignore that). "ARQ better" / "ARQ worse" only
+  when the interval excludes 0, else "tied";
+- ARQ's search wall time over HAQ's per budget (same machine, same run);
+- an ACR-versus-BitOPs plot, one panel per budget, every seed's point and each method's mean.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from certquant.pipeline.run import budget_dir
+from certquant.smoothing.metrics import mean_ci
+from certquant.utils.tables import markdown_table
+
+METRICS = ("acr", "clean_accuracy", "cert_acc_0.25", "cert_acc_0.5", "bitops_fraction", "search_seconds")
+ORDER = ("arq", "haq", "random", "uniform")
+
+
+def seed_overrides(seed: int) -> list[str]:
+    """Run-config overrides of search seed ``seed``: search, calibration and fine-tune seeds (not the test subset's
+    certification seed, so methods stay paired over the same noise)."""
+    return [f"search.seed={seed}", f"quantize.seed={seed}", f"finetune.seed={seed}"]
+
+
+def seed_work(work: Path, seed: int) -> Path:
+    return Path(work) / f"seed-{seed}"
+
+
+def _metrics(row: dict) -> dict[str, Any]:
+    cert = row.get("certified_accuracy", {})
+    return {
+        "acr": row["acr"],
+        "clean_accuracy": row["clean_accuracy"],
+        "cert_acc_0.25": cert.get("0.25", 0.0),
+        "cert_acc_0.5": cert.get("0.5", 0.0),
+        "bitops_fraction": row["bitops_fraction"],
+        "search_seconds": row.get("search_seconds"),
+    }
+
+
+def collect_runs(work: Path, image_radii: Callable[[Path], dict[int, float]]) -> list[dict[str, Any]]:
+    """One record per (seed, budget, method) of every finished run under ``WORK/seed-*/``: metrics and per-image
+    counted radii (``image_radii(certify_dir)``)."""
+    records = []
+    for seed_dir in sorted(Path(work).glob("seed-*")):
+        seed = int(seed_dir.name.split("-", 1)[1])
+        for results_path in sorted(seed_dir.glob("budget*/results.json")):
+            run = results_path.parent
+            results = json.loads(results_path.read_text())
+            for row in results["rows"]:
+                folder = run / "fp32" if row["method"] == "fp32" else budget_dir(run, row["budget"]) / row["method"]
+                records.append(
+                    {
+                        "seed": seed,
+                        "budget": row["budget"],
+                        "method": row["method"],
+                        "run": str(run),
+                        **_metrics(row),
+                        "radii": image_radii(folder / "certify"),
+                        "provenance": results.get("provenance"),
+                    }
+                )
+    return records
+
+
+def interval(values: list[float]) -> dict[str, Any]:
+    """Mean and Student-t 95% interval over seeds (None below two seeds)."""
+    present = [v for v in values if v is not None]
+    return {
+        "mean": statistics.fmean(present) if present else None,
+        "ci95": mean_ci(present),
+        "n": len(present),
+        "values": values,
+    }
+
+
+def verdict(ci: list[float] | None) -> str:
+    if ci is None:
+        return "one seed: no interval"
+    return "ARQ better" if ci[0] > 0 else "ARQ worse" if ci[1] < 0 else "tied"
+
+
+def paired_difference(arq: dict[int, dict[int, float]], base: dict[int, dict[int, float]]) -> dict[str, Any]:
+    """ARQ minus a baseline: per seed the mean per-image radius difference over their common test images, then the
+    mean over seeds with its 95% interval over seeds. ``arq[seed][image]`` = counted radius."""
+    per_seed = {}
+    for seed in sorted(set(arq) & set(base)):
+        common = sorted(set(arq[seed]) & set(base[seed]))
+        if common:
+            per_seed[seed] = statistics.fmean(arq[seed][i] - base[seed][i] for i in common)
+    stats = interval(list(per_seed.values()))
+    return {
+        "per_seed": per_seed,
+        "mean": stats["mean"],
+        "ci95": stats["ci95"],
+        "seeds": len(per_seed),
+        "verdict": verdict(stats["ci95"]),
+    }
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per (budget, method) statistics over seeds, ARQ minus each baseline, ARQ / HAQ search time."""
+    fp32 = [r for r in records if r["method"] == "fp32"]
+    rows, diffs, times = [], [], []
+    for budget in sorted({r["budget"] for r in records if r["method"] != "fp32"}, reverse=True):
+        at = [r for r in records if r["budget"] == budget]
+        methods = sorted({r["method"] for r in at}, key=lambda m: (ORDER.index(m) if m in ORDER else 9, m))
+        by_method = {m: sorted((r for r in at if r["method"] == m), key=lambda r: r["seed"]) for m in methods}
+        for method, runs in by_method.items():
+            rows.append(
+                {
+                    "budget": budget,
+                    "method": method,
+                    "seeds": [r["seed"] for r in runs],
+                    **{k: interval([r[k] for r in runs]) for k in METRICS},
+                }
+            )
+        if "arq" in by_method:
+            arq = {r["seed"]: r["radii"] for r in by_method["arq"]}
+            for method, runs in by_method.items():
+                if method != "arq":
+                    diffs.append(
+                        {
+                            "budget": budget,
+                            "baseline": method,
+                            **paired_difference(arq, {r["seed"]: r["radii"] for r in runs}),
+                        }
+                    )
+        if "arq" in by_method and "haq" in by_method:
+            t_arq = interval([r["search_seconds"] for r in by_method["arq"]])["mean"]
+            t_haq = interval([r["search_seconds"] for r in by_method["haq"]])["mean"]
+            times.append(
+                {
+                    "budget": budget,
+                    "arq_seconds": t_arq,
+                    "haq_seconds": t_haq,
+                    "ratio": t_arq / t_haq if t_arq is not None and t_haq else None,
+                }
+            )
+    fp = interval([r["acr"] for r in fp32]) if fp32 else None
+    return {
+        "fp32_acr": fp,
+        "rows": rows,
+        "differences": diffs,
+        "search_time": times,
+        "points": [
+            {k: r[k] for k in ("seed", "budget", "method", "acr", "bitops_fraction", "clean_accuracy")}
+            for r in records
+            if r["method"] != "fp32"
+        ],
+        "provenance": next((r["provenance"] for r in records if r.get("provenance")), None),
+        "runs": sorted({r["run"] for r in records}),
+    }
+
+
+def collect_matrix(work: Path, image_radii: Callable[[Path], dict[int, float]]) -> dict[str, Any]:
+    records = collect_runs(work, image_radii)
+    if not records:
+        raise SystemExit(f"no finished run under {work}/seed-*: run the benchmark with --seeds first")
+    return summarize(records)
+
+
+def _fmt(stat: dict[str, Any], digits: int = 4, scale: float = 1.0) -> str:
+    if stat["mean"] is None:
+        return "-"
+    text = f"{scale * stat['mean']:.{digits}f}"
+    if stat["ci95"]:
+        text += f" [{scale * stat['ci95'][0]:.{digits}f}, {scale * stat['ci95'][1]:.{digits}f}]"
+    return text
+
+
+def markdown(data: dict[str, Any], plot: str | None = None) -> str:
+    p = data.get("provenance") or {}
+    c, s, f = p.get("certify", {}), p.get("search", {}), p.get("finetune", {})
+    seeds = sorted({pt["seed"] for pt in data["points"]})
+    head = (
+        f"{p.get('arch', '?')} on {p.get('dataset', '?')}, sigma = {p.get('sigma', '?')}; search seeds "
+        f"{seeds} (search, calibration and fine-tune seeded alike for every method); CERTIFY n0 = {c.get('n0')}, "
+        f"n = {c.get('n')}, alpha = {c.get('alpha')} on {len(p.get('test_indices', []))} test images. Search: "
+        f"{s.get('episodes')} episodes on {s.get('search_images')} validation images, n_p = {s.get('n_p')} "
+        f"({s.get('estimator')}), pin first/last: {s.get('pin_first_last')}, final top-k {s.get('final_top_k')}; "
+        f"fine-tune {f.get('epochs')} epoch(s) on {f.get('images')} noisy images. Intervals: Student-t 95% over "
+        "seeds."
+    )
+    fp = data.get("fp32_acr")
+    table = markdown_table(
+        ["budget", "method", "seeds", "ACR", "clean acc", "cert acc r=0.25", "cert acc r=0.5", "BitOPs %", "search s"],
+        [
+            [
+                f"{r['budget']:g}",
+                r["method"],
+                len(r["seeds"]),
+                _fmt(r["acr"]),
+                _fmt(r["clean_accuracy"], 3),
+                _fmt(r["cert_acc_0.25"], 3),
+                _fmt(r["cert_acc_0.5"], 3),
+                _fmt(r["bitops_fraction"], 3, 100),
+                _fmt(r["search_seconds"], 0),
+            ]
+            for r in data["rows"]
+        ],
+    )
+    diffs = markdown_table(
+        ["budget", "ARQ minus", "seeds", "mean dACR", "95% CI over seeds", "per seed", "verdict"],
+        [
+            [
+                f"{d['budget']:g}",
+                d["baseline"],
+                d["seeds"],
+                "-" if d["mean"] is None else f"{d['mean']:+.4f}",
+                "-" if not d["ci95"] else f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]",
+                ", ".join(f"{v:+.4f}" for v in d["per_seed"].values()),
+                d["verdict"],
+            ]
+            for d in data["differences"]
+        ],
+    )
+    times = markdown_table(
+        ["budget", "ARQ search s", "HAQ search s", "ARQ / HAQ"],
+        [
+            [
+                f"{t['budget']:g}",
+                "-" if t["arq_seconds"] is None else f"{t['arq_seconds']:.0f}",
+                "-" if t["haq_seconds"] is None else f"{t['haq_seconds']:.0f}",
+                "-" if t["ratio"] is None else f"{t['ratio']:.2f}",
+            ]
+            for t in data["search_time"]
+        ],
+    )
+    fp_line = f"FP32 ACR {fp['mean']:.4f}.\n\n" if fp and fp["mean"] is not None else ""
+    figure = f"\n\n![ACR vs BitOPs]({plot})\n" if plot else "\n"
+    return (
+        f"# Search benchmark across seeds\n\n{head}\n\n{fp_line}{table}\n\n## ARQ minus each baseline (paired over "
+        f"test images within a seed, interval over seeds)\n\n{diffs}\n\n## Search wall time\n\n{times}{figure}"
+    )
+
+
+def plot(data: dict[str, Any], path: Path) -> Path:
+    """ACR against BitOPs %, one panel per budget: every seed's point (small) and each method's mean (large)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = sorted({pt["budget"] for pt in data["points"]}, reverse=True)
+    methods = [m for m in ORDER if any(pt["method"] == m for pt in data["points"])]
+    colors = dict(zip(ORDER, ("tab:red", "tab:blue", "tab:gray", "tab:green")))
+    fig, axes = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.6), squeeze=False)
+    for ax, budget in zip(axes[0], budgets):
+        for method in methods:
+            pts = [pt for pt in data["points"] if pt["budget"] == budget and pt["method"] == method]
+            if not pts:
+                continue
+            xs, ys = [100 * pt["bitops_fraction"] for pt in pts], [pt["acr"] for pt in pts]
+            ax.scatter(xs, ys, s=14, alpha=0.5, color=colors.get(method))
+            ax.scatter(
+                [statistics.fmean(xs)],
+                [statistics.fmean(ys)],
+                s=90,
+                marker="D",
+                color=colors.get(method),
+                edgecolor="black",
+                label=method,
+            )
+        ax.axvline(100 * budget, color="black", lw=0.6, ls=":")
+        ax.set_title(f"budget {budget:g}")
+        ax.set_xlabel("BitOPs % of FP32")
+        ax.set_ylabel("ACR (test subset)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,100 @@
+"""bench_fidelity: its statistics on exact cases, and the benchmark end to end at a tiny size (every reward scored
+by the search's own evaluator, resumed without re-scoring, the replicate ceiling, the result files)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import bench_fidelity
+from certquant.utils import read_jsonl
+
+
+def test_fidelity_of_a_perfect_and_a_reversed_ranking():
+    truth = [0.50, 0.52, 0.55, 0.58]
+    perfect = bench_fidelity.fidelity([1, 2, 3, 4], truth, truth, rounds=200)
+    assert perfect["kendall_tau_acr"] == pytest.approx(1) and perfect["spearman_acr"] == pytest.approx(1)
+    assert perfect["regret_acr"] == 0
+    reversed_ = bench_fidelity.fidelity([4, 3, 2, 1], truth, truth, rounds=200)
+    assert reversed_["kendall_tau_acr"] == pytest.approx(-1) and reversed_["regret_acr"] == pytest.approx(0.08)
+
+
+def test_regret_averages_the_policies_tied_at_the_top():
+    assert bench_fidelity.regret(np.array([1.0, 3.0, 3.0]), np.array([0.6, 0.5, 0.4])) == pytest.approx(0.15)
+
+
+def test_bootstrap_interval_is_reproducible_and_brackets_the_estimate():
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=30)
+    reward = truth + rng.normal(scale=0.8, size=30)
+    a = bench_fidelity.fidelity(reward, truth, truth, rounds=500, seed=1)
+    b = bench_fidelity.fidelity(reward, truth, truth, rounds=500, seed=1)
+    assert a == b
+    low, high = a["kendall_tau_acr_ci95"]
+    assert low < a["kendall_tau_acr"] < high and high - low < 1
+    assert bench_fidelity.fidelity([1, 1, 1], [1, 2, 3], [1, 2, 3], rounds=50)["kendall_tau_acr"] is None
+
+
+def test_fidelity_end_to_end(tiny_truth, tiny_config, tmp_path):
+    args = [
+        "--truth",
+        str(tiny_truth),
+        "--config",
+        str(tiny_config),
+        "--rewards",
+        "haq",
+        "scratch",
+        "paired",
+        "--finetune-steps",
+        "0",
+        "2",
+        "--bootstrap",
+        "50",
+        "--work",
+        str(tmp_path / "work"),
+        "--results",
+        str(tmp_path),
+        "--name",
+        "fidelity-tiny",
+        "--no-progress",
+    ]
+    data = bench_fidelity.main(args)
+    rows = {r["name"]: r for r in data["rows"]}
+    assert sorted(rows) == sorted(["haq", "scratch", "paired", "haq+ft2", "scratch+ft2", "paired+ft2"])
+    # forward samples per candidate: 4 search images x (n0 10 + n_p 40) / n_p 40 / 4 noise copies
+    assert rows["scratch"]["forward_samples_per_candidate"] == 4 * 50
+    assert rows["paired"]["forward_samples_per_candidate"] == 4 * 40
+    assert rows["haq"]["forward_samples_per_candidate"] == 4 * 4
+    assert rows["paired+ft2"]["finetune_samples_per_candidate"] == 2 * 64
+    assert rows["scratch"]["rewards"] != rows["scratch+ft2"]["rewards"]  # fine-tuning changes the candidates
+    assert data["ceiling"] is not None and len(rows["haq"]["rewards"]) == 4
+    saved = json.loads((tmp_path / "fidelity-tiny.json").read_text())
+    assert [r["name"] for r in saved["rows"]] == [r["name"] for r in data["rows"]]
+    assert "| reward |" in (tmp_path / "fidelity-tiny.md").read_text()
+    # resumed: nothing re-scored, the same rewards
+    lines = len(list(read_jsonl(tmp_path / "work" / "scratch" / "scores.jsonl")))
+    again = bench_fidelity.main(args)
+    assert len(list(read_jsonl(tmp_path / "work" / "scratch" / "scores.jsonl"))) == lines == 4
+    assert [r["rewards"] for r in again["rows"]] == [r["rewards"] for r in data["rows"]]
+
+
+def test_truth_of_another_checkpoint_is_refused(tiny_truth, tiny_config, tmp_path):
+    truth = json.loads(tiny_truth.read_text())
+    truth["provenance"]["checkpoint_sha256"] = "0" * 64
+    other = tmp_path / "truth-other.json"
+    other.write_text(json.dumps(truth))
+    with pytest.raises(SystemExit, match="^error: the truth pool was made with another checkpoint"):
+        bench_fidelity.main(
+            [
+                "--truth",
+                str(other),
+                "--config",
+                str(tiny_config),
+                "--work",
+                str(tmp_path / "w"),
+                "--results",
+                str(tmp_path),
+            ]
+        )
