@@ -51,6 +51,33 @@ def _rows_in(name: str) -> Callable[[Table], None]:
     return check
 
 
+def _numbers(cell: str) -> list[tuple[float, int]]:
+    """The numbers in a cell with their decimal places ("99.92%" -> (99.92, 2); "10,000" -> (10000, 0))."""
+    return [(float(m), len(m.split(".")[1]) if "." in m else 0)
+            for m in re.findall(r"[-+]?\d+(?:\.\d+)?", cell.replace(",", ""))]
+
+
+def _digest_of(name: str, keys: int = 2, unchecked: tuple[str, ...] = ()) -> Callable[[Table], None]:
+    """A README digest of a result table: each README row matches the row of benchmarks/results/<name> with the same
+    first ``keys`` cells, and every number in it is a number of that row, rounded as the README shows it (but the
+    ``unchecked`` columns, which the result file does not repeat: e.g. a policy's BitOPs fraction)."""
+
+    def check(table: Table) -> None:
+        source = {tuple(row[:keys]): row for t in markdown_tables((RESULTS / name).read_text()) for row in t["rows"]}
+        for row in table["rows"]:
+            match = source.get(tuple(row[:keys]))
+            assert match is not None, f"README line {table['line']}: no row {row[:keys]} in benchmarks/results/{name}"
+            values = [v for cell in match for v, _ in _numbers(cell)]
+            for header, cell in zip(table["header"][keys:], row[keys:]):
+                if header in unchecked:
+                    continue
+                for value, places in _numbers(cell):
+                    assert any(round(v, places) == value for v in values), \
+                        f"README line {table['line']}: {cell!r} of {row[:keys]} is not in benchmarks/results/{name}"
+
+    return check
+
+
 def _default_run(table: Table) -> None:
     """The README's default-run table is exactly the table the committed run's results.json gives."""
     results = json.loads((RESULTS / "default-run" / "results.json").read_text())
@@ -117,6 +144,13 @@ RESULT_TABLE = [
 ]
 SEARCH_TABLE = ["model", "BitOPs %", "clean acc", "ACR", "cert acc r=0.25", "cert acc r=0.5", "search s"]
 # (header, occurrence among tables with that header) -> check; None: a table of names, not of measured numbers
+DEPLOY_FIDELITY = ("model", "policy", "BitOPs %", "agreement, integer kernels (default)", "agreement, float on levels",
+                   "certified images", "n", "ACR PyTorch", "ACR ONNX", "ACR difference", "identical certificates")
+DEPLOY_SPEED = ("model", "engine", "BitOPs % of FP32", "latency ms (batch 1)", "vs ORT FP32", "images/s (batch 256)",
+                "vs ORT FP32", "file KiB", "vs FP32 file", "runs in integers")
+SCALE = ("model", "engine", "workers", "wall s", "start s", "img/s", "img/s after start", "time / local",
+         "time / local after start", "throughput / 1 worker", "throughput / 1 worker after start", "identical", "load avg")
+
 SOURCES: dict[tuple[tuple[str, ...], int], Callable[[Table], None] | None] = {
     (
         (
@@ -169,6 +203,10 @@ SOURCES: dict[tuple[tuple[str, ...], int], Callable[[Table], None] | None] = {
         ),
         0,
     ): _rows_in("sequential.md"),
+    (DEPLOY_FIDELITY, 0): _digest_of("deploy-fidelity.md"),
+    (DEPLOY_SPEED, 0): _digest_of("deploy-speed.md", unchecked=("BitOPs % of FP32",)),
+    (("work", "local engine (default)", "Ray engine"), 0): None,  # what runs where: no figures
+    (SCALE, 0): _rows_in("scale.md"),
 }
 
 
