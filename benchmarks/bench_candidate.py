@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -70,24 +70,59 @@ def bench_model(name: str, images: int, device: torch.device, repeats: int) -> d
     calibration = noisy_calibration_batch(train_x[indices], sigma, 256, 0)
     policy = Policy.uniform(quantizable_layers(model, input_shape(info)), 4, arch=info["arch"])
     t_quant, qmodel = timed(lambda: quantize(model, policy, calibration, arch=info["arch"]), device, repeats)
-    t_one, one = timed(lambda: [certify(qmodel, x, sigma, N0, N_P, ALPHA, BATCH, s) for x, s in zip(xs, seeds)],
-                       device, repeats)
+    t_one, one = timed(
+        lambda: [certify(qmodel, x, sigma, N0, N_P, ALPHA, BATCH, s) for x, s in zip(xs, seeds)], device, repeats
+    )
     t_many, many = timed(lambda: certify_many(qmodel, xs, sigma, N0, N_P, ALPHA, BATCH, seeds), device, repeats)
     t_raw, _ = timed(lambda: raw_forward(qmodel, xs[0], images * (N0 + N_P), sigma), device, repeats)
     same = sum((a.label, a.n_a) == (b.label, b.n_a) for a, b in zip(one, many))
-    return {"model": name, "images": images, "samples": images * (N0 + N_P), "quantize_s": t_quant,
-            "score_one_by_one_s": t_one, "score_packed_s": t_many, "raw_forward_s": t_raw,
-            "packing_speedup": t_one / t_many, "packed_over_raw": t_many / t_raw, "identical_certificates": same}
+    return {
+        "model": name,
+        "images": images,
+        "samples": images * (N0 + N_P),
+        "quantize_s": t_quant,
+        "score_one_by_one_s": t_one,
+        "score_packed_s": t_many,
+        "raw_forward_s": t_raw,
+        "packing_speedup": t_one / t_many,
+        "packed_over_raw": t_many / t_raw,
+        "identical_certificates": same,
+    }
 
 
 def markdown(data: dict) -> str:
-    rows = [[r["model"], r["images"], f"{r['quantize_s']:.3f}", f"{r['score_one_by_one_s']:.3f}",
-             f"{r['score_packed_s']:.3f}", f"{r['packing_speedup']:.2f}x", f"{r['raw_forward_s']:.3f}",
-             f"{r['packed_over_raw']:.2f}x", f"{r['identical_certificates']}/{r['images']}"] for r in data["rows"]]
-    table = markdown_table(["model", "images", "quantize s", "score 1-by-1 s", "score packed s", "packing speed-up",
-                            "raw forward s", "packed / raw", "same certificates"], rows)
-    return (f"# Cost of one search candidate\n\nW4A4, n0 = {N0}, n_p = {N_P}, {BATCH} samples per forward pass; "
-            f"median of {data['repeats']} after a warm-up. Device: {data['device']}.\n\n{table}\n")
+    rows = [
+        [
+            r["model"],
+            r["images"],
+            f"{r['quantize_s']:.3f}",
+            f"{r['score_one_by_one_s']:.3f}",
+            f"{r['score_packed_s']:.3f}",
+            f"{r['packing_speedup']:.2f}x",
+            f"{r['raw_forward_s']:.3f}",
+            f"{r['packed_over_raw']:.2f}x",
+            f"{r['identical_certificates']}/{r['images']}",
+        ]
+        for r in data["rows"]
+    ]
+    table = markdown_table(
+        [
+            "model",
+            "images",
+            "quantize s",
+            "score 1-by-1 s",
+            "score packed s",
+            "packing speed-up",
+            "raw forward s",
+            "packed / raw",
+            "same certificates",
+        ],
+        rows,
+    )
+    return (
+        f"# Cost of one search candidate\n\nW4A4, n0 = {N0}, n_p = {N_P}, {BATCH} samples per forward pass; "
+        f"median of {data['repeats']} after a warm-up. Device: {data['device']}.\n\n{table}\n"
+    )
 
 
 def main() -> None:

@@ -49,14 +49,17 @@ def _timed(run) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def _forward_only(model: torch.nn.Module, inputs: dict[int, torch.Tensor], sizes: list[int],
-                  chunk: int | None = None) -> tuple[float, float]:
+def _forward_only(
+    model: torch.nn.Module, inputs: dict[int, torch.Tensor], sizes: list[int], chunk: int | None = None
+) -> tuple[float, float]:
     """(wall, CPU) seconds of the forward passes (and argmax) over inputs of ``sizes``, in passes of at most ``chunk``."""
+
     def run() -> None:
         with torch.inference_mode():
             for size in sizes:
                 for piece in inputs[size].split(chunk or size):
                     model(piece).argmax(1)
+
     return _timed(run)
 
 
@@ -79,18 +82,31 @@ def bench_model(name: str, images: int, n0: int, n: int, batch: int, channels_la
         whole_s.append(_forward_only(model, inputs, sizes))
         forward_s.append(_forward_only(model, inputs, sizes, CPU_FORWARD_CHUNK))
         certify_s.append(_timed(lambda: certify(model, xs[i], 0.25, n0=n0, n=n, batch_size=batch, seed=i)))
-        seq_s.append(_timed(lambda: _all_samples(certify_sequential(model, xs[i], 0.25, None, n0, n, 0.001, batch, i,
-                                                                    everything), n)))
-    cpu = {name: sum(c for _, c in values) for name, values in
-           (("whole", whole_s), ("forward", forward_s), ("certify", certify_s), ("sequential", seq_s))}
+        seq_s.append(
+            _timed(
+                lambda: _all_samples(
+                    certify_sequential(model, xs[i], 0.25, None, n0, n, 0.001, batch, i, everything), n
+                )
+            )
+        )
+    cpu = {
+        name: sum(c for _, c in values)
+        for name, values in (("whole", whole_s), ("forward", forward_s), ("certify", certify_s), ("sequential", seq_s))
+    }
     whole_s, forward_s, certify_s, seq_s = ([w for w, _ in v] for v in (whole_s, forward_s, certify_s, seq_s))
     samples = n0 + n
     return {
         "certify_cpu_over_forward_cpu": cpu["certify"] / cpu["forward"],
         "sequential_cpu_over_forward_cpu": cpu["sequential"] / cpu["forward"],
         "sequential_over_forward": sum(seq_s) / sum(forward_s),
-        "sequential_seconds": seq_s, "cpu_seconds_totals": cpu,
-        "model": name, "images": images, "n0": n0, "n": n, "batch_size": batch, "channels_last": channels_last,
+        "sequential_seconds": seq_s,
+        "cpu_seconds_totals": cpu,
+        "model": name,
+        "images": images,
+        "n0": n0,
+        "n": n,
+        "batch_size": batch,
+        "channels_last": channels_last,
         "forward_chunk": CPU_FORWARD_CHUNK,
         "forward_whole_batch_seconds_per_image": statistics.median(whole_s),
         "forward_seconds_per_image": statistics.median(forward_s),
@@ -99,7 +115,9 @@ def bench_model(name: str, images: int, n0: int, n: int, batch: int, channels_la
         "certify_samples_per_second": samples * images / sum(certify_s),
         "overhead": sum(certify_s) / sum(forward_s) - 1,
         "speedup_vs_whole_batch_forward": sum(whole_s) / sum(certify_s),
-        "forward_whole_batch_seconds": whole_s, "forward_seconds": forward_s, "certify_seconds": certify_s,
+        "forward_whole_batch_seconds": whole_s,
+        "forward_seconds": forward_s,
+        "certify_seconds": certify_s,
     }
 
 
@@ -127,11 +145,13 @@ def _markdown(rows: list[dict], meta: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['batch_size']} | {r['channels_last']} | "
-                     f"{r['forward_seconds_per_image']:.2f} | {r['certify_seconds_per_image']:.2f} | "
-                     f"{1 + r['overhead']:.3f} | {r['certify_cpu_over_forward_cpu']:.3f} | "
-                     f"{r['sequential_over_forward']:.3f} | {r['sequential_cpu_over_forward_cpu']:.3f} | "
-                     f"{r['certify_samples_per_second']:.0f} | {r['speedup_vs_whole_batch_forward']:.2f}x |")
+        lines.append(
+            f"| {r['model']} | {r['batch_size']} | {r['channels_last']} | "
+            f"{r['forward_seconds_per_image']:.2f} | {r['certify_seconds_per_image']:.2f} | "
+            f"{1 + r['overhead']:.3f} | {r['certify_cpu_over_forward_cpu']:.3f} | "
+            f"{r['sequential_over_forward']:.3f} | {r['sequential_cpu_over_forward_cpu']:.3f} | "
+            f"{r['certify_samples_per_second']:.0f} | {r['speedup_vs_whole_batch_forward']:.2f}x |"
+        )
     lines += ["", f"Regenerate: `{meta['command']}` (wall-clock numbers vary with machine load)."]
     return "\n".join(lines) + "\n"
 
@@ -143,11 +163,19 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
-    parser.add_argument("--channels-last", nargs="*", default=[], metavar="MODEL",
-                        help="models to measure a second time in torch.channels_last")
+    parser.add_argument(
+        "--channels-last",
+        nargs="*",
+        default=[],
+        metavar="MODEL",
+        help="models to measure a second time in torch.channels_last",
+    )
     parser.add_argument("--name", default="certify", help="results file stem")
-    parser.add_argument("--channels-last-only", action="store_true",
-                        help="measure the --channels-last models in channels_last only (the CLI's default)")
+    parser.add_argument(
+        "--channels-last-only",
+        action="store_true",
+        help="measure the --channels-last models in channels_last only (the CLI's default)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
     if args.threads:
@@ -155,15 +183,23 @@ def main() -> None:
     rows = []
     for name in args.models:
         formats = [True] if args.channels_last_only else [False, True]
-        for cl in (formats if name in args.channels_last else [False]):
+        for cl in formats if name in args.channels_last else [False]:
             row = bench_model(name, args.images, args.n0, args.n, args.batch, cl)
-            print(f"{name} channels_last={cl}: forward {row['forward_seconds_per_image']:.2f} s/image, certify "
-                  f"{row['certify_seconds_per_image']:.2f} s/image, overhead {100 * row['overhead']:+.1f}%", flush=True)
+            print(
+                f"{name} channels_last={cl}: forward {row['forward_seconds_per_image']:.2f} s/image, certify "
+                f"{row['certify_seconds_per_image']:.2f} s/image, overhead {100 * row['overhead']:+.1f}%",
+                flush=True,
+            )
             rows.append(row)
-    meta = {"command": "python benchmarks/bench_certify.py " + " ".join(sys.argv[1:]),
-            "threads": torch.get_num_threads(), "device": "CPU", "date": time.strftime("%Y-%m-%d %H:%M"),
-            "load_average_at_end": [round(v, 2) for v in os.getloadavg()], "cpu_count": os.cpu_count(),
-            "software": software_versions()}
+    meta = {
+        "command": "python benchmarks/bench_certify.py " + " ".join(sys.argv[1:]),
+        "threads": torch.get_num_threads(),
+        "device": "CPU",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+        "cpu_count": os.cpu_count(),
+        "software": software_versions(),
+    }
     write_results(args.name, {"results": rows, **meta}, _markdown(rows, meta))
     print(_markdown(rows, meta))
 

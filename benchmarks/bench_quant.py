@@ -25,8 +25,15 @@ import torch
 
 from certquant.data import load_dataset
 from certquant.models import load_checkpoint
-from certquant.quant import (Policy, bitops_fraction, finetune, model_size_bits, noisy_calibration_batch,
-                             quantizable_layers, quantize)
+from certquant.quant import (
+    Policy,
+    bitops_fraction,
+    finetune,
+    model_size_bits,
+    noisy_calibration_batch,
+    quantizable_layers,
+    quantize,
+)
 from certquant.quant.checkpoint import _train_images, input_shape
 from certquant.train import accuracy
 from certquant.utils import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, software_versions
@@ -45,8 +52,12 @@ def resolve(name: str) -> str:
 
 def accuracies(model: torch.nn.Module, images, labels, sigma: float, seeds: list[int]) -> dict:
     noisy = [accuracy(model, images, labels, sigma, seed=s, batch_size=500) for s in seeds]
-    return {"clean": accuracy(model, images, labels, 0.0, batch_size=500), "noisy": statistics.mean(noisy),
-            "noisy_std": statistics.stdev(noisy) if len(noisy) > 1 else 0.0, "noisy_per_seed": noisy}
+    return {
+        "clean": accuracy(model, images, labels, 0.0, batch_size=500),
+        "noisy": statistics.mean(noisy),
+        "noisy_std": statistics.stdev(noisy) if len(noisy) > 1 else 0.0,
+        "noisy_per_seed": noisy,
+    }
 
 
 def bench_model(name: str, args: argparse.Namespace, done: dict) -> list[dict]:
@@ -59,16 +70,29 @@ def bench_model(name: str, args: argparse.Namespace, done: dict) -> list[dict]:
     train_x, train_y = _train_images(info)
     calib = noisy_calibration_batch(train_x, sigma, args.calib_images, seed=0)
     subset = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))[: args.finetune_images]
-    common = {"model": name, "arch": info["arch"], "checkpoint": path, "sha256": info["sha256"], "sigma": sigma,
-              "eval_images": len(test_x), "settings": args.settings}
+    common = {
+        "model": name,
+        "arch": info["arch"],
+        "checkpoint": path,
+        "sha256": info["sha256"],
+        "sigma": sigma,
+        "eval_images": len(test_x),
+        "settings": args.settings,
+    }
     rows = []
     key = (name, "FP32", info["sha256"])
     if key not in done:
         started = time.time()
-        row = {**common, "config": "FP32", "bits": 32, "bitops_fraction": 1.0,
-               "model_size_bits": sum(l.params for l in layers) * 32,
-               "ptq": accuracies(base, test_x, test_y, sigma, args.noise_seeds), "ft": None,
-               "seconds": time.time() - started}
+        row = {
+            **common,
+            "config": "FP32",
+            "bits": 32,
+            "bitops_fraction": 1.0,
+            "model_size_bits": sum(l.params for l in layers) * 32,
+            "ptq": accuracies(base, test_x, test_y, sigma, args.noise_seeds),
+            "ft": None,
+            "seconds": time.time() - started,
+        }
         append_jsonl(PARTIAL, row)
         done[key] = row
     rows.append(done[key])
@@ -83,19 +107,38 @@ def bench_model(name: str, args: argparse.Namespace, done: dict) -> list[dict]:
         ptq = accuracies(qmodel, test_x, test_y, sigma, args.noise_seeds)
         ptq_seconds = time.time() - started
         started = time.time()
-        tuned = finetune(copy.deepcopy(qmodel), train_x[subset], train_y[subset], sigma, args.finetune_epochs,
-                         lr=args.lr, batch_size=128, seed=0, device="cpu")
+        tuned = finetune(
+            copy.deepcopy(qmodel),
+            train_x[subset],
+            train_y[subset],
+            sigma,
+            args.finetune_epochs,
+            lr=args.lr,
+            batch_size=128,
+            seed=0,
+            device="cpu",
+        )
         ft_seconds = time.time() - started
         ft = accuracies(tuned, test_x, test_y, sigma, args.noise_seeds)
-        row = {**common, "config": f"W{bits}A{bits}", "bits": bits, "bitops_fraction": bitops_fraction(layers, policy),
-               "model_size_bits": model_size_bits(layers, policy), "ptq": ptq, "ft": ft,
-               "finetune": {"epochs": args.finetune_epochs, "images": len(subset), "lr": args.lr, "seconds": ft_seconds},
-               "seconds": ptq_seconds}
+        row = {
+            **common,
+            "config": f"W{bits}A{bits}",
+            "bits": bits,
+            "bitops_fraction": bitops_fraction(layers, policy),
+            "model_size_bits": model_size_bits(layers, policy),
+            "ptq": ptq,
+            "ft": ft,
+            "finetune": {"epochs": args.finetune_epochs, "images": len(subset), "lr": args.lr, "seconds": ft_seconds},
+            "seconds": ptq_seconds,
+        }
         append_jsonl(PARTIAL, row)
         done[key] = row
         rows.append(row)
-        print(f"{name} W{bits}A{bits}: clean {ptq['clean']:.4f} -> FT {ft['clean']:.4f}, "
-              f"noisy {ptq['noisy']:.4f} -> FT {ft['noisy']:.4f}", flush=True)
+        print(
+            f"{name} W{bits}A{bits}: clean {ptq['clean']:.4f} -> FT {ft['clean']:.4f}, "
+            f"noisy {ptq['noisy']:.4f} -> FT {ft['noisy']:.4f}",
+            flush=True,
+        )
     return rows
 
 
@@ -120,14 +163,24 @@ def markdown(rows: list[dict], args: argparse.Namespace, checks: list[dict]) -> 
     fp = {r["model"]: r["ptq"] for r in rows if r["config"] == "FP32"}
     for r in rows:
         p, f, ref = r["ptq"], r["ft"], fp[r["model"]]
-        cells = [r["model"], r["config"], f"{r['bitops_fraction']:.6f}", pct(p["clean"]),
-                 f"{pct(p['noisy'])} +- {pct(p['noisy_std'])}"]
+        cells = [
+            r["model"],
+            r["config"],
+            f"{r['bitops_fraction']:.6f}",
+            pct(p["clean"]),
+            f"{pct(p['noisy'])} +- {pct(p['noisy_std'])}",
+        ]
         if r["config"] == "FP32":
             cells += ["", "", "", "", "", ""]
         else:
-            cells += [f"{100 * (p['clean'] - ref['clean']):+.2f}", f"{100 * (p['noisy'] - ref['noisy']):+.2f}",
-                      pct(f["clean"]), f"{pct(f['noisy'])} +- {pct(f['noisy_std'])}",
-                      f"{100 * (f['clean'] - ref['clean']):+.2f}", f"{100 * (f['noisy'] - ref['noisy']):+.2f}"]
+            cells += [
+                f"{100 * (p['clean'] - ref['clean']):+.2f}",
+                f"{100 * (p['noisy'] - ref['noisy']):+.2f}",
+                pct(f["clean"]),
+                f"{pct(f['noisy'])} +- {pct(f['noisy_std'])}",
+                f"{100 * (f['clean'] - ref['clean']):+.2f}",
+                f"{100 * (f['noisy'] - ref['noisy']):+.2f}",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Checks", ""]
     lines += [f"- {c['check']}: {c['value']:+.2f} points -> {'PASS' if c['pass'] else 'FAIL'}" for c in checks]
@@ -142,12 +195,22 @@ def run_checks(rows: list[dict]) -> list[dict]:
         ref = fp[r["model"]]
         if r["config"] == "W8A8":
             drop = 100 * (r["ptq"]["clean"] - ref["clean"])
-            checks.append({"check": f"{r['model']} W8A8 without fine-tuning loses <= 0.5 points clean", "value": drop,
-                           "pass": drop >= -0.5})
+            checks.append(
+                {
+                    "check": f"{r['model']} W8A8 without fine-tuning loses <= 0.5 points clean",
+                    "value": drop,
+                    "pass": drop >= -0.5,
+                }
+            )
         if r["config"] == "W4A4" and r["arch"] == "small-cnn":
             drop = 100 * (r["ft"]["clean"] - ref["clean"])
-            checks.append({"check": f"{r['model']} W4A4 after fine-tuning within 2 points of FP32 clean", "value": drop,
-                           "pass": drop >= -2.0})
+            checks.append(
+                {
+                    "check": f"{r['model']} W4A4 after fine-tuning within 2 points of FP32 clean",
+                    "value": drop,
+                    "pass": drop >= -2.0,
+                }
+            )
     return checks
 
 
@@ -172,15 +235,21 @@ def main() -> None:
         PARTIAL.unlink()
     # rows carry the settings and checkpoint hash they were made with: other settings or a retrained model never
     # reuse them
-    done = {(r["model"], r["config"], r.get("sha256")): r
-            for r in read_jsonl(PARTIAL) if r.get("settings") == settings}
+    done = {(r["model"], r["config"], r.get("sha256")): r for r in read_jsonl(PARTIAL) if r.get("settings") == settings}
     rows: list[dict] = []
     started = time.time()
     for name in args.models:
         rows += bench_model(name, args, done)
     checks = run_checks(rows)
-    result = {"benchmark": "quant", "settings": settings, "rows": rows, "checks": checks,
-              "seconds": time.time() - started, "software": software_versions(), "threads": args.threads}
+    result = {
+        "benchmark": "quant",
+        "settings": settings,
+        "rows": rows,
+        "checks": checks,
+        "seconds": time.time() - started,
+        "software": software_versions(),
+        "threads": args.threads,
+    }
     atomic_write_json(RESULTS / "quant.json", result)
     atomic_write_text(RESULTS / "quant.md", markdown(rows, args, checks))
     print(markdown(rows, args, checks))

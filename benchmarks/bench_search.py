@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from certquant.engine import EngineConfig
 import search_matrix
+from certquant.engine import EngineConfig
 from certquant.pipeline import load_config
 from certquant.pipeline.run import budget_dir, run_pipeline
 from certquant.search.selection import SELECTION_FILE
@@ -49,8 +49,14 @@ def run_folder(work: Path, budgets: list[float], methods: list[str] | None) -> P
     return work / (f"{name}-{'-'.join(methods)}" if methods else name)
 
 
-def run_grid(config: str, budgets: list[float], work: Path, methods: list[str] | None = None,
-             engine: EngineConfig | None = None, overrides: list[str] | None = None) -> Path:
+def run_grid(
+    config: str,
+    budgets: list[float],
+    work: Path,
+    methods: list[str] | None = None,
+    engine: EngineConfig | None = None,
+    overrides: list[str] | None = None,
+) -> Path:
     """One pipeline run over ``budgets`` x the config's methods (or ``methods``) on ``engine`` (default: the config's);
     resumable: rerunning continues where it stopped; ``overrides``: run-config KEY=VALUE (a search seed:
     ``search_matrix.seed_overrides``). Writes ``bench.json`` (device, engine, wall seconds)."""
@@ -61,8 +67,15 @@ def run_grid(config: str, budgets: list[float], work: Path, methods: list[str] |
     device = resolve_device(cfg.device)
     started = time.time()
     run_pipeline(cfg, out, resume=True)
-    atomic_write_json(out / "bench.json", {"device": device_name(device), "engine": dataclasses.asdict(cfg.engine),
-                                           "seconds": time.time() - started, "date": time.strftime("%Y-%m-%d %H:%M")})
+    atomic_write_json(
+        out / "bench.json",
+        {
+            "device": device_name(device),
+            "engine": dataclasses.asdict(cfg.engine),
+            "seconds": time.time() - started,
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+        },
+    )
     return out
 
 
@@ -80,20 +93,28 @@ def collect(work: Path) -> dict[str, Any]:
         for row in results["rows"]:
             if row["method"] == "fp32":
                 if fp32 is not None and (row["acr"], row["clean_accuracy"]) != (fp32["acr"], fp32["clean_accuracy"]):
-                    print(f"note: FP32 of {run.name} differs from the first run's (ACR {row['acr']:.4f} vs "
-                          f"{fp32['acr']:.4f}); the first is reported")
+                    print(
+                        f"note: FP32 of {run.name} differs from the first run's (ACR {row['acr']:.4f} vs "
+                        f"{fp32['acr']:.4f}); the first is reported"
+                    )
                 radii.setdefault("FP32", image_radii(run / "fp32" / "certify"))
                 fp32 = fp32 or row
             else:
                 if row["name"] in seen:
-                    raise SystemExit(f"{row['name']} is in two runs under {work} (e.g. budgets-<F> and "
-                                     f"budgets-<F>-{row['method']}): keep one, then rerun --report-only")
+                    raise SystemExit(
+                        f"{row['name']} is in two runs under {work} (e.g. budgets-<F> and "
+                        f"budgets-<F>-{row['method']}): keep one, then rerun --report-only"
+                    )
                 seen.add(row["name"])
                 rows.append({**row, **selection_summary(budget_dir(run, row["budget"]) / row["method"] / "search")})
                 radii[row["name"]] = image_radii(budget_dir(run, row["budget"]) / row["method"] / "certify")
     rows.sort(key=lambda r: (-r["budget"], r["method"] != "arq", r["method"]))
-    return {"provenance": results["provenance"], "runs": runs_info, "rows": [fp32, *rows],
-            "aims": aims(fp32, rows, radii)}
+    return {
+        "provenance": results["provenance"],
+        "runs": runs_info,
+        "rows": [fp32, *rows],
+        "aims": aims(fp32, rows, radii),
+    }
 
 
 def selection_summary(search_dir: Path) -> dict[str, Any]:
@@ -103,8 +124,12 @@ def selection_summary(search_dir: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     data = json.loads(path.read_text())
-    return {"final_selection": {"chosen_episode": data["chosen_episode"], "candidates": [
-        {k: c[k] for k in ("episode", "search_reward", "final_reward")} for c in data["candidates"]]}}
+    return {
+        "final_selection": {
+            "chosen_episode": data["chosen_episode"],
+            "candidates": [{k: c[k] for k in ("episode", "search_reward", "final_reward")} for c in data["candidates"]],
+        }
+    }
 
 
 def image_radii(certify_dir: Path) -> dict[int, float]:
@@ -128,15 +153,35 @@ def aims(fp32: dict, rows: list[dict], radii: dict[str, dict[int, float]]) -> li
             continue
         if abs(budget - W4A4) < 1e-12:
             d_acr, d_clean = arq["acr"] - fp32["acr"], arq["clean_accuracy"] - fp32["clean_accuracy"]
-            out.append({"aim": f"ARQ ACR within {ACR_MARGIN} of FP32", "budget": budget, "difference": d_acr,
-                        "ci95": paired_ci(radii[arq["name"]], radii["FP32"]), "holds": d_acr >= -ACR_MARGIN})
-            out.append({"aim": f"ARQ clean accuracy within {CLEAN_MARGIN * 100:g} points of FP32", "budget": budget,
-                        "difference": d_clean, "holds": d_clean >= -CLEAN_MARGIN})
+            out.append(
+                {
+                    "aim": f"ARQ ACR within {ACR_MARGIN} of FP32",
+                    "budget": budget,
+                    "difference": d_acr,
+                    "ci95": paired_ci(radii[arq["name"]], radii["FP32"]),
+                    "holds": d_acr >= -ACR_MARGIN,
+                }
+            )
+            out.append(
+                {
+                    "aim": f"ARQ clean accuracy within {CLEAN_MARGIN * 100:g} points of FP32",
+                    "budget": budget,
+                    "difference": d_clean,
+                    "holds": d_clean >= -CLEAN_MARGIN,
+                }
+            )
         for method, row in at.items():
             if method != "arq":
                 d = arq["acr"] - row["acr"]
-                out.append({"aim": f"ARQ ACR >= {method}", "budget": budget, "difference": d,
-                            "ci95": paired_ci(radii[arq["name"]], radii[row["name"]]), "holds": d >= 0})
+                out.append(
+                    {
+                        "aim": f"ARQ ACR >= {method}",
+                        "budget": budget,
+                        "difference": d,
+                        "ci95": paired_ci(radii[arq["name"]], radii[row["name"]]),
+                        "holds": d >= 0,
+                    }
+                )
     return out
 
 
@@ -148,23 +193,49 @@ def markdown(data: dict) -> str:
     calibration = p["quantize"]["calibration_images"] if "quantize" in p else f["calibration_images"]
     devices = sorted({r.get("device", "?") for r in data["runs"]})
     k = s.get("final_top_k", 1)
-    selection = (f" Final selection: each search's {k} best policies re-scored on {s['final_images']} fresh validation "
-                 "images, the best there kept." if k > 1 else "")
-    head = (f"{p['arch']} on {p['dataset']}, sigma = {p['sigma']}; CERTIFY n0 = {c['n0']}, n = {c['n']}, alpha = "
-            f"{c['alpha']} on {len(p['test_indices'])} test images (every {c['skip']}th). Search: {s['episodes']} "
-            f"episodes ({warmup} warm-up) on {s['search_images']} held-out validation images, n_p = {s['n_p']} "
-            f"({s['estimator']}), ARQ reward 0.1 * (dACR + {s['clean_weight']} * d clean accuracy), bits in "
-            f"{bits}, pin first/last: {s['pin_first_last']}; random: the same number of evaluations.{selection} "
-            f"Every chosen policy: calibrated on {calibration} noisy images, fine-tuned {f['epochs']} epoch(s) on "
-            f"{f['images']} noisy training images (lr {f['lr']}). Device: {', '.join(devices)}.")
-    rows = [[r["name"], f"{100 * r['bitops_fraction']:.3f}", f"{r['clean_accuracy']:.3f}", f"{r['acr']:.3f}",
-             f"{r['certified_accuracy']['0.25']:.3f}", f"{r['certified_accuracy']['0.5']:.3f}",
-             "-" if r["search_seconds"] is None else f"{r['search_seconds']:.0f}"] for r in data["rows"]]
-    table = markdown_table(["model", "BitOPs %", "clean acc", "ACR", "cert acc r=0.25", "cert acc r=0.5", "search s"],
-                           rows)
-    checks = markdown_table(["aim", "budget", "difference", "paired 95% CI", "holds"],
-                            [[a["aim"], f"{a['budget']:g}", f"{a['difference']:+.4f}", _interval(a.get("ci95")),
-                              "yes" if a["holds"] else "NO"] for a in data["aims"]])
+    selection = (
+        f" Final selection: each search's {k} best policies re-scored on {s['final_images']} fresh validation "
+        "images, the best there kept."
+        if k > 1
+        else ""
+    )
+    head = (
+        f"{p['arch']} on {p['dataset']}, sigma = {p['sigma']}; CERTIFY n0 = {c['n0']}, n = {c['n']}, alpha = "
+        f"{c['alpha']} on {len(p['test_indices'])} test images (every {c['skip']}th). Search: {s['episodes']} "
+        f"episodes ({warmup} warm-up) on {s['search_images']} held-out validation images, n_p = {s['n_p']} "
+        f"({s['estimator']}), ARQ reward 0.1 * (dACR + {s['clean_weight']} * d clean accuracy), bits in "
+        f"{bits}, pin first/last: {s['pin_first_last']}; random: the same number of evaluations.{selection} "
+        f"Every chosen policy: calibrated on {calibration} noisy images, fine-tuned {f['epochs']} epoch(s) on "
+        f"{f['images']} noisy training images (lr {f['lr']}). Device: {', '.join(devices)}."
+    )
+    rows = [
+        [
+            r["name"],
+            f"{100 * r['bitops_fraction']:.3f}",
+            f"{r['clean_accuracy']:.3f}",
+            f"{r['acr']:.3f}",
+            f"{r['certified_accuracy']['0.25']:.3f}",
+            f"{r['certified_accuracy']['0.5']:.3f}",
+            "-" if r["search_seconds"] is None else f"{r['search_seconds']:.0f}",
+        ]
+        for r in data["rows"]
+    ]
+    table = markdown_table(
+        ["model", "BitOPs %", "clean acc", "ACR", "cert acc r=0.25", "cert acc r=0.5", "search s"], rows
+    )
+    checks = markdown_table(
+        ["aim", "budget", "difference", "paired 95% CI", "holds"],
+        [
+            [
+                a["aim"],
+                f"{a['budget']:g}",
+                f"{a['difference']:+.4f}",
+                _interval(a.get("ci95")),
+                "yes" if a["holds"] else "NO",
+            ]
+            for a in data["aims"]
+        ],
+    )
     return f"# Search benchmark\n\n{head}\n\n{table}\n\n## Aims (issue 6)\n\n{checks}\n"
 
 
@@ -189,17 +260,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="search", help="results file stem under benchmarks/results")
     parser.add_argument("--report-only", action="store_true", help="only merge the finished runs into the table")
     parser.add_argument("--run-only", action="store_true", help="only run (or resume) the grid; no table")
-    parser.add_argument("--methods", nargs="*", choices=["uniform", "arq", "haq", "random"],
-                        help="run only these methods (default: the config's)")
-    parser.add_argument("--engine", choices=["local", "ray"], default=None,
-                        help="local: the stages one after another; ray: as Ray tasks (default: the config's engine)")
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        choices=["uniform", "arq", "haq", "random"],
+        help="run only these methods (default: the config's)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default=None,
+        help="local: the stages one after another; ray: as Ray tasks (default: the config's engine)",
+    )
     parser.add_argument("--workers", type=int, default=None, help="ray: stages at once (default: the cluster's CPUs)")
     parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPU share of each stage")
-    parser.add_argument("--seeds", type=int, nargs="*",
-                        help="search seeds: the grid once per seed in WORK/seed-S, reported across seeds")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="*",
+        help="search seeds: the grid once per seed in WORK/seed-S, reported across seeds",
+    )
     parser.add_argument("--results", default=None, help="results folder (default benchmarks/results)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="run-config overrides of every run, e.g. certify.max_images=200 (certquant run --help)")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="run-config overrides of every run, e.g. certify.max_images=200 (certquant run --help)",
+    )
     args = parser.parse_args(argv)
     results = Path(args.results) if args.results else None
     work = Path(args.work)
@@ -210,8 +298,14 @@ def main(argv: list[str] | None = None) -> None:
     if not args.report_only:
         for seed in args.seeds or [None]:
             seeded = [] if seed is None else search_matrix.seed_overrides(seed)
-            run_grid(args.config, budgets, work if seed is None else search_matrix.seed_work(work, seed),
-                     args.methods, engine, [*args.set, *seeded])
+            run_grid(
+                args.config,
+                budgets,
+                work if seed is None else search_matrix.seed_work(work, seed),
+                args.methods,
+                engine,
+                [*args.set, *seeded],
+            )
     if args.run_only:
         return
     if args.seeds is not None:

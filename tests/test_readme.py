@@ -53,8 +53,10 @@ def _rows_in(name: str) -> Callable[[Table], None]:
 
 def _numbers(cell: str) -> list[tuple[float, int]]:
     """The numbers in a cell with their decimal places ("99.92%" -> (99.92, 2); "10,000" -> (10000, 0))."""
-    return [(float(m), len(m.split(".")[1]) if "." in m else 0)
-            for m in re.findall(r"[-+]?\d+(?:\.\d+)?", cell.replace(",", ""))]
+    return [
+        (float(m), len(m.split(".")[1]) if "." in m else 0)
+        for m in re.findall(r"[-+]?\d+(?:\.\d+)?", cell.replace(",", ""))
+    ]
 
 
 def _digest_of(name: str, keys: int = 2, unchecked: tuple[str, ...] = ()) -> Callable[[Table], None]:
@@ -72,8 +74,9 @@ def _digest_of(name: str, keys: int = 2, unchecked: tuple[str, ...] = ()) -> Cal
                 if header in unchecked:
                     continue
                 for value, places in _numbers(cell):
-                    assert any(round(v, places) == value for v in values), \
+                    assert any(round(v, places) == value for v in values), (
                         f"README line {table['line']}: {cell!r} of {row[:keys]} is not in benchmarks/results/{name}"
+                    )
 
     return check
 
@@ -144,12 +147,46 @@ RESULT_TABLE = [
 ]
 SEARCH_TABLE = ["model", "BitOPs %", "clean acc", "ACR", "cert acc r=0.25", "cert acc r=0.5", "search s"]
 # (header, occurrence among tables with that header) -> check; None: a table of names, not of measured numbers
-DEPLOY_FIDELITY = ("model", "policy", "BitOPs %", "agreement, integer kernels (default)", "agreement, float on levels",
-                   "certified images", "n", "ACR PyTorch", "ACR ONNX", "ACR difference", "identical certificates")
-DEPLOY_SPEED = ("model", "engine", "BitOPs % of FP32", "latency ms (batch 1)", "vs ORT FP32", "images/s (batch 256)",
-                "vs ORT FP32", "file KiB", "vs FP32 file", "runs in integers")
-SCALE = ("model", "engine", "workers", "wall s", "start s", "img/s", "img/s after start", "time / local",
-         "time / local after start", "throughput / 1 worker", "throughput / 1 worker after start", "identical", "load avg")
+DEPLOY_FIDELITY = (
+    "model",
+    "policy",
+    "BitOPs %",
+    "agreement, integer kernels (default)",
+    "agreement, float on levels",
+    "certified images",
+    "n",
+    "ACR PyTorch",
+    "ACR ONNX",
+    "ACR difference",
+    "identical certificates",
+)
+DEPLOY_SPEED = (
+    "model",
+    "engine",
+    "BitOPs % of FP32",
+    "latency ms (batch 1)",
+    "vs ORT FP32",
+    "images/s (batch 256)",
+    "vs ORT FP32",
+    "file KiB",
+    "vs FP32 file",
+    "runs in integers",
+)
+SCALE = (
+    "model",
+    "engine",
+    "workers",
+    "wall s",
+    "start s",
+    "img/s",
+    "img/s after start",
+    "time / local",
+    "time / local after start",
+    "throughput / 1 worker",
+    "throughput / 1 worker after start",
+    "identical",
+    "load avg",
+)
 
 SOURCES: dict[tuple[tuple[str, ...], int], Callable[[Table], None] | None] = {
     (

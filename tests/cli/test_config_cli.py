@@ -11,6 +11,7 @@ import dataclasses
 import pytest
 import typer
 import yaml
+from cli_helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from certquant.cli.main import app
@@ -18,22 +19,30 @@ from certquant.pipeline.config import RunConfig, load_config
 from certquant.quant.config import FinetuneConfig, QuantizeConfig
 from certquant.smoothing.config import CertifyConfig, IRSConfig
 from certquant.utils.config import field_docs, iter_fields
-from cli_helpers import assert_one_line_error
 
 runner = CliRunner()
 
 # options of the non-config commands that set a config field: (command, option parameter) -> (dataclass, field)
 BOUND = {
-    ("certify", "n0"): (CertifyConfig, "n0"), ("certify", "n"): (CertifyConfig, "n"),
-    ("certify", "alpha"): (CertifyConfig, "alpha"), ("certify", "batch"): (CertifyConfig, "batch"),
-    ("certify", "seed"): (CertifyConfig, "seed"), ("certify", "gamma"): (IRSConfig, "gamma"),
-    ("certify", "alpha_zeta"): (IRSConfig, "alpha_zeta"), ("certify", "disparity"): (IRSConfig, "disparity"),
-    ("predict", "n"): (CertifyConfig, "n"), ("predict", "alpha"): (CertifyConfig, "alpha"),
-    ("predict", "batch"): (CertifyConfig, "batch"), ("predict", "seed"): (CertifyConfig, "seed"),
+    ("certify", "n0"): (CertifyConfig, "n0"),
+    ("certify", "n"): (CertifyConfig, "n"),
+    ("certify", "alpha"): (CertifyConfig, "alpha"),
+    ("certify", "batch"): (CertifyConfig, "batch"),
+    ("certify", "seed"): (CertifyConfig, "seed"),
+    ("certify", "gamma"): (IRSConfig, "gamma"),
+    ("certify", "alpha_zeta"): (IRSConfig, "alpha_zeta"),
+    ("certify", "disparity"): (IRSConfig, "disparity"),
+    ("predict", "n"): (CertifyConfig, "n"),
+    ("predict", "alpha"): (CertifyConfig, "alpha"),
+    ("predict", "batch"): (CertifyConfig, "batch"),
+    ("predict", "seed"): (CertifyConfig, "seed"),
     ("quantize", "calib_images"): (QuantizeConfig, "calibration_images"),
-    ("quantize", "calib_seed"): (QuantizeConfig, "seed"), ("quantize", "act_clip"): (QuantizeConfig, "act_clip"),
-    ("quantize", "finetune_images"): (FinetuneConfig, "images"), ("quantize", "lr"): (FinetuneConfig, "lr"),
-    ("quantize", "batch_size"): (FinetuneConfig, "batch"), ("quantize", "seed"): (FinetuneConfig, "seed"),
+    ("quantize", "calib_seed"): (QuantizeConfig, "seed"),
+    ("quantize", "act_clip"): (QuantizeConfig, "act_clip"),
+    ("quantize", "finetune_images"): (FinetuneConfig, "images"),
+    ("quantize", "lr"): (FinetuneConfig, "lr"),
+    ("quantize", "batch_size"): (FinetuneConfig, "batch"),
+    ("quantize", "seed"): (FinetuneConfig, "seed"),
 }
 
 
@@ -92,15 +101,18 @@ def test_config_show_resolves_defaults_file_and_overrides(tmp_path):
     assert load_config(again) == load_config(config, ["search.n_p=123", "search.methods=[arq]"])
 
 
-@pytest.mark.parametrize("override,fragment", [
-    ("search.n_q=3", "unknown config key 'search.n_q'; known keys here: search.estimator"),
-    ("certify.n=lots", "could not be converted to Integer"),
-    ("certify.alpha=2", "alpha must be in (0, 1)"),
-    ("search.estimator=magic", "unknown ACR estimator 'magic'"),
-    ("search.agent.tau=0", "tau must be in (0, 1]"),
-    ("quantize.act_clip=best", "act_clip must be one of"),
-    ("finetune.lr=-1", "finetune lr must be > 0"),
-])
+@pytest.mark.parametrize(
+    "override,fragment",
+    [
+        ("search.n_q=3", "unknown config key 'search.n_q'; known keys here: search.estimator"),
+        ("certify.n=lots", "could not be converted to Integer"),
+        ("certify.alpha=2", "alpha must be in (0, 1)"),
+        ("search.estimator=magic", "unknown ACR estimator 'magic'"),
+        ("search.agent.tau=0", "tau must be in (0, 1]"),
+        ("quantize.act_clip=best", "act_clip must be one of"),
+        ("finetune.lr=-1", "finetune lr must be > 0"),
+    ],
+)
 def test_bad_overrides_one_line(override, fragment):
     assert_one_line_error(runner.invoke(app, ["config", "show", override]), fragment)
 

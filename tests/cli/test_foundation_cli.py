@@ -1,10 +1,10 @@
 import json
 
+from cli_helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from certquant.cli.main import app
 from certquant.models import build, save_checkpoint
-from cli_helpers import assert_one_line_error
 
 runner = CliRunner()
 
@@ -24,13 +24,17 @@ def test_data_list_and_fetch_synthetic():
 
 def test_unknown_dataset_and_model(tmp_path):
     assert_one_line_error(runner.invoke(app, ["data", "fetch", "imagenette"]), "unknown dataset 'imagenette'")
-    assert_one_line_error(runner.invoke(app, ["train", "--model", "vgg", "--dataset", "synthetic", "--out", str(tmp_path)]),
-                    "unknown model 'vgg'")
+    assert_one_line_error(
+        runner.invoke(app, ["train", "--model", "vgg", "--dataset", "synthetic", "--out", str(tmp_path)]),
+        "unknown model 'vgg'",
+    )
 
 
 def test_sigma_must_be_positive(tmp_path):
-    assert_one_line_error(runner.invoke(app, ["train", "--sigma", "0", "--dataset", "synthetic", "--out", str(tmp_path)]),
-                    "sigma must be > 0")
+    assert_one_line_error(
+        runner.invoke(app, ["train", "--sigma", "0", "--dataset", "synthetic", "--out", str(tmp_path)]),
+        "sigma must be > 0",
+    )
 
 
 def test_corrupt_and_mismatched_checkpoints(tmp_path):
@@ -38,11 +42,21 @@ def test_corrupt_and_mismatched_checkpoints(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     assert_one_line_error(runner.invoke(app, ["evaluate", "--checkpoint", str(bad)]), "corrupt")
     model = build("small-cnn")
-    info = {"arch": "small-cnn", "num_classes": 10, "in_channels": 1, "input_size": 28, "mean": [0.0], "std": [1.0],
-            "dataset": "synthetic", "sigma": 0.25}
+    info = {
+        "arch": "small-cnn",
+        "num_classes": 10,
+        "in_channels": 1,
+        "input_size": 28,
+        "mean": [0.0],
+        "std": [1.0],
+        "dataset": "synthetic",
+        "sigma": 0.25,
+    }
     good = save_checkpoint(tmp_path / "good.pt", model, info)
-    assert_one_line_error(runner.invoke(app, ["evaluate", "--checkpoint", str(good), "--dataset", "mnist"]),
-                    "trained on synthetic, not mnist")
+    assert_one_line_error(
+        runner.invoke(app, ["evaluate", "--checkpoint", str(good), "--dataset", "mnist"]),
+        "trained on synthetic, not mnist",
+    )
     result = runner.invoke(app, ["evaluate", "--checkpoint", str(good), "--max", "50"])
     assert result.exit_code == 0 and "| good.pt | small-cnn | synthetic |" in result.output
 

@@ -1,9 +1,9 @@
 """`certquant run` refuses bad configs with one line, before any work."""
 
+from cli_helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from certquant.cli.main import app
-from cli_helpers import assert_one_line_error
 
 runner = CliRunner()
 
@@ -11,11 +11,15 @@ runner = CliRunner()
 def test_unknown_key_missing_checkpoint_missing_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("certify:\n  n: 100\n  sample_count: 5\n")
-    assert_one_line_error(runner.invoke(app, ["run", "--config", str(bad)]), "unknown config key 'certify.sample_count'")
+    assert_one_line_error(
+        runner.invoke(app, ["run", "--config", str(bad)]), "unknown config key 'certify.sample_count'"
+    )
     missing = tmp_path / "missing.yaml"
     missing.write_text("checkpoint: /nowhere/model.pt\n")
-    assert_one_line_error(runner.invoke(app, ["run", "--config", str(missing), "--out", str(tmp_path / "o")]),
-                          "checkpoint '/nowhere/model.pt' not found")
+    assert_one_line_error(
+        runner.invoke(app, ["run", "--config", str(missing), "--out", str(tmp_path / "o")]),
+        "checkpoint '/nowhere/model.pt' not found",
+    )
     assert_one_line_error(runner.invoke(app, ["run", "--config", str(tmp_path / "absent.yaml")]), "not found")
 
 

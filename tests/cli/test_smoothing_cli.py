@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
+from cli_helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from certquant.cli.main import app
 from certquant.data import dataset_info
 from certquant.models import build, save_checkpoint
-from cli_helpers import assert_one_line_error
 
 runner = CliRunner()
 FAST = ["--n0", "10", "--n", "60", "--alpha", "0.01", "--batch", "40", "--skip", "100", "--no-progress"]
@@ -22,8 +22,16 @@ def checkpoint(tmp_path_factory):
     info = dataset_info("synthetic")
     torch.manual_seed(0)
     model = build("small-cnn", 10, 1, 28, info.mean, info.std)
-    meta = {"arch": "small-cnn", "num_classes": 10, "in_channels": 1, "input_size": 28, "mean": list(info.mean),
-            "std": list(info.std), "dataset": "synthetic", "sigma": 0.25}
+    meta = {
+        "arch": "small-cnn",
+        "num_classes": 10,
+        "in_channels": 1,
+        "input_size": 28,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "dataset": "synthetic",
+        "sigma": 0.25,
+    }
     return str(save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", model, meta))
 
 
@@ -67,7 +75,9 @@ def test_interrupted_run_equals_uninterrupted(checkpoint, tmp_path):
     parts = json.loads((tmp_path / "parts" / "summary.json").read_text())
     for key in ("clean_accuracy", "acr", "certified_accuracy", "abstain_rate", "indices"):
         assert whole[key] == parts[key]
-    assert (tmp_path / "whole" / "certify.tsv").read_text().split("\n")[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime"
+    assert (tmp_path / "whole" / "certify.tsv").read_text().split("\n")[
+        0
+    ] == "idx\tlabel\tpredict\tradius\tcorrect\ttime"
 
 
 def test_channels_last_is_recorded_and_gives_the_same_certificates(checkpoint, tmp_path):
@@ -80,22 +90,28 @@ def test_channels_last_is_recorded_and_gives_the_same_certificates(checkpoint, t
 
 def test_changed_arguments_refused(checkpoint, tmp_path):
     assert _certify(checkpoint, tmp_path, "--max", "1").exit_code == 0
-    assert_one_line_error(_certify(checkpoint, tmp_path, "--max", "1", "--seed", "1", "--resume"),
-                          "other settings", "seed: 0 there, 1 now")
+    assert_one_line_error(
+        _certify(checkpoint, tmp_path, "--max", "1", "--seed", "1", "--resume"),
+        "other settings",
+        "seed: 0 there, 1 now",
+    )
 
 
-@pytest.mark.parametrize("extra,fragment", [
-    (["--alpha", "1.5"], "alpha must be in (0, 1)"),
-    (["--alpha", "0"], "alpha must be in (0, 1)"),
-    (["--n", "0"], "n0 >= 1 and n >= 1"),
-    (["--n0", "0"], "n0 >= 1 and n >= 1"),
-    (["--sigma", "0"], "sigma must be > 0"),
-    (["--sigma", "-0.5"], "sigma must be > 0"),
-    (["--batch", "0"], "batch (noisy samples per noise batch) must be >= 1"),
-    (["--skip", "0"], "--skip must be >= 1"),
-    (["--max", "0"], "--max must be >= 1"),
-    (["--dataset", "mnist"], "trained on synthetic, not mnist"),
-])
+@pytest.mark.parametrize(
+    "extra,fragment",
+    [
+        (["--alpha", "1.5"], "alpha must be in (0, 1)"),
+        (["--alpha", "0"], "alpha must be in (0, 1)"),
+        (["--n", "0"], "n0 >= 1 and n >= 1"),
+        (["--n0", "0"], "n0 >= 1 and n >= 1"),
+        (["--sigma", "0"], "sigma must be > 0"),
+        (["--sigma", "-0.5"], "sigma must be > 0"),
+        (["--batch", "0"], "batch (noisy samples per noise batch) must be >= 1"),
+        (["--skip", "0"], "--skip must be >= 1"),
+        (["--max", "0"], "--max must be >= 1"),
+        (["--dataset", "mnist"], "trained on synthetic, not mnist"),
+    ],
+)
 def test_bad_inputs_one_line_exit_2(checkpoint, tmp_path, extra, fragment):
     assert_one_line_error(_certify(checkpoint, tmp_path, *extra), fragment)
 
@@ -105,14 +121,35 @@ def test_missing_checkpoint(tmp_path):
 
 
 def test_predict(checkpoint, tmp_path):
-    result = runner.invoke(app, ["predict", "--checkpoint", checkpoint, "--n", "60", "--alpha", "0.05", "--batch", "30",
-                                 "--skip", "100", "--max", "3", "--no-progress", "--out", str(tmp_path)])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--checkpoint",
+            checkpoint,
+            "--n",
+            "60",
+            "--alpha",
+            "0.05",
+            "--batch",
+            "30",
+            "--skip",
+            "100",
+            "--max",
+            "3",
+            "--no-progress",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["num_images"] == 3 and {"accuracy", "abstain_rate", "accuracy_ci95"} <= set(summary)
     assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 3
-    assert_one_line_error(runner.invoke(app, ["predict", "--checkpoint", checkpoint, "--alpha", "2", "--out", str(tmp_path)]),
-                    "alpha must be in (0, 1)")
+    assert_one_line_error(
+        runner.invoke(app, ["predict", "--checkpoint", checkpoint, "--alpha", "2", "--out", str(tmp_path)]),
+        "alpha must be in (0, 1)",
+    )
 
 
 def test_analyze(checkpoint, tmp_path):
@@ -146,8 +183,10 @@ def test_sequential_certify_radii_resumes_and_shares_noise(checkpoint, tmp_path)
     assert runner.invoke(app, [*args, "--max", "2", "--out", str(tmp_path / "parts")]).exit_code == 0
     assert runner.invoke(app, [*args, "--resume", "--out", str(tmp_path / "parts")]).exit_code == 0
     assert _records(tmp_path / "parts") == _records(tmp_path / "whole")
-    fixed = runner.invoke(app, ["certify", "--checkpoint", checkpoint, *SEQ, "--n", "400", "--keep-cache",
-                                "--out", str(tmp_path / "fixed")])
+    fixed = runner.invoke(
+        app,
+        ["certify", "--checkpoint", checkpoint, *SEQ, "--n", "400", "--keep-cache", "--out", str(tmp_path / "fixed")],
+    )
     assert fixed.exit_code == 0, fixed.output
     from certquant.smoothing import CacheStore
     from certquant.smoothing.sequential import SequentialSettings, replay_sequential
@@ -169,16 +208,27 @@ def test_sequential_certify_errors_are_one_line(checkpoint, tmp_path):
 
 def test_sequential_irs_cli(checkpoint, tmp_path):
     """--incremental-from BASE --np N --radii: sequential IRS; the model runs on at most n_p samples per image."""
-    base = runner.invoke(app, ["certify", "--checkpoint", checkpoint, *SEQ, "--n", "400", "--keep-cache",
-                               "--out", str(tmp_path / "base")])
+    base = runner.invoke(
+        app,
+        ["certify", "--checkpoint", checkpoint, *SEQ, "--n", "400", "--keep-cache", "--out", str(tmp_path / "base")],
+    )
     assert base.exit_code == 0, base.output
-    args = ["certify", "--checkpoint", checkpoint, "--incremental-from", str(tmp_path / "base"), "--np", "300",
-            "--no-progress"]
+    args = [
+        "certify",
+        "--checkpoint",
+        checkpoint,
+        "--incremental-from",
+        str(tmp_path / "base"),
+        "--np",
+        "300",
+        "--no-progress",
+    ]
     result = runner.invoke(app, [*args, "--radii", "0.1,0.25", "--out", str(tmp_path / "irs")])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "irs" / "summary.json").read_text())
     seq = summary["incremental_sequential"]
     assert seq["n_p_max"] == 300 and seq["radii"] == [0.1, 0.25] and 0 < seq["approx_samples_per_image"] <= 300
     assert set(seq["certified_accuracy_at_radii"]) == {"0.1", "0.25"}
-    assert_one_line_error(runner.invoke(app, [*args, "--radii", "0.1", "--n-max", "300", "--out", str(tmp_path / "x")]),
-                          "--n-max")
+    assert_one_line_error(
+        runner.invoke(app, [*args, "--radii", "0.1", "--n-max", "300", "--out", str(tmp_path / "x")]), "--n-max"
+    )

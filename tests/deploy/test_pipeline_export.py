@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from certquant.data.subsets import expand_indices
-
 from certquant.deploy import check_card
 from certquant.deploy.export import ExportConfig
 from certquant.pipeline.config import config_from_dict

@@ -10,8 +10,18 @@ from certquant.utils.errors import CertquantError
 
 
 def _info(arch="small-cnn", dataset="synthetic", sigma=0.25):
-    return {"arch": arch, "num_classes": 10, "in_channels": 1, "input_size": 28, "mean": [0.5], "std": [0.25],
-            "dataset": dataset, "sigma": sigma, "train_args": {}, "metrics": {}}
+    return {
+        "arch": arch,
+        "num_classes": 10,
+        "in_channels": 1,
+        "input_size": 28,
+        "mean": [0.5],
+        "std": [0.25],
+        "dataset": dataset,
+        "sigma": sigma,
+        "train_args": {},
+        "metrics": {},
+    }
 
 
 @pytest.fixture
@@ -67,8 +77,14 @@ def test_loader_module_outside_certquant_is_refused_without_importing_it(tmp_pat
     marker = tmp_path / "imported"
     (tmp_path / "evil_loader.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    crafted = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "kind": "evil", "loader_module": "evil_loader",
-               **_info(), "state_dict": {}}
+    crafted = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "kind": "evil",
+        "loader_module": "evil_loader",
+        **_info(),
+        "state_dict": {},
+    }
     for kind in ("evil", "model"):  # refused whether or not the kind is registered
         torch.save({**crafted, "kind": kind}, tmp_path / f"{kind}.pt")
         with pytest.raises(CertquantError) as info:

@@ -27,21 +27,53 @@ PATH_KEYS = {"search", "checkpoint", "state_dir", "checkpoint_path", "base_run"}
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fault")
-    checkpoint = train(TrainConfig(dataset="synthetic", model="small-cnn", sigma=0.25, epochs=1, lr=0.05, val_size=200,
-                                   train_limit=600, device="cpu"), root / "ckpt")
-    config = {"dataset": "synthetic", "checkpoint": str(checkpoint), "device": "cpu",
-              "certify": {"n0": 10, "n": 200, "skip": 100, "max_images": 4, "batch": 50},
-              "search": {"budgets": [0.015625], "methods": ["arq", "uniform"], "episodes": 4, "search_images": 3,
-                         "n_p": 40, "agent": {"warmup_episodes": 2}},
-              "finetune": {"epochs": 2, "images": 256, "batch": 64}, "quantize": {"calibration_images": 32}}
+    checkpoint = train(
+        TrainConfig(
+            dataset="synthetic",
+            model="small-cnn",
+            sigma=0.25,
+            epochs=1,
+            lr=0.05,
+            val_size=200,
+            train_limit=600,
+            device="cpu",
+        ),
+        root / "ckpt",
+    )
+    config = {
+        "dataset": "synthetic",
+        "checkpoint": str(checkpoint),
+        "device": "cpu",
+        "certify": {"n0": 10, "n": 200, "skip": 100, "max_images": 4, "batch": 50},
+        "search": {
+            "budgets": [0.015625],
+            "methods": ["arq", "uniform"],
+            "episodes": 4,
+            "search_images": 3,
+            "n_p": 40,
+            "agent": {"warmup_episodes": 2},
+        },
+        "finetune": {"epochs": 2, "images": 256, "batch": 64},
+        "quantize": {"calibration_images": 32},
+    }
     path = root / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
 def _command(config: Path, out: Path, resume: bool) -> list[str]:
-    return [sys.executable, "-m", "certquant.cli.main", "run", "--config", str(config), "--out", str(out),
-            "--no-progress", *(["--resume"] if resume else [])]
+    return [
+        sys.executable,
+        "-m",
+        "certquant.cli.main",
+        "run",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--no-progress",
+        *(["--resume"] if resume else []),
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -51,8 +83,7 @@ def _env() -> dict[str, str]:
 def _stable(value):
     """results.json without wall-clock fields and run paths (they differ between two runs of the same work)."""
     if isinstance(value, dict):
-        return {k: _stable(v) for k, v in value.items()
-                if k not in PATH_KEYS and not any(t in k for t in TIMING_KEYS)}
+        return {k: _stable(v) for k, v in value.items() if k not in PATH_KEYS and not any(t in k for t in TIMING_KEYS)}
     if isinstance(value, list):
         return [_stable(v) for v in value]
     return value
@@ -66,8 +97,12 @@ def test_kill_9_at_random_moments_then_resume_gives_identical_results(config_fil
 
     out, rng, kills = tmp_path / "killed", random.Random(0), 0
     for _ in range(KILLS):
-        process = subprocess.Popen(_command(config_file, out, (out / "run.json").exists()), env=_env(),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            _command(config_file, out, (out / "run.json").exists()),
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
             process.wait(timeout=rng.uniform(0.1, 0.9) * duration)  # a random moment of the run (start-up included)
         except subprocess.TimeoutExpired:

@@ -31,27 +31,47 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
-    cfg = TrainConfig(dataset="synthetic", model="small-cnn", sigma=0.25, epochs=1, lr=0.05, val_size=200,
-                      train_limit=600, device="cpu")
+    cfg = TrainConfig(
+        dataset="synthetic",
+        model="small-cnn",
+        sigma=0.25,
+        epochs=1,
+        lr=0.05,
+        val_size=200,
+        train_limit=600,
+        device="cpu",
+    )
     return str(train(cfg, tmp_path_factory.mktemp("ckpt")))
 
 
 def tiny_config(checkpoint: str, **search):
-    return config_from_dict({
-        "dataset": "synthetic", "checkpoint": checkpoint, "device": "cpu",
-        "certify": {"n0": 10, "n": 100, "skip": 100, "max_images": 3, "batch": 50},
-        "search": {"budgets": [0.015625], "methods": ["arq", "uniform"], "episodes": 3, "agent": {"warmup_episodes": 2},
-                   "search_images": 3, "n_p": 40, **search},
-        "finetune": {"epochs": 1, "images": 128, "batch": 64},
-        "quantize": {"calibration_images": 32},
-    })
+    return config_from_dict(
+        {
+            "dataset": "synthetic",
+            "checkpoint": checkpoint,
+            "device": "cpu",
+            "certify": {"n0": 10, "n": 100, "skip": 100, "max_images": 3, "batch": 50},
+            "search": {
+                "budgets": [0.015625],
+                "methods": ["arq", "uniform"],
+                "episodes": 3,
+                "agent": {"warmup_episodes": 2},
+                "search_images": 3,
+                "n_p": 40,
+                **search,
+            },
+            "finetune": {"epochs": 1, "images": 128, "batch": 64},
+            "quantize": {"calibration_images": 32},
+        }
+    )
 
 
 def strip_timing(value):
     """results.json without wall-clock fields and run paths (they differ between two runs of the same work)."""
     if isinstance(value, dict):
-        return {k: strip_timing(v) for k, v in value.items()
-                if k not in PATH_KEYS and not any(t in k for t in TIMING_KEYS)}
+        return {
+            k: strip_timing(v) for k, v in value.items() if k not in PATH_KEYS and not any(t in k for t in TIMING_KEYS)
+        }
     if isinstance(value, list):
         return [strip_timing(v) for v in value]
     return value
@@ -103,20 +123,40 @@ def test_report_html_is_self_contained(uniform_run):
     assert result.exit_code == 0 and "| FP32 |" in result.output
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium not installed (apt-get install chromium)")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="headless Chromium not installed (apt-get install chromium)"
+)
 def test_report_html_renders_in_headless_chromium(uniform_run, tmp_path):
     shot = tmp_path / "report.png"
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1400", f"--screenshot={shot}",
-                    (uniform_run / "report.html").as_uri()], capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1200,1400",
+            f"--screenshot={shot}",
+            (uniform_run / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000  # a page, not a blank
 
 
 def test_resume_with_another_config_is_refused(checkpoint, tmp_path):
     run_pipeline(tiny_config(checkpoint, methods=["uniform"]), tmp_path / "run", progress=False)
     with pytest.raises(CertquantError, match="other settings"):
-        run_pipeline(tiny_config(checkpoint, methods=["uniform"], seed=1), tmp_path / "run", resume=True, progress=False)
+        run_pipeline(
+            tiny_config(checkpoint, methods=["uniform"], seed=1), tmp_path / "run", resume=True, progress=False
+        )
 
 
 def test_default_config_file_equals_built_in_defaults():
@@ -158,10 +198,22 @@ def test_run_sigma_other_than_the_checkpoints_holds_for_the_final_models(checkpo
     assert info["finetune"]["sigma"] == 0.5
     # the activation ranges are those of calibrating on images with noise 0.5 (fine-tuning keeps them), not 0.25
     q = cfg.quantize
-    ranges = {s: load_checkpoint(quantize_checkpoint(checkpoint, policy, tmp_path / f"ref{s}.pt", sigma=s,
-                                                     calib_images=q.calibration_images, calib_seed=q.seed,
-                                                     act_clip=q.act_clip, weight_clip=q.weight_clip,
-                                                     device="cpu")[1])[1]["ranges"] for s in (0.25, 0.5)}
+    ranges = {
+        s: load_checkpoint(
+            quantize_checkpoint(
+                checkpoint,
+                policy,
+                tmp_path / f"ref{s}.pt",
+                sigma=s,
+                calib_images=q.calibration_images,
+                calib_seed=q.seed,
+                act_clip=q.act_clip,
+                weight_clip=q.weight_clip,
+                device="cpu",
+            )[1]
+        )[1]["ranges"]
+        for s in (0.25, 0.5)
+    }
     assert info["ranges"] == ranges[0.5] != ranges[0.25]
 
 

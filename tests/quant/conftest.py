@@ -30,7 +30,19 @@ def base_checkpoint(tmp_path):
     """A small-cnn checkpoint on the synthetic dataset at sigma 0.25 (random weights: the tests check plumbing)."""
     info = dataset_info("synthetic")
     path = tmp_path / "base.pt"
-    save_checkpoint(path, small_cnn(), {"arch": "small-cnn", "num_classes": info.num_classes, "in_channels": 1,
-                                        "input_size": 28, "mean": list(info.mean), "std": list(info.std),
-                                        "dataset": "synthetic", "sigma": 0.25, "train_args": {"val_size": 200, "seed": 0}})
+    save_checkpoint(
+        path,
+        small_cnn(),
+        {
+            "arch": "small-cnn",
+            "num_classes": info.num_classes,
+            "in_channels": 1,
+            "input_size": 28,
+            "mean": list(info.mean),
+            "std": list(info.std),
+            "dataset": "synthetic",
+            "sigma": 0.25,
+            "train_args": {"val_size": 200, "seed": 0},
+        },
+    )
     return path

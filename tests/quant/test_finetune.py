@@ -66,8 +66,18 @@ def test_finetune_bad_arguments(make_cnn, synthetic):
 
 def _finetuned_at(outer_threads, make_cnn, images, labels, **kwargs):
     torch.set_num_threads(outer_threads)
-    q = finetune(_quantized(make_cnn, images), images, labels, sigma=0.25, epochs=1, lr=0.05, batch_size=128,
-                 device="cpu", progress=False, **kwargs)
+    q = finetune(
+        _quantized(make_cnn, images),
+        images,
+        labels,
+        sigma=0.25,
+        epochs=1,
+        lr=0.05,
+        batch_size=128,
+        device="cpu",
+        progress=False,
+        **kwargs,
+    )
     return {k: v.clone() for k, v in q.state_dict().items()}
 
 

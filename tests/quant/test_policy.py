@@ -56,9 +56,12 @@ def test_validate_unknown_missing_and_other_arch(layers):
 def test_errors_are_one_line(layers, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    for call in (lambda: Policy.load(bad), lambda: Policy.load(tmp_path / "none.json"),
-                 lambda: Policy.from_json('{"format": "other"}'),
-                 lambda: Policy.from_lists(layers, [4], [4])):
+    for call in (
+        lambda: Policy.load(bad),
+        lambda: Policy.load(tmp_path / "none.json"),
+        lambda: Policy.from_json('{"format": "other"}'),
+        lambda: Policy.from_lists(layers, [4], [4]),
+    ):
         with pytest.raises(CertquantError) as info:
             call()
         assert "\n" not in str(info.value)

@@ -31,8 +31,16 @@ def test_round_trip_gives_identical_outputs(base_checkpoint, tmp_path):
 
 def test_finetuned_checkpoint_records_it(base_checkpoint, tmp_path):
     policy = Policy.uniform(quantizable_layers(load_checkpoint(base_checkpoint)[0], (1, 28, 28)), 4)
-    qmodel, path = quantize_checkpoint(base_checkpoint, policy, tmp_path / "q.pt", calib_images=32, finetune_epochs=1,
-                                       finetune_images=128, batch_size=64, device="cpu")
+    qmodel, path = quantize_checkpoint(
+        base_checkpoint,
+        policy,
+        tmp_path / "q.pt",
+        calib_images=32,
+        finetune_epochs=1,
+        finetune_images=128,
+        batch_size=64,
+        device="cpu",
+    )
     loaded, info = load_checkpoint(path)
     assert info["finetune"]["epochs"] == 1 and info["finetune"]["images"] == 128
     assert (tmp_path / "q.finetune" / "finetune_state.pt").exists()

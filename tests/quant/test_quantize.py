@@ -6,8 +6,17 @@ import pytest
 import torch
 
 from certquant.models import build
-from certquant.quant import (Policy, QuantConv2d, QuantLinear, activation_ranges, noisy_calibration_batch, prepare,
-                             quantizable_layers, quantize, quantized_policy)
+from certquant.quant import (
+    Policy,
+    QuantConv2d,
+    QuantLinear,
+    activation_ranges,
+    noisy_calibration_batch,
+    prepare,
+    quantizable_layers,
+    quantize,
+    quantized_policy,
+)
 from certquant.utils.errors import CertquantError
 
 
@@ -40,8 +49,11 @@ def test_original_untouched_and_structure(synthetic, make_cnn):
 
 def test_first_layer_signed_after_relu_unsigned(synthetic, make_cnn):
     model = make_cnn()
-    q = quantize(model, Policy.uniform(quantizable_layers(model, (1, 28, 28)), 8),
-                 noisy_calibration_batch(synthetic[0], 0.25, 64))
+    q = quantize(
+        model,
+        Policy.uniform(quantizable_layers(model, (1, 28, 28)), 8),
+        noisy_calibration_batch(synthetic[0], 0.25, 64),
+    )
     ranges = activation_ranges(q)
     assert ranges["1.0"]["a_signed"] is True  # normalized noisy pixels can be negative
     assert ranges["1.3"]["a_signed"] is False and ranges["1.7"]["a_signed"] is False  # after ReLU
@@ -67,7 +79,9 @@ def test_error_vs_full_precision_falls_with_bits(synthetic, make_cnn):
     calib = noisy_calibration_batch(synthetic[0], 0.25, 128)
     x = noisy_calibration_batch(synthetic[0], 0.25, 64, seed=5)
     ref = model(x)
-    errors = [(quantize(model, Policy.uniform(layers, b), calib)(x) - ref).pow(2).mean().item() for b in (2, 4, 6, 8, 16)]
+    errors = [
+        (quantize(model, Policy.uniform(layers, b), calib)(x) - ref).pow(2).mean().item() for b in (2, 4, 6, 8, 16)
+    ]
     assert all(a > b for a, b in zip(errors, errors[1:])), errors
     full = quantize(model, Policy.uniform(layers, 32), calib)
     assert torch.equal(full(x), ref)  # 32 bits everywhere = unquantized

@@ -12,8 +12,10 @@ from certquant.utils.errors import CertquantError
 
 def _run(folder, radii_correct, indices=None):
     folder.mkdir()
-    lines = [json.dumps({"index": i, "label": 0, "predicted": 0 if ok else -1, "radius": r, "correct": ok,
-                         "seconds": 1.0}) for i, (r, ok) in enumerate(radii_correct)]
+    lines = [
+        json.dumps({"index": i, "label": 0, "predicted": 0 if ok else -1, "radius": r, "correct": ok, "seconds": 1.0})
+        for i, (r, ok) in enumerate(radii_correct)
+    ]
     (folder / "certificates.jsonl").write_text("\n".join(lines) + "\n")
     if indices is not None:
         (folder / "summary.json").write_text(json.dumps({"indices": indices}))

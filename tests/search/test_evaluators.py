@@ -27,8 +27,17 @@ CERTIFY = CertifyConfig(n0=20, batch=120)
 
 def evaluator(model, search_set, reward="arq", **kwargs) -> PolicyEvaluator:
     images, labels, idx = search_set
-    return PolicyEvaluator(model, SIGMA, images, labels, idx, EvalConfig(**{**TINY, **kwargs}), reward=reward,
-                           certify_config=CERTIFY, arch="small-cnn")
+    return PolicyEvaluator(
+        model,
+        SIGMA,
+        images,
+        labels,
+        idx,
+        EvalConfig(**{**TINY, **kwargs}),
+        reward=reward,
+        certify_config=CERTIFY,
+        arch="small-cnn",
+    )
 
 
 def test_rewards_are_the_documented_formulas():
@@ -47,17 +56,29 @@ def test_arq_reward_terms_and_determinism(trained_cnn, search_set):
     assert ref["acr"] > 0.3 and ref["clean_accuracy"] > 0.8  # the trained CNN certifies the easy synthetic images
     w8 = ev(Policy.uniform(layers, 8, arch="small-cnn"))
     w2 = ev(Policy.uniform(layers, 2, arch="small-cnn"))
-    for key in ("reward", "acr", "acr_fp32", "clean_accuracy", "clean_accuracy_fp32", "abstain_rate", "lambda",
-                "bitops_fraction", "seconds_quantize", "seconds_score"):
+    for key in (
+        "reward",
+        "acr",
+        "acr_fp32",
+        "clean_accuracy",
+        "clean_accuracy_fp32",
+        "abstain_rate",
+        "lambda",
+        "bitops_fraction",
+        "seconds_quantize",
+        "seconds_score",
+    ):
         assert key in w8
-    assert w8["reward"] == pytest.approx(0.1 * ((w8["acr"] - ref["acr"])
-                                                + (w8["clean_accuracy"] - ref["clean_accuracy"])))
+    assert w8["reward"] == pytest.approx(
+        0.1 * ((w8["acr"] - ref["acr"]) + (w8["clean_accuracy"] - ref["clean_accuracy"]))
+    )
     assert w2["clean_accuracy"] != ref["clean_accuracy"]  # the clean term is exercised, not tied away
     assert abs(w8["acr"] - ref["acr"]) < 0.1  # 8 bits with noisy calibration barely changes the certificates
     assert w2["reward"] < w8["reward"]  # 2-bit everything hurts
     again = ev(Policy.uniform(layers, 8, arch="small-cnn"))
-    assert {k: v for k, v in again.items() if not k.startswith("seconds")} == \
-        {k: v for k, v in w8.items() if not k.startswith("seconds")}
+    assert {k: v for k, v in again.items() if not k.startswith("seconds")} == {
+        k: v for k, v in w8.items() if not k.startswith("seconds")
+    }
 
 
 def test_haq_reward_and_clean_term(trained_cnn, search_set):
@@ -69,7 +90,9 @@ def test_haq_reward_and_clean_term(trained_cnn, search_set):
 
     ev = evaluator(trained_cnn, search_set, clean_weight=0.5)
     terms = ev(Policy.uniform(layers, 3, arch="small-cnn"))
-    expected = 0.1 * ((terms["acr"] - terms["acr_fp32"]) + 0.5 * (terms["clean_accuracy"] - terms["clean_accuracy_fp32"]))
+    expected = 0.1 * (
+        (terms["acr"] - terms["acr_fp32"]) + 0.5 * (terms["clean_accuracy"] - terms["clean_accuracy_fp32"])
+    )
     assert terms["reward"] == pytest.approx(expected)
 
 

@@ -12,8 +12,8 @@ from certquant.quant import Policy, bitops_fraction, quantizable_layers
 from certquant.search.ddpg import DDPGConfig
 from certquant.search.env import EnvConfig
 from certquant.search.evaluators import EvalConfig, PolicyEvaluator
-from certquant.smoothing.config import CertifyConfig
 from certquant.search.runner import Search, SearchConfig, run_search
+from certquant.smoothing.config import CertifyConfig
 from certquant.utils.errors import CertquantError
 from certquant.utils.io import read_jsonl
 
@@ -123,13 +123,22 @@ def test_unknown_method(tmp_path, layers, method):
 
 def test_real_arq_search_end_to_end(tmp_path, trained_cnn, search_set):
     images, labels, idx = search_set
-    evaluate = PolicyEvaluator(trained_cnn, SIGMA, images[:6], labels[:6], idx[:6],
-                               EvalConfig(n_p=50, calib_images=32), certify_config=CertifyConfig(n0=10, batch=60),
-                               arch="small-cnn")
-    config = SearchConfig(EnvConfig(budget=0.02), method="arq", episodes=4,
-                          ddpg=DDPGConfig(hidden=16, batch_size=4, warmup_episodes=2))
-    result = run_search(evaluate.layers, evaluate, config, tmp_path, arch="small-cnn", progress=False,
-                        reference=evaluate.reference())
+    evaluate = PolicyEvaluator(
+        trained_cnn,
+        SIGMA,
+        images[:6],
+        labels[:6],
+        idx[:6],
+        EvalConfig(n_p=50, calib_images=32),
+        certify_config=CertifyConfig(n0=10, batch=60),
+        arch="small-cnn",
+    )
+    config = SearchConfig(
+        EnvConfig(budget=0.02), method="arq", episodes=4, ddpg=DDPGConfig(hidden=16, batch_size=4, warmup_episodes=2)
+    )
+    result = run_search(
+        evaluate.layers, evaluate, config, tmp_path, arch="small-cnn", progress=False, reference=evaluate.reference()
+    )
     assert len(result.history) == 4
     assert all("acr" in r["terms"] and "acr_fp32" in r["terms"] for r in result.history)
     assert json.loads((tmp_path / "summary.json").read_text())["reference"]["acr"] > 0

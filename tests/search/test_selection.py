@@ -18,8 +18,13 @@ def line(episode, w, a, reward):
     return {"episode": episode, "w_bits": w, "a_bits": a, "reward": reward}
 
 
-HISTORY = [line(0, [4, 4], [4, 4], -0.3), line(1, [8, 2], [4, 4], -0.1), line(2, [4, 4], [4, 4], -0.2),
-           line(3, [2, 8], [4, 4], -0.1), line(4, [3, 3], [3, 3], -0.5)]
+HISTORY = [
+    line(0, [4, 4], [4, 4], -0.3),
+    line(1, [8, 2], [4, 4], -0.1),
+    line(2, [4, 4], [4, 4], -0.2),
+    line(3, [2, 8], [4, 4], -0.1),
+    line(4, [3, 3], [3, 3], -0.5),
+]
 
 
 def test_top_policies_are_distinct_best_first_ties_by_episode():

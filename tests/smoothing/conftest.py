@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from scipy.stats import norm
 from linear_models import LinearTwoClass
+from scipy.stats import norm
 
 
 @dataclass

@@ -45,8 +45,17 @@ def setup():
 def base_run(setup, tmp_path_factory):
     model, images, labels = setup
     out = tmp_path_factory.mktemp("base")
-    certify_dataset(model, images, labels, INDICES, out, identity={"checkpoint_sha256": "a" * 64, "dataset": "synthetic"},
-                    progress=False, keep_cache=True, **ARGS)
+    certify_dataset(
+        model,
+        images,
+        labels,
+        INDICES,
+        out,
+        identity={"checkpoint_sha256": "a" * 64, "dataset": "synthetic"},
+        progress=False,
+        keep_cache=True,
+        **ARGS,
+    )
     return out
 
 
@@ -55,8 +64,15 @@ def test_cache_files_and_round_trip(setup, base_run):
     folder = base_run / CACHE_DIR
     key = json.loads((folder / "key.json").read_text())
     assert key["checkpoint_sha256"] == "a" * 64 and key["model_sha256"] == model_fingerprint(model)
-    assert (key["sigma"], key["n0"], key["n"], key["alpha"], key["batch_size"], key["seed"], key["device"]) == \
-        (0.25, 10, 60, 0.01, 40, 3, "cpu")
+    assert (key["sigma"], key["n0"], key["n"], key["alpha"], key["batch_size"], key["seed"], key["device"]) == (
+        0.25,
+        10,
+        60,
+        0.01,
+        40,
+        3,
+        "cpu",
+    )
     assert len((folder / "entries.jsonl").read_text().splitlines()) == len(INDICES)
     with np.load(folder / "predictions" / "00000007.npz", allow_pickle=False) as data:
         assert data["predictions"].dtype == np.uint8 and data["predictions"].shape == (60,)
@@ -66,8 +82,19 @@ def test_cache_files_and_round_trip(setup, base_run):
         fresh = certify(model, images[index], 0.25, 10, 60, 0.01, 40, image_seed(3, index), keep_cache=True).cache
         entry = store.entry(index)
         assert torch.equal(entry.predictions, fresh.predictions)
-        for field in ("c_a", "n_a", "pa_lower", "n", "sigma", "alpha", "seed", "stage", "batch_size", "batch_seeds",
-                      "device"):
+        for field in (
+            "c_a",
+            "n_a",
+            "pa_lower",
+            "n",
+            "sigma",
+            "alpha",
+            "seed",
+            "stage",
+            "batch_size",
+            "batch_seeds",
+            "device",
+        ):
             assert getattr(entry, field) == getattr(fresh, field), field
 
 
@@ -91,7 +118,10 @@ def test_mismatches_are_refused_in_one_line(setup, base_run, tmp_path):
         (lambda: store.check(n=100, alpha=0.001), "n 60 there, 100 here; alpha 0.01 there, 0.001 here"),
         (lambda: store.require([0, 8]), "not image(s) 8"),
         (lambda: CacheStore.open(tmp_path), "holds no IRS cache"),
-        (lambda: CacheWriter(base_run / CACHE_DIR, cache_key(0.5, 10, 60, 0.01, 40, 3, "cpu", "a" * 64)), "other arguments"),
+        (
+            lambda: CacheWriter(base_run / CACHE_DIR, cache_key(0.5, 10, 60, 0.01, 40, 3, "cpu", "a" * 64)),
+            "other arguments",
+        ),
     ]
     store.check(sigma=0.25, n=60, checkpoint_sha256="a" * 64, seed=None)  # matching (None = any) passes
     for call, message in refusals:
@@ -103,18 +133,30 @@ def test_mismatches_are_refused_in_one_line(setup, base_run, tmp_path):
 def test_keep_cache_is_part_of_the_run(setup, base_run):
     model, images, labels = setup
     with pytest.raises(CertquantError, match="keep_cache"):
-        certify_dataset(model, images, labels, INDICES, base_run, identity={"checkpoint_sha256": "a" * 64,
-                        "dataset": "synthetic"}, progress=False, resume=True, **ARGS)
+        certify_dataset(
+            model,
+            images,
+            labels,
+            INDICES,
+            base_run,
+            identity={"checkpoint_sha256": "a" * 64, "dataset": "synthetic"},
+            progress=False,
+            resume=True,
+            **ARGS,
+        )
 
 
 def test_resumed_run_keeps_one_entry_per_image(setup, tmp_path):
     model, images, labels = setup
     ident = {"checkpoint_sha256": "c" * 64, "dataset": "synthetic"}
-    certify_dataset(model, images, labels, INDICES[:2], tmp_path, identity=ident, progress=False, keep_cache=True, **ARGS)
+    certify_dataset(
+        model, images, labels, INDICES[:2], tmp_path, identity=ident, progress=False, keep_cache=True, **ARGS
+    )
     jsonl = tmp_path / "certificates.jsonl"
     jsonl.write_text("".join(jsonl.read_text().splitlines(keepends=True)[:1]))  # killed after its cache entry
-    certify_dataset(model, images, labels, INDICES, tmp_path, identity=ident, progress=False, keep_cache=True,
-                    resume=True, **ARGS)
+    certify_dataset(
+        model, images, labels, INDICES, tmp_path, identity=ident, progress=False, keep_cache=True, resume=True, **ARGS
+    )
     store = CacheStore.open(tmp_path)
     assert store.indices == INDICES
     assert len((tmp_path / CACHE_DIR / "entries.jsonl").read_text().splitlines()) == 4  # 7 twice, identical
@@ -123,8 +165,18 @@ def test_resumed_run_keeps_one_entry_per_image(setup, tmp_path):
 def test_dataset_irs_of_the_base_itself(setup, base_run, tmp_path):
     model, images, labels = setup
     store = CacheStore.open(base_run)
-    summary = certify_dataset_incremental(model, images, labels, INDICES, tmp_path / "irs", store, n_p=50,
-                                          disparity="one-sided", progress=False, base_run=base_run)
+    summary = certify_dataset_incremental(
+        model,
+        images,
+        labels,
+        INDICES,
+        tmp_path / "irs",
+        store,
+        n_p=50,
+        disparity="one-sided",
+        progress=False,
+        base_run=base_run,
+    )
     records = [json.loads(line) for line in (tmp_path / "irs" / "certificates.jsonl").read_text().splitlines()]
     assert [r["index"] for r in records] == INDICES
     assert all(r["n_d"] == 0 and math.isclose(r["zeta"], 1 - 0.001 ** (1 / 50)) for r in records)
@@ -138,15 +190,28 @@ def test_dataset_irs_of_the_base_itself(setup, base_run, tmp_path):
         assert r["evaluated"] == expected
     assert inc["evaluated_fraction"] == pytest.approx(sum(r["evaluated"] for r in records) / (50 * len(records)))
     assert summary["num_images"] == len(INDICES) and "certified_accuracy" in summary
-    again = certify_dataset_incremental(model, images, labels, INDICES, tmp_path / "irs", store, n_p=50,
-                                        disparity="one-sided", progress=False, base_run=base_run, resume=True)
+    again = certify_dataset_incremental(
+        model,
+        images,
+        labels,
+        INDICES,
+        tmp_path / "irs",
+        store,
+        n_p=50,
+        disparity="one-sided",
+        progress=False,
+        base_run=base_run,
+        resume=True,
+    )
     assert again["acr"] == summary["acr"]
     with pytest.raises(CertquantError, match="other settings"):
-        certify_dataset_incremental(model, images, labels, INDICES, tmp_path / "irs", store, n_p=40, progress=False,
-                                    resume=True)
+        certify_dataset_incremental(
+            model, images, labels, INDICES, tmp_path / "irs", store, n_p=40, progress=False, resume=True
+        )
     with pytest.raises(CertquantError, match="differs from the image the IRS cache was made for"):
-        certify_dataset_incremental(model, images.flip(0), labels, INDICES, tmp_path / "other", store, n_p=50,
-                                    progress=False)
+        certify_dataset_incremental(
+            model, images.flip(0), labels, INDICES, tmp_path / "other", store, n_p=50, progress=False
+        )
     with pytest.raises(CertquantError, match="exceeds the 60 cached"):
         certify_dataset_incremental(model, images, labels, INDICES, tmp_path / "x", store, n_p=61, progress=False)
 

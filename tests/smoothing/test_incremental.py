@@ -7,10 +7,11 @@ import itertools
 import math
 from dataclasses import replace
 
+import irs_exact
 import numpy as np
-
 import pytest
 import torch
+from linear_models import LinearTwoClass
 from scipy.stats import binom, multinomial, norm
 
 from certquant.models import build
@@ -27,8 +28,6 @@ from certquant.smoothing import (
 from certquant.smoothing.core import CertificationCache
 from certquant.smoothing.incremental import BRANCH_DIRECT, BRANCH_ZETA, count_disagreements
 from certquant.utils.errors import CertquantError
-import irs_exact
-from linear_models import LinearTwoClass
 
 SIGMA, SHAPE = 0.5, (1, 4, 4)
 
@@ -50,7 +49,9 @@ def linear_with(direction: torch.Tensor, p1: float, x: torch.Tensor) -> tuple[Li
     return LinearTwoClass(direction, margin - float((direction * x).sum())), abs(margin) / norm_w
 
 
-def closed_form_pair(p: float, p_prime: float, theta: float) -> tuple[LinearTwoClass, LinearTwoClass, torch.Tensor, float]:
+def closed_form_pair(
+    p: float, p_prime: float, theta: float
+) -> tuple[LinearTwoClass, LinearTwoClass, torch.Tensor, float]:
     """Base f (P[f = 1] = p) and approximation f' (P[f' = 1] = p_prime, normal rotated by theta from f's), the image
     x, and the true radius of f''s smoothed classifier (class 1 when p_prime > 1/2). theta > 0 makes f and f'
     disagree both ways, so the one-sided disparity is smaller than the two-sided one."""
@@ -76,12 +77,30 @@ ALPHA, ALPHA_ZETA, N0, N, TRIALS = 0.05, 0.05, 50, 1000, 300
 TAIL = 1e-4  # each count check fails a correct implementation with probability <= 2e-4
 
 
-def exact_q(p: float, p_prime: float, theta: float, gamma: float, n_p: int, disparity: str,
-            zeta: irs_exact.ZetaRule | None = None, direct_alpha: float = ALPHA) -> float:
+def exact_q(
+    p: float,
+    p_prime: float,
+    theta: float,
+    gamma: float,
+    n_p: int,
+    disparity: str,
+    zeta: irs_exact.ZetaRule | None = None,
+    direct_alpha: float = ALPHA,
+) -> float:
     """P[IRS's certificate is wrong] for this case, exactly (``irs_exact``); by default the library's rule."""
-    return irs_exact.violation_probability(p, p_prime, theta, gamma=gamma, n_p=n_p, n0=N0, n=N, alpha=ALPHA,
-                                           beta=direct_alpha, zeta=zeta or irs_exact.clopper_pearson_zeta(ALPHA_ZETA),
-                                           disparity=disparity)
+    return irs_exact.violation_probability(
+        p,
+        p_prime,
+        theta,
+        gamma=gamma,
+        n_p=n_p,
+        n0=N0,
+        n=N,
+        alpha=ALPHA,
+        beta=direct_alpha,
+        zeta=zeta or irs_exact.clopper_pearson_zeta(ALPHA_ZETA),
+        disparity=disparity,
+    )
 
 
 def irs_trials(p: float, p_prime: float, theta: float, gamma: float, n_p: int, trials: int = TRIALS):
@@ -108,8 +127,7 @@ def consistent(count: int, q: float, trials: int = TRIALS) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("p, p_prime, theta, gamma, n_p, branches", CASES)
-def test_irs_violation_probability_is_exact_and_at_most_alpha_plus_alpha_zeta(p, p_prime, theta, gamma, n_p,
-                                                                              branches):
+def test_irs_violation_probability_is_exact_and_at_most_alpha_plus_alpha_zeta(p, p_prime, theta, gamma, n_p, branches):
     """IRS is tested as CERTIFY is: the exact probability q that its certificate of f' is wrong (``irs_exact``:
     every outcome of the counts IRS looks at, for linear f and f') is at most alpha + alpha_zeta, and the count of
     wrong certificates in TRIALS runs of the real functions is consistent with Binomial(TRIALS, q).
@@ -160,10 +178,12 @@ def test_broken_irs_variants_fail_the_soundness_check(monkeypatch, case, variant
             assert q_broken > ALPHA + ALPHA_ZETA
 
 
-GRID = [(p, p_prime, theta, gamma, n_p, n, alpha, alpha_zeta)
-        for p, p_prime, theta in [(0.99, 0.9, 0.0), (0.97, 0.85, 0.0), (0.9, 0.8, 0.3), (0.993, 0.97, 0.1)]
-        for gamma in (p - 0.04, p - 0.01, p)
-        for n_p, n, alpha, alpha_zeta in [(200, 200, 0.05, 0.05), (100, 1000, 0.01, 0.1)]]
+GRID = [
+    (p, p_prime, theta, gamma, n_p, n, alpha, alpha_zeta)
+    for p, p_prime, theta in [(0.99, 0.9, 0.0), (0.97, 0.85, 0.0), (0.9, 0.8, 0.3), (0.993, 0.97, 0.1)]
+    for gamma in (p - 0.04, p - 0.01, p)
+    for n_p, n, alpha, alpha_zeta in [(200, 200, 0.05, 0.05), (100, 1000, 0.01, 0.1)]
+]
 
 
 def test_exact_violation_at_most_alpha_plus_alpha_zeta_over_a_grid():
@@ -172,9 +192,19 @@ def test_exact_violation_at_most_alpha_plus_alpha_zeta_over_a_grid():
     reaches 0.92 (alpha + alpha_zeta) on this grid (p = 0.99, p' = 0.9, gamma = 0.95, n_p = n = 200)."""
     for p, p_prime, theta, gamma, n_p, n, alpha, alpha_zeta in GRID:
         for d in DISPARITIES:
-            q = irs_exact.violation_probability(p, p_prime, theta, gamma=gamma, n_p=n_p, n0=N0, n=n, alpha=alpha,
-                                                beta=alpha, zeta=irs_exact.clopper_pearson_zeta(alpha_zeta),
-                                                disparity=d)
+            q = irs_exact.violation_probability(
+                p,
+                p_prime,
+                theta,
+                gamma=gamma,
+                n_p=n_p,
+                n0=N0,
+                n=n,
+                alpha=alpha,
+                beta=alpha,
+                zeta=irs_exact.clopper_pearson_zeta(alpha_zeta),
+                disparity=d,
+            )
             assert q <= alpha + alpha_zeta, (p, p_prime, theta, gamma, n_p, n, alpha, alpha_zeta, d, q)
 
 
@@ -183,8 +213,19 @@ def test_exact_violation_matches_a_direct_enumeration():
     branches give wrong certificates (q = 0.1039 / 0.1039; zeta branch alone 0.089, direct alone 0.106)."""
     p, p_prime, theta, gamma, n_p, n, alpha, alpha_zeta = 0.9, 0.6, 0.5, 0.7, 8, 12, 0.3, 0.45
     for d in DISPARITIES:
-        got = irs_exact.violation_probability(p, p_prime, theta, gamma=gamma, n_p=n_p, n0=5, n=n, alpha=alpha,
-                                              beta=alpha, zeta=irs_exact.clopper_pearson_zeta(alpha_zeta), disparity=d)
+        got = irs_exact.violation_probability(
+            p,
+            p_prime,
+            theta,
+            gamma=gamma,
+            n_p=n_p,
+            n0=5,
+            n=n,
+            alpha=alpha,
+            beta=alpha,
+            zeta=irs_exact.clopper_pearson_zeta(alpha_zeta),
+            disparity=d,
+        )
         assert got == pytest.approx(_enumerated_q(p, p_prime, theta, gamma, n_p, n, alpha, alpha_zeta, d), abs=1e-12)
 
 
@@ -206,11 +247,20 @@ def _enumerated_q(p, p_prime, theta, gamma, n_p, n, alpha, alpha_zeta, disparity
             approx = torch.tensor([c_a] * u + [1 - c_a] * v + [c_a] * w + [1 - c_a] * z, dtype=torch.uint8)
             for r in range(n - n_p + 1):
                 k = u + v + r
-                cache = CertificationCache(c_a=c_a, n_a=k, pa_lower=clopper_pearson_lower(k, n, alpha), n=n,
-                                           sigma=SIGMA, alpha=alpha, seed=0, stage=0, batch_size=n, batch_seeds=[0],
-                                           device="cpu",
-                                           predictions=torch.cat([base, torch.full((n - n_p,), c_a,
-                                                                                   dtype=torch.uint8)]))
+                cache = CertificationCache(
+                    c_a=c_a,
+                    n_a=k,
+                    pa_lower=clopper_pearson_lower(k, n, alpha),
+                    n=n,
+                    sigma=SIGMA,
+                    alpha=alpha,
+                    seed=0,
+                    stage=0,
+                    batch_size=n,
+                    batch_seeds=[0],
+                    device="cpu",
+                    predictions=torch.cat([base, torch.full((n - n_p,), c_a, dtype=torch.uint8)]),
+                )
                 cert = incremental_certificate(cache, approx, 2, gamma, alpha_zeta, disparity)
                 wrong = cert.label != ABSTAIN and cert.pa_lower > max(0.5, cells[0] + cells[2])
                 total += weight * prob_first * float(binom.pmf(r, n - n_p, cells[0] + cells[1])) * wrong
@@ -335,7 +385,8 @@ def test_bad_inputs_one_line(cnn, cnn_cert):
     torch.manual_seed(1)
     three_classes = build("small-cnn", num_classes=3).eval()
     with pytest.raises(CertquantError, match="made with another model"):
-        certify_incremental(three_classes, replace(cert.cache, predictions=torch.full((300,), 9, dtype=torch.uint8)),
-                            x, 0.25, 100)
+        certify_incremental(
+            three_classes, replace(cert.cache, predictions=torch.full((300,), 9, dtype=torch.uint8)), x, 0.25, 100
+        )
     with pytest.raises(CertquantError, match="shape"):
         certify_incremental(cnn, cert.cache, x[:, :10], 0.25, 100, input_shape=(1, 28, 28))

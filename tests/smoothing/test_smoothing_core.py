@@ -46,8 +46,9 @@ def test_cache_regenerates_estimation_samples_bit_identically(cnn):
     # a mask classifies only the samples it marks, each with the noise it has without the mask
     only = torch.arange(n_p) % 3 == 1
     with _evaluating(cnn):
-        counts, preds = sample_counts(cnn, x, 0.5, 250, 100, 11, ESTIMATION, keep_predictions=True, limit=n_p,
-                                      only=only)
+        counts, preds = sample_counts(
+            cnn, x, 0.5, 250, 100, 11, ESTIMATION, keep_predictions=True, limit=n_p, only=only
+        )
     assert torch.equal(preds, cache.predictions[:n_p][only]) and int(counts.sum()) == int(only.sum())
 
 
@@ -107,12 +108,20 @@ def test_certify_many_equals_certify_per_image(cnn, max_forward):
     """Packing several images' noise into one forward pass draws the same noise: the same certificates as certify."""
     images = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(3))
     seeds = [11, 12, 13, 14, 15]
-    many = certify_many(cnn, list(images), 0.25, n0=30, n=240, alpha=0.001, batch_size=100, seeds=seeds,
-                        max_forward=max_forward)
+    many = certify_many(
+        cnn, list(images), 0.25, n0=30, n=240, alpha=0.001, batch_size=100, seeds=seeds, max_forward=max_forward
+    )
     for x, seed, got in zip(images, seeds, many):
         want = certify(cnn, x, 0.25, n0=30, n=240, alpha=0.001, batch_size=100, seed=seed)
         assert (got.label, got.c_a, got.n_a, got.counts, got.pa_lower, got.radius, got.seed) == (
-            want.label, want.c_a, want.n_a, want.counts, want.pa_lower, want.radius, want.seed)
+            want.label,
+            want.c_a,
+            want.n_a,
+            want.counts,
+            want.pa_lower,
+            want.radius,
+            want.seed,
+        )
 
 
 def test_certify_many_bad_input(cnn):

@@ -35,8 +35,18 @@ def test_run_writes_files_and_resumes_identically(setup, tmp_path):
     model, images, labels = setup
     whole = certify_dataset(model, images, labels, INDICES, tmp_path / "a", progress=False, **ARGS)
     assert whole["indices"] == INDICES and whole["num_images"] == 4
-    assert set(whole) >= {"clean_accuracy", "clean_accuracy_ci95", "acr", "acr_ci95", "certified_accuracy",
-                          "abstain_rate", "software", "total_seconds", "samples_per_second", "arguments"}
+    assert set(whole) >= {
+        "clean_accuracy",
+        "clean_accuracy_ci95",
+        "acr",
+        "acr_ci95",
+        "certified_accuracy",
+        "abstain_rate",
+        "software",
+        "total_seconds",
+        "samples_per_second",
+        "arguments",
+    }
     tsv = (tmp_path / "a" / "certify.tsv").read_text().splitlines()
     assert tsv[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime" and len(tsv) == 5
 
@@ -47,7 +57,9 @@ def test_run_writes_files_and_resumes_identically(setup, tmp_path):
     with pytest.raises(CertquantError, match="already holds a certify run: pass --resume"):
         certify_dataset(model, images, labels, INDICES, tmp_path / "b", progress=False, **ARGS)
     resumed = certify_dataset(model, images, labels, INDICES, tmp_path / "b", progress=False, resume=True, **ARGS)
-    assert _stable(_lines(tmp_path / "a" / "certificates.jsonl")) == _stable(_lines(tmp_path / "b" / "certificates.jsonl"))
+    assert _stable(_lines(tmp_path / "a" / "certificates.jsonl")) == _stable(
+        _lines(tmp_path / "b" / "certificates.jsonl")
+    )
     for key in ("clean_accuracy", "acr", "certified_accuracy", "abstain_rate", "indices"):
         assert resumed[key] == whole[key]
 
@@ -69,8 +81,9 @@ def test_changed_arguments_are_refused(setup, tmp_path):
 
 def test_predict_dataset(setup, tmp_path):
     model, images, labels = setup
-    summary = predict_dataset(model, images, labels, INDICES, tmp_path, sigma=0.25, n=50, alpha=0.05, batch_size=50,
-                              progress=False)
+    summary = predict_dataset(
+        model, images, labels, INDICES, tmp_path, sigma=0.25, n=50, alpha=0.05, batch_size=50, progress=False
+    )
     assert summary["num_images"] == 4 and 0 <= summary["accuracy"] <= 1 and 0 <= summary["abstain_rate"] <= 1
     assert (tmp_path / "predict.tsv").read_text().startswith("idx\tlabel\tpredict\tcorrect\ttime\n")
 

@@ -38,8 +38,10 @@ def test_certified_radius_exceeds_true_radius_at_most_alpha(linear_case, p1):
 
 def test_large_n_radius_close_to_true(linear_case):
     case = linear_case(0.8)
-    certs = [certify(case.model, case.x, case.sigma, n0=100, n=100_000, alpha=0.001, batch_size=25_000, seed=s)
-             for s in range(3)]
+    certs = [
+        certify(case.model, case.x, case.sigma, n0=100, n=100_000, alpha=0.001, batch_size=25_000, seed=s)
+        for s in range(3)
+    ]
     for cert in certs:
         assert cert.label == 1
         assert abs(cert.counts[1] / 100_000 - 0.8) < 5 * (0.8 * 0.2 / 100_000) ** 0.5

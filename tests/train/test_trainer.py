@@ -10,8 +10,18 @@ from certquant.utils.errors import CertquantError
 
 
 def _cfg(**kw):
-    base = dict(dataset="synthetic", model="small-cnn", sigma=0.25, epochs=1, batch_size=64, lr=0.05,
-                val_size=100, train_limit=512, seed=3, device="cpu")
+    base = dict(
+        dataset="synthetic",
+        model="small-cnn",
+        sigma=0.25,
+        epochs=1,
+        batch_size=64,
+        lr=0.05,
+        val_size=100,
+        train_limit=512,
+        seed=3,
+        device="cpu",
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -20,7 +30,7 @@ def test_same_seed_gives_identical_weights_after_one_epoch(tmp_path):
     a, _ = load_checkpoint(train(_cfg(), tmp_path / "a"))
     b, _ = load_checkpoint(train(_cfg(), tmp_path / "b"))
     c, _ = load_checkpoint(train(_cfg(seed=4), tmp_path / "c"))
-    for (name, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+    for (name, pa), pb, _pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
         assert torch.equal(pa, pb), name
     assert any(not torch.equal(pa, pc) for pa, pc in zip(a.state_dict().values(), c.state_dict().values()))
 
@@ -76,8 +86,9 @@ def test_accuracy_under_noise_is_seeded():
 
 def _dropout_net(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)  # the test's own initialisation
-    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 32), torch.nn.ReLU(), torch.nn.Dropout(0.5),
-                               torch.nn.Linear(32, 10))
+    return torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(784, 32), torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(32, 10)
+    )
 
 
 def _epoch(model: torch.nn.Module, seed: int) -> list[torch.Tensor]:
@@ -94,8 +105,9 @@ def test_library_calls_leave_the_global_rng_alone(tmp_path):
     epoch_net, finetune_net = _dropout_net(), _dropout_net()
     calls = {
         "noisy_epoch": lambda: _epoch(epoch_net, seed=5),
-        "finetune": lambda: finetune(finetune_net, images[:128], labels[:128], 0.25, epochs=1, batch_size=64,
-                                     device="cpu", progress=False),
+        "finetune": lambda: finetune(
+            finetune_net, images[:128], labels[:128], 0.25, epochs=1, batch_size=64, device="cpu", progress=False
+        ),
         "train": lambda: train(_cfg(), tmp_path / "run"),
     }
     for name, call in calls.items():

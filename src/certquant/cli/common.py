@@ -34,9 +34,15 @@ class CertquantGroup(TyperGroup):
 def new_app(help_text: str) -> typer.Typer:
     """A Typer app (or sub-app) that reports ``CertquantError`` as one line; plain click help (wrapped at word
     boundaries at any terminal width, where rich's option tables cut text mid-word at 80 columns)."""
-    return typer.Typer(cls=CertquantGroup, help=help_text, no_args_is_help=True, add_completion=False,
-                       pretty_exceptions_enable=False, rich_markup_mode=None,
-                       context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+    return typer.Typer(
+        cls=CertquantGroup,
+        help=help_text,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    )
 
 
 def fields_epilog(schema: type) -> str:
@@ -62,14 +68,18 @@ def overrides_argument() -> Any:
 
 def engine_options() -> dict[str, Any]:
     """The --engine, --workers, --gpus-per-worker and --threads-per-worker options of commands that shard images."""
-    return {"engine": typer.Option("local", help=ENGINE_DOCS["engine"]),
-            "workers": typer.Option(None, help=ENGINE_DOCS["workers"]),
-            "gpus_per_worker": typer.Option(0.0, "--gpus-per-worker", help=ENGINE_DOCS["gpus_per_worker"]),
-            "threads_per_worker": typer.Option(None, "--threads-per-worker", help=ENGINE_DOCS["threads_per_worker"])}
+    return {
+        "engine": typer.Option("local", help=ENGINE_DOCS["engine"]),
+        "workers": typer.Option(None, help=ENGINE_DOCS["workers"]),
+        "gpus_per_worker": typer.Option(0.0, "--gpus-per-worker", help=ENGINE_DOCS["gpus_per_worker"]),
+        "threads_per_worker": typer.Option(None, "--threads-per-worker", help=ENGINE_DOCS["threads_per_worker"]),
+    }
 
 
-def engine_config(engine: str, workers: Optional[int], gpus_per_worker: float,
-                  threads_per_worker: Optional[int] = None) -> EngineConfig:
+def engine_config(
+    engine: str, workers: Optional[int], gpus_per_worker: float, threads_per_worker: Optional[int] = None
+) -> EngineConfig:
     """The --engine/--workers/--gpus-per-worker/--threads-per-worker options as an EngineConfig (validated)."""
-    return EngineConfig(engine=engine, workers=workers, gpus_per_worker=gpus_per_worker,
-                        threads_per_worker=threads_per_worker)
+    return EngineConfig(
+        engine=engine, workers=workers, gpus_per_worker=gpus_per_worker, threads_per_worker=threads_per_worker
+    )

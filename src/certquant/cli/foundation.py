@@ -9,11 +9,11 @@ from typing import Optional
 
 import typer
 
-from certquant.smoothing.config import check_sigma
 from certquant.cli.common import new_app
 from certquant.data import dataset_info, fetch_dataset, list_datasets, load_dataset
 from certquant.models import list_models, load_checkpoint, model_spec
 from certquant.models.zoo import zoo_entries
+from certquant.smoothing.config import check_sigma
 from certquant.train import TrainConfig, accuracy, resolve_device, train
 from certquant.utils.errors import CertquantError
 from certquant.utils.tables import markdown_table
@@ -45,7 +45,9 @@ def models_cmd() -> None:
     rows = []
     for name in list_models():
         spec = model_spec(name)
-        rows.append([name, f"{spec.default_in_channels}x{spec.default_input_size}x{spec.default_input_size}", spec.description])
+        rows.append(
+            [name, f"{spec.default_in_channels}x{spec.default_input_size}x{spec.default_input_size}", spec.description]
+        )
     typer.echo(markdown_table(["model", "default input", "description"], rows))
 
 
@@ -68,17 +70,35 @@ def train_cmd(
     resume: bool = typer.Option(False, help="continue the run in --out"),
 ) -> None:
     """Train a model with Gaussian noise augmentation (checkpoint every epoch, resumable)."""
-    cfg = TrainConfig(dataset, model, sigma, epochs, batch_size, lr, momentum, weight_decay, schedule, step_size,
-                      val_size, train_limit, seed, device)
+    cfg = TrainConfig(
+        dataset,
+        model,
+        sigma,
+        epochs,
+        batch_size,
+        lr,
+        momentum,
+        weight_decay,
+        schedule,
+        step_size,
+        val_size,
+        train_limit,
+        seed,
+        device,
+    )
     path = train(cfg, out, resume=resume)
     _, info = load_checkpoint(path)
     m = info["metrics"]
-    typer.echo(f"wrote {path}: test accuracy clean {m['test_clean_accuracy']:.4f}, "
-               f"under N(0,{sigma}^2) noise {m['test_noisy_accuracy']:.4f}")
+    typer.echo(
+        f"wrote {path}: test accuracy clean {m['test_clean_accuracy']:.4f}, "
+        f"under N(0,{sigma}^2) noise {m['test_noisy_accuracy']:.4f}"
+    )
 
 
 def evaluate_cmd(
-    checkpoint: Optional[list[str]] = typer.Option(None, help="checkpoint file or zoo name (repeatable); default: the whole zoo"),
+    checkpoint: Optional[list[str]] = typer.Option(
+        None, help="checkpoint file or zoo name (repeatable); default: the whole zoo"
+    ),
     dataset: Optional[str] = typer.Option(None, help="dataset (default: the checkpoint's; another one is refused)"),
     sigma: Optional[float] = typer.Option(None, help="noise std (default: the checkpoint's training sigma)"),
     max_images: Optional[int] = typer.Option(None, "--max", help="evaluate only the first N test images"),
@@ -103,15 +123,23 @@ def evaluate_cmd(
         noisy = accuracy(model, images, labels, s, seed=seed, device=dev)
         speed = 2 * len(images) / (time.time() - started)
         rows.append([Path(ref).name, info["arch"], info["dataset"], s, len(images), clean, noisy, f"{speed:.0f}"])
-    typer.echo(markdown_table(["checkpoint", "model", "dataset", "sigma", "images", "clean acc", "noisy acc", "images/s"], rows))
+    typer.echo(
+        markdown_table(
+            ["checkpoint", "model", "dataset", "sigma", "images", "clean acc", "noisy acc", "images/s"], rows
+        )
+    )
 
 
 def zoo_cmd(as_json: bool = typer.Option(False, "--json", help="print a JSON list")) -> None:
     """List the noise-trained checkpoints shipped with certquant."""
-    entries = [{k: e[k] for k in ("name", "path", "dataset", "model", "sigma", "clean_accuracy", "noisy_accuracy")}
-               for e in zoo_entries()]
+    entries = [
+        {k: e[k] for k in ("name", "path", "dataset", "model", "sigma", "clean_accuracy", "noisy_accuracy")}
+        for e in zoo_entries()
+    ]
     if as_json:
         typer.echo(json.dumps(entries, indent=2))
         return
-    rows = [[e["name"], e["model"], e["dataset"], e["sigma"], e["clean_accuracy"], e["noisy_accuracy"]] for e in entries]
+    rows = [
+        [e["name"], e["model"], e["dataset"], e["sigma"], e["clean_accuracy"], e["noisy_accuracy"]] for e in entries
+    ]
     typer.echo(markdown_table(["name", "model", "dataset", "sigma", "clean test acc", "noisy test acc"], rows))

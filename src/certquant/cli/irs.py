@@ -35,23 +35,31 @@ def _check_explicit_options(ctx: Optional[typer.Context], store: CacheStore, val
         value = values[option]
         if _given(ctx, option) and value is not None and float(value) != float(store.key[key]):
             flag = "--" + option.replace("_", "-")
-            raise CertquantError(f"{flag} {value} differs from the base run's cache ({key} {store.key[key]}): IRS "
-                                 f"certifies with the cache's arguments; drop {flag} or build a cache with it")
+            raise CertquantError(
+                f"{flag} {value} differs from the base run's cache ({key} {store.key[key]}): IRS "
+                f"certifies with the cache's arguments; drop {flag} or build a cache with it"
+            )
 
 
 def _check_base(info: dict, store: CacheStore, base_run: Path) -> Optional[str]:
     """Refuse a quantized checkpoint made from another base than the cache's; a note for a plain checkpoint."""
     cached = store.key.get("checkpoint_sha256")
     if info.get("dataset") != store.key.get("dataset") and store.key.get("dataset") is not None:
-        raise CertquantError(f"checkpoint '{info['path']}' is for {info.get('dataset')}, the cache in {base_run} for "
-                             f"{store.key['dataset']}: use a model of the base run's dataset")
+        raise CertquantError(
+            f"checkpoint '{info['path']}' is for {info.get('dataset')}, the cache in {base_run} for "
+            f"{store.key['dataset']}: use a model of the base run's dataset"
+        )
     base = (info.get("base_checkpoint") or {}).get("sha256") if info.get("kind") == "quantized" else None
     if base and cached and base != cached:
-        raise CertquantError(f"checkpoint '{info['path']}' was quantized from checkpoint {base[:12]}, but the cache in "
-                             f"{base_run} was made with checkpoint {cached[:12]}: certify its base with --keep-cache")
+        raise CertquantError(
+            f"checkpoint '{info['path']}' was quantized from checkpoint {base[:12]}, but the cache in "
+            f"{base_run} was made with checkpoint {cached[:12]}: certify its base with --keep-cache"
+        )
     if base is None and cached and info["sha256"] != cached:
-        return (f"note: '{info['path']}' does not record its base model; IRS is sound for any approximation, but zeta "
-                "is small only when it is close to the base run's model")
+        return (
+            f"note: '{info['path']}' does not record its base model; IRS is sound for any approximation, but zeta "
+            "is small only when it is close to the base run's model"
+        )
     return None
 
 
@@ -83,12 +91,16 @@ def certify_incremental_cmd(
     _check_explicit_options(ctx, store, cache_options)
     store.check(torch=torch.__version__.split("+")[0])
     if n_p > int(store.key["n"]):
-        raise CertquantError(f"--np {n_p} exceeds the {store.key['n']} cached estimation samples of {base_run}: use "
-                             f"--np <= {store.key['n']}")
+        raise CertquantError(
+            f"--np {n_p} exceeds the {store.key['n']} cached estimation samples of {base_run}: use "
+            f"--np <= {store.key['n']}"
+        )
     dev = resolve_device(device)
     if dev.type != store.key["device"]:
-        raise CertquantError(f"the cache's noise was drawn on {store.key['device']}, not {dev.type}: use --device "
-                             f"{store.key['device']} to regenerate it")
+        raise CertquantError(
+            f"the cache's noise was drawn on {store.key['device']}, not {dev.type}: use --device "
+            f"{store.key['device']} to regenerate it"
+        )
     model, info = load_checkpoint(checkpoint, expect_dataset=dataset, map_location=dev)
     note = _check_base(info, store, base_run)
     if note:
@@ -98,38 +110,93 @@ def certify_incremental_cmd(
     indices = every_kth(len(images), skip, max_images) if explicit else store.indices
     store.require(indices)
     identity = {"dataset": info["dataset"], "checkpoint_sha256": info["sha256"], "base_run": str(base_run)}
-    arguments = {"checkpoint": checkpoint, "incremental_from": str(base_run), "np": n_p, "gamma": gamma,
-                 "alpha_zeta": alpha_zeta, "disparity": disparity, "dataset": info["dataset"],
-                 "sigma": store.key["sigma"], "n0": store.key["n0"], "n": store.key["n"], "alpha": store.key["alpha"],
-                 "skip": skip if explicit else None, "max": max_images if explicit else None,
-                 "batch": store.key["batch_size"], "seed": store.key["seed"], "device": device,
-                 "channels_last": channels_last, "out": str(out)}
-    provenance = {"checkpoint_sha256": info["sha256"], "checkpoint_path": info["path"],
-                  "base_checkpoint_sha256": store.key.get("checkpoint_sha256")}
+    arguments = {
+        "checkpoint": checkpoint,
+        "incremental_from": str(base_run),
+        "np": n_p,
+        "gamma": gamma,
+        "alpha_zeta": alpha_zeta,
+        "disparity": disparity,
+        "dataset": info["dataset"],
+        "sigma": store.key["sigma"],
+        "n0": store.key["n0"],
+        "n": store.key["n"],
+        "alpha": store.key["alpha"],
+        "skip": skip if explicit else None,
+        "max": max_images if explicit else None,
+        "batch": store.key["batch_size"],
+        "seed": store.key["seed"],
+        "device": device,
+        "channels_last": channels_last,
+        "out": str(out),
+    }
+    provenance = {
+        "checkpoint_sha256": info["sha256"],
+        "checkpoint_path": info["path"],
+        "base_checkpoint_sha256": store.key.get("checkpoint_sha256"),
+    }
     shape = (int(info["in_channels"]), int(info["input_size"]), int(info["input_size"]))
     if radii is not None:  # sequential IRS: n_p is the most f' may use; stop when the radii are decided
-        summary = certify_dataset_incremental_sequential(model, images, labels, indices, out, store, n_p, radii, gamma,
-                                                         alpha_zeta, disparity, identity=identity,
-                                                         arguments={**arguments, "radii": radii}, provenance=provenance,
-                                                         input_shape=shape, progress=progress,
-                                                         channels_last=channels_last, resume=resume)
+        summary = certify_dataset_incremental_sequential(
+            model,
+            images,
+            labels,
+            indices,
+            out,
+            store,
+            n_p,
+            radii,
+            gamma,
+            alpha_zeta,
+            disparity,
+            identity=identity,
+            arguments={**arguments, "radii": radii},
+            provenance=provenance,
+            input_shape=shape,
+            progress=progress,
+            channels_last=channels_last,
+            resume=resume,
+        )
         seq = summary["incremental_sequential"]
         accs = ", ".join(f"{r}: {a:.3f}" for r, a in seq["certified_accuracy_at_radii"].items())
-        typer.echo(f"{summary['num_images']} images, sequential IRS (n_p at most {n_p}): the model ran on "
-                   f"{seq['approx_samples_per_image']:.0f} samples per image; certified accuracy at radius {accs}")
+        typer.echo(
+            f"{summary['num_images']} images, sequential IRS (n_p at most {n_p}): the model ran on "
+            f"{seq['approx_samples_per_image']:.0f} samples per image; certified accuracy at radius {accs}"
+        )
         typer.echo(f"wrote {out}/certificates.jsonl, summary.json, certify.tsv")
         return summary
-    summary = certify_dataset_incremental(model, images, labels, indices, out, store, n_p, gamma, alpha_zeta, disparity,
-                                          identity=identity, arguments=arguments, provenance=provenance,
-                                          input_shape=shape, progress=progress, channels_last=channels_last,
-                                          base_run=base_run, resume=resume, engine=engine)
+    summary = certify_dataset_incremental(
+        model,
+        images,
+        labels,
+        indices,
+        out,
+        store,
+        n_p,
+        gamma,
+        alpha_zeta,
+        disparity,
+        identity=identity,
+        arguments=arguments,
+        provenance=provenance,
+        input_shape=shape,
+        progress=progress,
+        channels_last=channels_last,
+        base_run=base_run,
+        resume=resume,
+        engine=engine,
+    )
     inc = summary["incremental"]
-    typer.echo(f"{summary['num_images']} images: clean accuracy {summary['clean_accuracy']:.4f}, "
-               f"ACR {summary['acr']:.4f}, abstain {summary['abstain_rate']:.3f}"
-               + (f" (base model: ACR {inc['base_acr']:.4f})" if "base_acr" in inc else ""))
-    typer.echo(f"IRS n_p {n_p}, {disparity}: mean zeta {inc['mean_zeta']:.4f}, branches zeta {inc['branch_counts']['zeta']}"
-               f" / direct {inc['branch_counts']['direct']}, confidence {inc['confidence']:.4f}, "
-               f"{summary['seconds_per_image']:.3f} s/image, the model ran on {100 * inc['evaluated_fraction']:.0f}% "
-               "of the n_p samples")
+    typer.echo(
+        f"{summary['num_images']} images: clean accuracy {summary['clean_accuracy']:.4f}, "
+        f"ACR {summary['acr']:.4f}, abstain {summary['abstain_rate']:.3f}"
+        + (f" (base model: ACR {inc['base_acr']:.4f})" if "base_acr" in inc else "")
+    )
+    typer.echo(
+        f"IRS n_p {n_p}, {disparity}: mean zeta {inc['mean_zeta']:.4f}, branches zeta {inc['branch_counts']['zeta']}"
+        f" / direct {inc['branch_counts']['direct']}, confidence {inc['confidence']:.4f}, "
+        f"{summary['seconds_per_image']:.3f} s/image, the model ran on {100 * inc['evaluated_fraction']:.0f}% "
+        "of the n_p samples"
+    )
     typer.echo(f"wrote {out}/certificates.jsonl, summary.json, certify.tsv")
     return summary

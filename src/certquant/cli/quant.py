@@ -33,8 +33,9 @@ def parse_uniform(text: str) -> tuple[int, int]:
     return w, int(match.group(2)) if match.group(2) else w
 
 
-def _policy(model: nn.Module, info: dict, policy_file: Optional[Path], uniform: Optional[str],
-            first_last: Optional[int]) -> tuple[list[LayerInfo], Policy]:
+def _policy(
+    model: nn.Module, info: dict, policy_file: Optional[Path], uniform: Optional[str], first_last: Optional[int]
+) -> tuple[list[LayerInfo], Policy]:
     """(layers, policy) for a checkpoint: from a policy file or uniform bits; refused if it does not fit."""
     if (policy_file is None) == (uniform is None):
         raise CertquantError("give exactly one of --policy P.json or --uniform W[/A]")
@@ -54,7 +55,9 @@ def quantize_cmd(
     checkpoint: str = typer.Option(..., help="base checkpoint file or zoo name"),
     policy: Optional[Path] = typer.Option(None, help="policy JSON (per-layer w/a bits)"),
     uniform: Optional[str] = typer.Option(None, help="uniform bits for every layer: W or W/A, e.g. 4 or 4/8"),
-    first_last: Optional[int] = typer.Option(None, help="with --uniform: pin first and last layer at these bits (HAQ: 8)"),
+    first_last: Optional[int] = typer.Option(
+        None, help="with --uniform: pin first and last layer at these bits (HAQ: 8)"
+    ),
     calib_images: int = typer.Option(QUANTIZE.calibration_images, help=QUANTIZE_DOCS["calibration_images"]),
     calib_seed: int = typer.Option(QUANTIZE.seed, help=QUANTIZE_DOCS["seed"]),
     act_clip: str = typer.Option(QUANTIZE.act_clip, help=QUANTIZE_DOCS["act_clip"]),
@@ -72,13 +75,28 @@ def quantize_cmd(
     FinetuneConfig(epochs=finetune_epochs, images=finetune_images, lr=lr, batch=batch_size, seed=seed)
     model, info = load_checkpoint(checkpoint)
     _, pol = _policy(model, info, policy, uniform, first_last)
-    qmodel, path = quantize_checkpoint(checkpoint, pol, out, calib_images=calib_images, calib_seed=calib_seed,
-                                       act_clip=act_clip, finetune_epochs=finetune_epochs, finetune_images=finetune_images,
-                                       lr=lr, batch_size=batch_size, seed=seed, device=device, resume=resume)
+    qmodel, path = quantize_checkpoint(
+        checkpoint,
+        pol,
+        out,
+        calib_images=calib_images,
+        calib_seed=calib_seed,
+        act_clip=act_clip,
+        finetune_epochs=finetune_epochs,
+        finetune_images=finetune_images,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        resume=resume,
+    )
     layers = quantizable_layers(qmodel, input_shape(info))
     typer.echo(format_cost_table(layers, pol))
-    typer.echo(f"wrote {path} (calibrated on {calib_images} training images + N(0, {info['sigma']}^2) noise"
-               + (f", fine-tuned {finetune_epochs} epoch(s)" if finetune_epochs else "") + ")")
+    typer.echo(
+        f"wrote {path} (calibrated on {calib_images} training images + N(0, {info['sigma']}^2) noise"
+        + (f", fine-tuned {finetune_epochs} epoch(s)" if finetune_epochs else "")
+        + ")"
+    )
 
 
 def cost_cmd(
@@ -92,7 +110,11 @@ def cost_cmd(
     model, info = load_checkpoint(checkpoint)
     layers, pol = _policy(model, info, policy, uniform, first_last)
     if as_json:
-        typer.echo(json.dumps({"checkpoint": str(checkpoint), "input_shape": list(input_shape(info)),
-                               **cost_summary(layers, pol)}, indent=2))
+        typer.echo(
+            json.dumps(
+                {"checkpoint": str(checkpoint), "input_shape": list(input_shape(info)), **cost_summary(layers, pol)},
+                indent=2,
+            )
+        )
     else:
         typer.echo(format_cost_table(layers, pol))

@@ -55,8 +55,10 @@ def search_cmd(
         typer.echo(format_cost_table(pipeline.search_layers(), policy))
         if cfg.search.final_top_k > 1 and method != "uniform":
             policy.save(folder / FINAL_POLICY_FILE)
-            typer.echo(f"final selection (top {cfg.search.final_top_k} on {cfg.search.final_images} fresh images): "
-                       f"{folder / FINAL_POLICY_FILE}")
+            typer.echo(
+                f"final selection (top {cfg.search.final_top_k} on {cfg.search.final_images} fresh images): "
+                f"{folder / FINAL_POLICY_FILE}"
+            )
         typer.echo(f"best policy of the search: {folder / BEST_FILE} (use: certquant quantize --policy)")
 
 

@@ -4,6 +4,12 @@
 are recorded with every result.
 """
 
+from certquant.data import cifar10 as _cifar10  # noqa: F401,E402
+from certquant.data import imagenet as _imagenet  # noqa: F401,E402
+
+# Importing the loaders registers them.
+from certquant.data import mnist_family as _mnist_family  # noqa: F401,E402
+from certquant.data import synthetic as _synthetic  # noqa: F401,E402
 from certquant.data.registry import (
     DatasetInfo,
     dataset_info,
@@ -13,12 +19,6 @@ from certquant.data.registry import (
     register_dataset,
 )
 from certquant.data.subsets import compact_indices, describe_indices, every_kth, expand_indices, train_val_split
-
-# Importing the loaders registers them.
-from certquant.data import mnist_family as _mnist_family  # noqa: F401,E402
-from certquant.data import cifar10 as _cifar10  # noqa: F401,E402
-from certquant.data import imagenet as _imagenet  # noqa: F401,E402
-from certquant.data import synthetic as _synthetic  # noqa: F401,E402
 
 __all__ = [
     "DatasetInfo",

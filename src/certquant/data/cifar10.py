@@ -35,7 +35,11 @@ def load_from_folder(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tens
 
 
 def _find_folder(split: str, root=None) -> Path | None:
-    candidates = [Path(root), Path(root) / FOLDER] if root else [p / FOLDER for p in data_search_path("cifar10")] + data_search_path("cifar10")
+    candidates = (
+        [Path(root), Path(root) / FOLDER]
+        if root
+        else [p / FOLDER for p in data_search_path("cifar10")] + data_search_path("cifar10")
+    )
     for folder in candidates:
         if all((folder / name).is_file() for name in BATCHES[split]):
             return folder

@@ -72,7 +72,9 @@ def _verified_raw(path: Path, gz_md5: dict[str, str], raw_sha256: dict[str, str]
         return raw
     if name not in raw_sha256:
         return raw  # MNIST recompressed by a third party: no content hash known, the IDX header is still checked
-    raise CertquantError(f"checksum mismatch for {path}: the file is corrupt or not the official one; delete it and re-fetch")
+    raise CertquantError(
+        f"checksum mismatch for {path}: the file is corrupt or not the official one; delete it and re-fetch"
+    )
 
 
 def _to_tensors(images: np.ndarray, labels: np.ndarray, expected: int) -> tuple[torch.Tensor, torch.Tensor]:

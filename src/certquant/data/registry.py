@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -52,7 +52,9 @@ def dataset_info(name: str) -> DatasetInfo:
     return _REGISTRY[name]
 
 
-def load_dataset(name: str, split: str = "test", root: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_dataset(
+    name: str, split: str = "test", root: str | os.PathLike | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(images, labels)``: float32 (N, C, H, W) in [0, 1] and int64 (N,). Cached per process; do not mutate."""
     if split not in ("train", "test"):
         raise CertquantError(f"unknown split '{split}'; use 'train' or 'test'")
@@ -75,7 +77,9 @@ def fetch_dataset(name: str) -> str:
 
 def _check_contract(name: str, info: DatasetInfo, images: torch.Tensor, labels: torch.Tensor) -> None:
     if images.dtype != torch.float32 or images.dim() != 4 or images.shape[1] != info.in_channels:
-        raise CertquantError(f"dataset '{name}' loaded with shape {tuple(images.shape)}, expected (N, {info.in_channels}, H, W)")
+        raise CertquantError(
+            f"dataset '{name}' loaded with shape {tuple(images.shape)}, expected (N, {info.in_channels}, H, W)"
+        )
     if labels.dtype != torch.int64 or labels.shape[0] != images.shape[0]:
         raise CertquantError(f"dataset '{name}' labels do not match its images")
 

@@ -5,8 +5,11 @@ pixels and Gaussian noise is always added in pixel space.
 certquant writes; ``zoo`` lists the noise-trained checkpoints shipped with the package.
 """
 
-from certquant.models.registry import ModelSpec, build, list_models, model_spec, register_model
-from certquant.models.layers import Normalize
+from certquant.models import imagenet_models as _imagenet_models  # noqa: F401,E402
+from certquant.models import resnet_cifar as _resnet_cifar  # noqa: F401,E402
+
+# Importing the architectures registers them.
+from certquant.models import small_cnn as _small_cnn  # noqa: F401,E402
 from certquant.models.checkpoint import (
     CHECKPOINT_FORMAT,
     load_checkpoint,
@@ -14,11 +17,8 @@ from certquant.models.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-
-# Importing the architectures registers them.
-from certquant.models import small_cnn as _small_cnn  # noqa: F401,E402
-from certquant.models import resnet_cifar as _resnet_cifar  # noqa: F401,E402
-from certquant.models import imagenet_models as _imagenet_models  # noqa: F401,E402
+from certquant.models.layers import Normalize
+from certquant.models.registry import ModelSpec, build, list_models, model_spec, register_model
 
 __all__ = [
     "CHECKPOINT_FORMAT",

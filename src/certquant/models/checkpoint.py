@@ -13,8 +13,9 @@ import importlib
 import os
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -73,8 +74,11 @@ def load_weights(model: nn.Module, state_dict: dict[str, Any], what: str) -> nn.
 
 
 def _load_plain(payload: dict[str, Any]) -> nn.Module:
-    return load_weights(build_from_info(payload), payload["state_dict"],
-                        f"checkpoint weights do not fit architecture '{payload['arch']}'")
+    return load_weights(
+        build_from_info(payload),
+        payload["state_dict"],
+        f"checkpoint weights do not fit architecture '{payload['arch']}'",
+    )
 
 
 register_checkpoint_kind("model", _load_plain)
@@ -109,8 +113,9 @@ def check_checkpoint_file(path: str | os.PathLike) -> Path:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError, ValueError):
-        raise CertquantError(f"checkpoint '{path}' is truncated or damaged (its zip archive is incomplete): copy or "
-                             "re-create it") from None
+        raise CertquantError(
+            f"checkpoint '{path}' is truncated or damaged (its zip archive is incomplete): copy or re-create it"
+        ) from None
     if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in names):
         raise CertquantError(f"checkpoint '{path}' is a zip archive but not a PyTorch checkpoint: {CHECKPOINT_HINT}")
     return path
@@ -133,13 +138,25 @@ def read_payload(path: str | os.PathLike) -> dict[str, Any]:
     path = check_checkpoint_file(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError,
-            IndexError, AttributeError, TypeError) as exc:
-        raise CertquantError(f"checkpoint '{path}' is corrupt or not a certquant checkpoint ({_load_reason(exc)}): "
-                             "re-create it") from None
+    except (
+        RuntimeError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        TypeError,
+    ) as exc:
+        raise CertquantError(
+            f"checkpoint '{path}' is corrupt or not a certquant checkpoint ({_load_reason(exc)}): re-create it"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CertquantError(f"'{path}' is a PyTorch file but not a certquant checkpoint (no '{CHECKPOINT_FORMAT}' "
-                             "header)")
+        raise CertquantError(
+            f"'{path}' is a PyTorch file but not a certquant checkpoint (no '{CHECKPOINT_FORMAT}' header)"
+        )
     if payload.get("version", 0) > CHECKPOINT_VERSION:
         raise CertquantError(f"checkpoint '{path}' has format version {payload['version']}; upgrade certquant")
     return payload
@@ -170,8 +187,10 @@ def load_checkpoint(
     loader_module = payload.get("loader_module")
     if loader_module is not None and loader_module not in LOADER_MODULES:
         shown = str(loader_module)[:80].splitlines()[0] if str(loader_module) else "''"
-        raise CertquantError(f"checkpoint '{path}' names loader module '{shown}', which is not one of certquant's "
-                             f"({', '.join(LOADER_MODULES)}): refusing to import it; re-create the checkpoint with certquant")
+        raise CertquantError(
+            f"checkpoint '{path}' names loader module '{shown}', which is not one of certquant's "
+            f"({', '.join(LOADER_MODULES)}): refusing to import it; re-create the checkpoint with certquant"
+        )
     if kind not in _KIND_LOADERS and loader_module is not None:
         importlib.import_module(loader_module)
     if kind not in _KIND_LOADERS:
@@ -182,16 +201,23 @@ def load_checkpoint(
     return model, info
 
 
-def _check_expected(path: Path, payload: dict[str, Any], expect_arch: str | None, expect_dataset: str | None,
-                    expect_sigma: float | None) -> None:
+def _check_expected(
+    path: Path, payload: dict[str, Any], expect_arch: str | None, expect_dataset: str | None, expect_sigma: float | None
+) -> None:
     """Refuse a checkpoint made for another architecture, dataset or noise level."""
     if expect_arch is not None and payload["arch"] != expect_arch:
-        raise CertquantError(f"checkpoint '{path}' is a {payload['arch']}, not a {expect_arch}: pick a matching checkpoint")
+        raise CertquantError(
+            f"checkpoint '{path}' is a {payload['arch']}, not a {expect_arch}: pick a matching checkpoint"
+        )
     if expect_dataset is not None and payload["dataset"] != expect_dataset:
         raise CertquantError(
             f"checkpoint '{path}' was trained on {payload['dataset']}, not {expect_dataset}: use --dataset {payload['dataset']}"
         )
-    if expect_sigma is not None and payload.get("sigma") is not None and abs(float(payload["sigma"]) - float(expect_sigma)) > 1e-9:
+    if (
+        expect_sigma is not None
+        and payload.get("sigma") is not None
+        and abs(float(payload["sigma"]) - float(expect_sigma)) > 1e-9
+    ):
         raise CertquantError(
             f"checkpoint '{path}' was trained at sigma {payload['sigma']}, not {expect_sigma}: certify at the training sigma"
         )

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from torch import nn
 
@@ -50,15 +50,20 @@ def external_spec(name: str) -> ModelSpec:
     """The ModelSpec of ``package.module:factory`` (imported on first use); one-line errors when it does not resolve."""
     module_name, _, attr = name.partition(":")
     if not module_name or not attr:
-        raise CertquantError(f"an external architecture is named MODULE:FACTORY (e.g. mypkg.nets:resnet18), got '{name}'")
+        raise CertquantError(
+            f"an external architecture is named MODULE:FACTORY (e.g. mypkg.nets:resnet18), got '{name}'"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise CertquantError(f"cannot import module '{module_name}' of architecture '{name}' ({exc}): put it on "
-                             "PYTHONPATH") from None
+        raise CertquantError(
+            f"cannot import module '{module_name}' of architecture '{name}' ({exc}): put it on PYTHONPATH"
+        ) from None
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise CertquantError(f"module '{module_name}' has no callable '{attr}': name the function that builds the model")
+        raise CertquantError(
+            f"module '{module_name}' has no callable '{attr}': name the function that builds the model"
+        )
     try:
         accepted = set(inspect.signature(factory).parameters)
     except (TypeError, ValueError):

@@ -83,7 +83,9 @@ class CifarResNet(nn.Module):
 
 
 def _register(depth: int, shortcut: str) -> None:
-    suffix, what = ("", "option-A shortcuts") if shortcut == "A" else ("b", "option-B (1x1 conv) shortcuts, Cohen et al.'s")
+    suffix, what = (
+        ("", "option-A shortcuts") if shortcut == "A" else ("b", "option-B (1x1 conv) shortcuts, Cohen et al.'s")
+    )
 
     @register_model(f"resnet{depth}{suffix}", in_channels=3, input_size=32, description=f"CIFAR ResNet-{depth}, {what}")
     def constructor(num_classes: int, in_channels: int, input_size: int) -> nn.Module:

@@ -7,7 +7,9 @@ from torch import nn
 from certquant.models.registry import register_model
 
 
-@register_model("small-cnn", in_channels=1, input_size=28, description="Conv32-Pool-Conv64-Pool-FC128-FC (4.2M MACs at 28x28)")
+@register_model(
+    "small-cnn", in_channels=1, input_size=28, description="Conv32-Pool-Conv64-Pool-FC128-FC (4.2M MACs at 28x28)"
+)
 def small_cnn(num_classes: int, in_channels: int, input_size: int) -> nn.Module:
     """Conv 3x3 (C->32), ReLU, MaxPool 2; Conv 3x3 (32->64), ReLU, MaxPool 2; Linear -> 128, ReLU; Linear -> classes."""
     side = input_size // 4

@@ -28,8 +28,10 @@ class TestSubsetCertifyConfig(CertifyConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(self.skip >= 1 and self.max_images >= 1, f"certify.skip and certify.max_images must be >= 1, got "
-              f"{self.skip}, {self.max_images}")
+        check(
+            self.skip >= 1 and self.max_images >= 1,
+            f"certify.skip and certify.max_images must be >= 1, got {self.skip}, {self.max_images}",
+        )
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check_sigma(self.sigma)
-        check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-              f"device must be auto, cpu or cuda, got '{self.device}'")
+        check(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            f"device must be auto, cpu or cuda, got '{self.device}'",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return typed.to_dict(self)

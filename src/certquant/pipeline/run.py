@@ -60,8 +60,16 @@ def _say(message: str) -> None:
     print(f"[certquant run] {message}", file=sys.stderr, flush=True)
 
 
-def final_model(cfg: RunConfig, checkpoint: str | Path, policy: Policy, path: Path, device: Any,
-                sigma: float, finetune_seed: int | None = None, progress: bool = True) -> Path:
+def final_model(
+    cfg: RunConfig,
+    checkpoint: str | Path,
+    policy: Policy,
+    path: Path,
+    device: Any,
+    sigma: float,
+    finetune_seed: int | None = None,
+    progress: bool = True,
+) -> Path:
     """The final stage's model of ``policy``: quantized (calibrated on ``cfg.quantize.calibration_images`` training
     images with noise ``sigma``) and fine-tuned with that noise as ``cfg.finetune`` says (``finetune_seed`` replaces
     its seed: a replicate), written to ``path``; resumable, and kept when ``path`` exists. The benchmarks' truth pool
@@ -70,12 +78,28 @@ def final_model(cfg: RunConfig, checkpoint: str | Path, policy: Policy, path: Pa
     if path.exists():
         return path
     seed = f.seed if finetune_seed is None else finetune_seed
-    _say(f"quantize + fine-tune {path.parent.name}: {f.epochs} epoch(s) on {f.images} training images with noise "
-         f"sigma {sigma}")
-    quantize_checkpoint(checkpoint, policy, path, calib_images=q.calibration_images, calib_seed=q.seed,
-                        act_clip=q.act_clip, weight_clip=q.weight_clip, finetune_epochs=f.epochs,
-                        finetune_images=f.images, lr=f.lr, batch_size=f.batch, seed=seed, device=str(device),
-                        resume=True, sigma=sigma, progress=progress)
+    _say(
+        f"quantize + fine-tune {path.parent.name}: {f.epochs} epoch(s) on {f.images} training images with noise "
+        f"sigma {sigma}"
+    )
+    quantize_checkpoint(
+        checkpoint,
+        policy,
+        path,
+        calib_images=q.calibration_images,
+        calib_seed=q.seed,
+        act_clip=q.act_clip,
+        weight_clip=q.weight_clip,
+        finetune_epochs=f.epochs,
+        finetune_images=f.images,
+        lr=f.lr,
+        batch_size=f.batch,
+        seed=seed,
+        device=str(device),
+        resume=True,
+        sigma=sigma,
+        progress=progress,
+    )
     return path
 
 
@@ -104,48 +128,85 @@ class Pipeline:
     def identity(self) -> dict[str, Any]:
         """What must match on resume: the config without its engine (either engine resumes the other's run)."""
         config = {k: v for k, v in self.cfg.to_dict().items() if k != "engine"}
-        return {"format": "certquant-run", "version": 2, "config": config, "checkpoint": self.checkpoint,
-                "checkpoint_sha256": self.info["sha256"], "sigma": self.sigma, "test_indices": self.indices,
-                "stages": [{"budget": b, "method": m, "folder": stage_folder(b, m)} for b, m in self.stages]}
+        return {
+            "format": "certquant-run",
+            "version": 2,
+            "config": config,
+            "checkpoint": self.checkpoint,
+            "checkpoint_sha256": self.info["sha256"],
+            "sigma": self.sigma,
+            "test_indices": self.indices,
+            "stages": [{"budget": b, "method": m, "folder": stage_folder(b, m)} for b, m in self.stages],
+        }
 
     # -- stages ---------------------------------------------------------------------------------------------------
 
     def _certify(self, model: Any, out_dir: Path, name: str) -> dict:
         c = self.cfg.certify
-        _say(f"certify {name}: {len(self.indices)} test images, n0={c.n0}, n={c.n}, alpha={c.alpha}, sigma={self.sigma}")
-        return certify_dataset(model, self.test_images, self.test_labels, self.indices, out_dir, self.sigma, c.n0, c.n,
-                               c.alpha, c.batch, c.seed, identity={"name": name},
-                               provenance={"model": name}, input_shape=input_shape(self.info),
-                               progress=self.progress, channels_last=self.device.type == "cpu", resume=True)
+        _say(
+            f"certify {name}: {len(self.indices)} test images, n0={c.n0}, n={c.n}, alpha={c.alpha}, sigma={self.sigma}"
+        )
+        return certify_dataset(
+            model,
+            self.test_images,
+            self.test_labels,
+            self.indices,
+            out_dir,
+            self.sigma,
+            c.n0,
+            c.n,
+            c.alpha,
+            c.batch,
+            c.seed,
+            identity={"name": name},
+            provenance={"model": name},
+            input_shape=input_shape(self.info),
+            progress=self.progress,
+            channels_last=self.device.type == "cpu",
+            resume=True,
+        )
 
     def search(self, budget: float, method: str) -> Policy:
         """The search's best policy or, with ``search.final_top_k`` > 1, the best of its top k on fresh images."""
         s = self.cfg.search
         search_dir = self.out / stage_folder(budget, method) / "search"
         if not (search_dir / SUMMARY_FILE).exists():  # a finished search is read back, not rebuilt
-            search, evaluator = build_search(self.model, self.info, self.sigma, s, self.cfg.certify, method, budget,
-                                             search_dir, self.device)
+            search, evaluator = build_search(
+                self.model, self.info, self.sigma, s, self.cfg.certify, method, budget, search_dir, self.device
+            )
             search.open(resume=True)
-            _say(f"search {method} at budget {budget:g}: {search.total_episodes} episode(s) on "
-                 f"{len(evaluator.indices)} images")
+            _say(
+                f"search {method} at budget {budget:g}: {search.total_episodes} episode(s) on "
+                f"{len(evaluator.indices)} images"
+            )
             search.run(progress=self.progress, reference=evaluator.reference())
         if s.final_top_k == 1 or method == "uniform":
             return Policy.load(search_dir / BEST_FILE)
-        _say(f"final selection {method} at budget {budget:g}: top {s.final_top_k} re-scored on {s.final_images} "
-             "fresh images")
-        return final_selection(search_dir, self.model, self.info, self.sigma, s, self.cfg.certify, method,
-                               self.device)
+        _say(
+            f"final selection {method} at budget {budget:g}: top {s.final_top_k} re-scored on {s.final_images} "
+            "fresh images"
+        )
+        return final_selection(search_dir, self.model, self.info, self.sigma, s, self.cfg.certify, method, self.device)
 
     def _score_acr(self, budget: float, method: str, search_dir: Path) -> None:
         """ARQ's search-set ACR of every policy a search with another reward evaluated (the report's BitOPs-vs-ACR
         plot shows every method's policies on the same axes); resumable, one line per policy."""
         _say(f"score {method}'s policies at budget {budget:g} with ARQ's certified radius on the same search set")
-        score_search_policies(search_dir, self.model, self.info, self.sigma, self.cfg.search, self.cfg.certify,
-                              self.device, progress=self.progress)
+        score_search_policies(
+            search_dir,
+            self.model,
+            self.info,
+            self.sigma,
+            self.cfg.search,
+            self.cfg.certify,
+            self.device,
+            progress=self.progress,
+        )
 
     def _quantize(self, policy: Policy, folder: Path) -> Path:
-        return final_model(self.cfg, self.checkpoint, policy, folder / "model.pt", self.device, self.sigma,
-                           progress=self.progress)
+        return final_model(
+            self.cfg, self.checkpoint, policy, folder / "model.pt", self.device, self.sigma, progress=self.progress
+        )
 
     def _deploy(self, qmodel: Any, folder: Path, name: str) -> None:
         """``export.format: onnx``: export the final model, compare predictions on noisy test samples, certify the
@@ -161,8 +222,16 @@ class Pipeline:
         onnx_model, _ = load_onnx(path)
         if not (folder / "agreement.json").exists():
             c = self.cfg.certify
-            agreement = prediction_agreement(qmodel.cpu(), onnx_model, self.test_images, self.indices, self.sigma,
-                                             e.agreement_samples, c.seed, c.batch)
+            agreement = prediction_agreement(
+                qmodel.cpu(),
+                onnx_model,
+                self.test_images,
+                self.indices,
+                self.sigma,
+                e.agreement_samples,
+                c.seed,
+                c.batch,
+            )
             atomic_write_json(folder / "agreement.json", agreement)
         if e.certify:
             write_card(path, self._certify(onnx_model, folder / "onnx-certify", f"{name} (onnx)"))
@@ -204,11 +273,11 @@ class Pipeline:
         tasks = [Task("certify fp32", run_stage, (spec, "certify-fp32"))]
         for budget, method in self.stages:
             name = f"{method}@{budget:g}"
-            tasks += [Task(f"search {name}", run_stage, (spec, "search", budget, method)),
-                      Task(f"fine-tune {name}", run_stage_after, (spec, "quantize", budget, method),
-                           (f"search {name}",)),
-                      Task(f"certify {name}", run_stage_after, (spec, "certify", budget, method),
-                           (f"fine-tune {name}",))]
+            tasks += [
+                Task(f"search {name}", run_stage, (spec, "search", budget, method)),
+                Task(f"fine-tune {name}", run_stage_after, (spec, "quantize", budget, method), (f"search {name}",)),
+                Task(f"certify {name}", run_stage_after, (spec, "certify", budget, method), (f"fine-tune {name}",)),
+            ]
         return tasks
 
     def run(self) -> dict:
@@ -218,8 +287,9 @@ class Pipeline:
             started = time.time()
             _PIPELINES[_spec_key((self.cfg.to_dict(), str(self.out)))] = self
             try:
-                engine.run_graph(self.tasks(), progress=self.progress and self.cfg.engine.engine != "local",
-                                 desc="run stages")
+                engine.run_graph(
+                    self.tasks(), progress=self.progress and self.cfg.engine.engine != "local", desc="run stages"
+                )
             finally:
                 _PIPELINES.clear()
         _say(f"all stages done in {time.time() - started:.0f}s (this session); writing the report")
@@ -233,14 +303,17 @@ def _spec_key(spec: tuple[dict[str, Any], str]) -> str:
     return json.dumps(spec, sort_keys=True, default=str)
 
 
-def run_stage(spec: tuple[dict[str, Any], str], stage: str, budget: float | None = None, method: str | None = None) -> Any:
+def run_stage(
+    spec: tuple[dict[str, Any], str], stage: str, budget: float | None = None, method: str | None = None
+) -> Any:
     """A task of ``Pipeline.tasks``; ``spec`` = (config dict, run folder). In the driver's process the open
     ``Pipeline`` runs it; on a Ray worker one is opened (resume, no progress bars) once per process and reused."""
     return run_stage_after(None, spec, stage, budget, method)
 
 
-def run_stage_after(previous: Any, spec: tuple[dict[str, Any], str], stage: str, budget: float | None = None,
-                    method: str | None = None) -> Any:
+def run_stage_after(
+    previous: Any, spec: tuple[dict[str, Any], str], stage: str, budget: float | None = None, method: str | None = None
+) -> Any:
     """``run_stage`` of a stage that takes the result of the stage before it (a policy, a model path)."""
     key = _spec_key(spec)
     if key not in _PIPELINES:

@@ -4,10 +4,11 @@
 Calibrate on NOISY inputs (``noisy_calibration_batch`` with the certification sigma), never on clean images only.
 """
 
+from certquant.quant.checkpoint import quantize_checkpoint, save_quantized
+from certquant.quant.cost import bitops, bitops_fraction, cost_summary, format_cost_table, fp32_bitops, model_size_bits
+from certquant.quant.finetuning import finetune
 from certquant.quant.layers import LayerInfo, quantizable_layers
 from certquant.quant.policy import FULL_PRECISION, Policy
-from certquant.quant.cost import bitops, bitops_fraction, cost_summary, format_cost_table, fp32_bitops, model_size_bits
-from certquant.quant.quantizers import ActQuantizer, QuantConv2d, QuantLinear, WeightQuantizer
 from certquant.quant.quantize import (
     activation_ranges,
     dequantize,
@@ -16,8 +17,7 @@ from certquant.quant.quantize import (
     quantize,
     quantized_policy,
 )
-from certquant.quant.finetuning import finetune
-from certquant.quant.checkpoint import quantize_checkpoint, save_quantized
+from certquant.quant.quantizers import ActQuantizer, QuantConv2d, QuantLinear, WeightQuantizer
 
 __all__ = [
     "FULL_PRECISION",

@@ -48,9 +48,15 @@ def input_shape(info: dict[str, Any]) -> tuple[int, int, int]:
     return (int(info["in_channels"]), int(info["input_size"]), int(info["input_size"]))
 
 
-def save_quantized(path: str | os.PathLike, qmodel: nn.Module, policy: Policy, base_info: dict[str, Any],
-                   calibration: dict[str, Any], finetune_info: dict[str, Any] | None = None,
-                   metrics: dict[str, Any] | None = None) -> Path:
+def save_quantized(
+    path: str | os.PathLike,
+    qmodel: nn.Module,
+    policy: Policy,
+    base_info: dict[str, Any],
+    calibration: dict[str, Any],
+    finetune_info: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
     """Write a quantized checkpoint atomically. ``base_info`` is the info ``load_checkpoint`` returned for the base."""
     missing = [k for k in BASE_KEYS if k not in base_info]
     if missing:
@@ -58,17 +64,28 @@ def save_quantized(path: str | os.PathLike, qmodel: nn.Module, policy: Policy, b
     layers = quantizable_layers(qmodel, input_shape(base_info))
     policy.validate(layers, base_info["arch"])
     stored_policy = Policy(dict(policy.items()), arch=policy.arch or base_info["arch"], meta=policy.meta)
-    payload: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "kind": KIND,
-                               "loader_module": LOADER_MODULE}
+    payload: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "kind": KIND,
+        "loader_module": LOADER_MODULE,
+    }
     payload.update({k: base_info[k] for k in BASE_KEYS})
     payload["mean"], payload["std"] = list(payload["mean"]), list(payload["std"])
     payload.update(
         train_args=base_info.get("train_args", {}),
-        base_checkpoint={"path": str(base_info.get("path", "")), "sha256": base_info.get("sha256", ""),
-                         "kind": base_info.get("kind", "model"), "metrics": base_info.get("metrics", {})},
+        base_checkpoint={
+            "path": str(base_info.get("path", "")),
+            "sha256": base_info.get("sha256", ""),
+            "kind": base_info.get("kind", "model"),
+            "metrics": base_info.get("metrics", {}),
+        },
         policy=stored_policy.to_dict(),
-        cost={"bitops": bitops(layers, policy), "bitops_fraction": bitops_fraction(layers, policy),
-              "model_size_bits": model_size_bits(layers, policy)},
+        cost={
+            "bitops": bitops(layers, policy),
+            "bitops_fraction": bitops_fraction(layers, policy),
+            "model_size_bits": model_size_bits(layers, policy),
+        },
         calibration=calibration,
         ranges=activation_ranges(qmodel),
         finetune=finetune_info,
@@ -126,8 +143,15 @@ def quantize_checkpoint(
     calib = noisy_calibration_batch(images, sigma, calib_images, calib_seed)
     dev = resolve_device(device)
     qmodel = quantize(base.to(dev), policy, calib, arch=info["arch"], act_clip=act_clip, weight_clip=weight_clip)
-    calibration = {"images": calib_images, "seed": calib_seed, "sigma": sigma, "base_sigma": float(info["sigma"]),
-                   "split": "train", "act_clip": act_clip, "weight_clip": weight_clip}
+    calibration = {
+        "images": calib_images,
+        "seed": calib_seed,
+        "sigma": sigma,
+        "base_sigma": float(info["sigma"]),
+        "split": "train",
+        "act_clip": act_clip,
+        "weight_clip": weight_clip,
+    }
     finetune_info = None
     if finetune_epochs > 0:
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
@@ -136,10 +160,30 @@ def quantize_checkpoint(
         out_path = Path(out)
         state_dir = out_path.parent / f"{out_path.stem}.finetune"
         started = time.time()
-        finetune(qmodel, images[order], labels[order], sigma, finetune_epochs, lr=lr, batch_size=batch_size, seed=seed,
-                 out=state_dir, resume=resume, device=dev, progress=progress)
-        finetune_info = {"epochs": finetune_epochs, "images": len(order), "lr": lr, "batch_size": batch_size,
-                         "seed": seed, "sigma": sigma, "seconds": time.time() - started, "state_dir": str(state_dir),
-                         "threads": FINETUNE_THREADS if dev.type == "cpu" else None}
+        finetune(
+            qmodel,
+            images[order],
+            labels[order],
+            sigma,
+            finetune_epochs,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            out=state_dir,
+            resume=resume,
+            device=dev,
+            progress=progress,
+        )
+        finetune_info = {
+            "epochs": finetune_epochs,
+            "images": len(order),
+            "lr": lr,
+            "batch_size": batch_size,
+            "seed": seed,
+            "sigma": sigma,
+            "seconds": time.time() - started,
+            "state_dir": str(state_dir),
+            "threads": FINETUNE_THREADS if dev.type == "cpu" else None,
+        }
     path = save_quantized(out, qmodel.cpu(), policy, {**info, "sigma": sigma}, calibration, finetune_info)
     return qmodel.eval(), path

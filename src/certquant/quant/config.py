@@ -27,8 +27,10 @@ class QuantizeConfig:
     def __post_init__(self) -> None:
         check(self.calibration_images >= 1, f"calibration_images must be >= 1, got {self.calibration_images}")
         check(self.act_clip in ACT_CLIPS, f"act_clip must be one of {', '.join(ACT_CLIPS)}, got {self.act_clip!r}")
-        check(self.weight_clip in WEIGHT_CLIPS,
-              f"weight_clip must be one of {', '.join(WEIGHT_CLIPS)}, got {self.weight_clip!r}")
+        check(
+            self.weight_clip in WEIGHT_CLIPS,
+            f"weight_clip must be one of {', '.join(WEIGHT_CLIPS)}, got {self.weight_clip!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class FinetuneConfig:
     """Seed of the image draw, the shuffling and the noise."""
 
     def __post_init__(self) -> None:
-        check(self.epochs >= 0 and self.images >= 0, f"finetune epochs and images must be >= 0, got {self.epochs}, "
-              f"{self.images}")
+        check(
+            self.epochs >= 0 and self.images >= 0,
+            f"finetune epochs and images must be >= 0, got {self.epochs}, {self.images}",
+        )
         check(self.lr > 0 and self.batch >= 1, f"finetune lr must be > 0 and batch >= 1, got {self.lr}, {self.batch}")

@@ -3,7 +3,8 @@ at 32 x 32); model size = sum of params * w_bits. Exact integers, so budgets com
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from certquant.quant.layers import LayerInfo
 from certquant.quant.policy import FULL_PRECISION, Policy
@@ -43,10 +44,20 @@ def cost_summary(layers: Sequence[LayerInfo], policy: Policy) -> dict[str, Any]:
     for layer in layers:
         w, a = policy.bits(layer.name)
         ops = layer.macs * w * a
-        rows.append({"index": layer.index, "name": layer.name, "kind": layer.kind, "macs": layer.macs,
-                     "params": layer.params, "w_bits": w, "a_bits": a, "bitops": ops,
-                     "share": ops / total if total else 0.0,
-                     "unquantized": w == FULL_PRECISION or a == FULL_PRECISION})
+        rows.append(
+            {
+                "index": layer.index,
+                "name": layer.name,
+                "kind": layer.kind,
+                "macs": layer.macs,
+                "params": layer.params,
+                "w_bits": w,
+                "a_bits": a,
+                "bitops": ops,
+                "share": ops / total if total else 0.0,
+                "unquantized": w == FULL_PRECISION or a == FULL_PRECISION,
+            }
+        )
     return {
         "arch": policy.arch,
         "layers": rows,
@@ -65,9 +76,20 @@ def format_cost_table(layers: Sequence[LayerInfo], policy: Policy) -> str:
     A layer left at 32 bits is marked ``FP32 <-`` and listed below the table (SPEC §8)."""
     s = cost_summary(layers, policy)
     headers = ["#", "layer", "kind", "MACs", "W", "A", "BitOPs", "share", "note"]
-    body = [[str(r["index"]), r["name"], r["kind"], f"{r['macs']:,}", str(r["w_bits"]), str(r["a_bits"]),
-             f"{r['bitops']:,}", f"{100 * r['share']:.2f}%", "FP32 <- not quantized" if r["unquantized"] else ""]
-            for r in s["layers"]]
+    body = [
+        [
+            str(r["index"]),
+            r["name"],
+            r["kind"],
+            f"{r['macs']:,}",
+            str(r["w_bits"]),
+            str(r["a_bits"]),
+            f"{r['bitops']:,}",
+            f"{100 * r['share']:.2f}%",
+            "FP32 <- not quantized" if r["unquantized"] else "",
+        ]
+        for r in s["layers"]
+    ]
     total = ["", "total", "", f"{s['macs']:,}", "", "", f"{s['bitops']:,}", "100.00%", ""]
     widths = [max(len(row[i]) for row in [headers, total] + body) for i in range(len(headers))]
     right = {0, 3, 4, 5, 6, 7}
@@ -78,10 +100,14 @@ def format_cost_table(layers: Sequence[LayerInfo], policy: Policy) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     out = [line(headers), rule] + [line(row) for row in body] + [rule, line(total)]
-    out.append(f"BitOPs {s['bitops']:,} = {s['bitops_fraction']:.6f} of FP32 ({100 * s['bitops_fraction']:.4f}%; "
-               f"uniform W4A4 = 1.5625%); weights {s['model_size_bits'] / 8 / 1024:,.1f} KiB "
-               f"({s['model_size_bits'] / s['fp32_model_size_bits']:.4f} of FP32)")
+    out.append(
+        f"BitOPs {s['bitops']:,} = {s['bitops_fraction']:.6f} of FP32 ({100 * s['bitops_fraction']:.4f}%; "
+        f"uniform W4A4 = 1.5625%); weights {s['model_size_bits'] / 8 / 1024:,.1f} KiB "
+        f"({s['model_size_bits'] / s['fp32_model_size_bits']:.4f} of FP32)"
+    )
     if s["unquantized_layers"]:
-        out.append(f"WARNING: {len(s['unquantized_layers'])} layer(s) left at 32 bits (not quantized): "
-                   + ", ".join(s["unquantized_layers"]))
+        out.append(
+            f"WARNING: {len(s['unquantized_layers'])} layer(s) left at 32 bits (not quantized): "
+            + ", ".join(s["unquantized_layers"])
+        )
     return "\n".join(out)

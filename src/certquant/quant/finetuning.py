@@ -56,9 +56,16 @@ def finetune(
         raise CertquantError(f"fine-tuning needs matching non-empty images and labels ({len(images)} vs {len(labels)})")
     dev = resolve_device(device) if isinstance(device, str) else device
     qmodel.to(dev)
-    config: dict[str, Any] = {"sigma": float(sigma), "epochs": int(epochs), "lr": float(lr), "batch_size": int(batch_size),
-                              "seed": int(seed), "momentum": float(momentum), "weight_decay": float(weight_decay),
-                              "images": int(len(images))}
+    config: dict[str, Any] = {
+        "sigma": float(sigma),
+        "epochs": int(epochs),
+        "lr": float(lr),
+        "batch_size": int(batch_size),
+        "seed": int(seed),
+        "momentum": float(momentum),
+        "weight_decay": float(weight_decay),
+        "images": int(len(images)),
+    }
     params = [p for p in qmodel.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
@@ -71,7 +78,9 @@ def finetune(
         try:
             qmodel.load_state_dict(state["model"])
         except RuntimeError:
-            raise CertquantError(f"{state_path} holds another model or policy: drop --resume or use a new output") from None
+            raise CertquantError(
+                f"{state_path} holds another model or policy: drop --resume or use a new output"
+            ) from None
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, start = state["history"], state["epoch"] + 1
@@ -79,11 +88,29 @@ def finetune(
     started = time.time()
     for epoch in range(start, epochs):
         with torch_threads(threads if dev.type == "cpu" else None):
-            loss = noisy_epoch(qmodel, images, labels, optimizer, sigma, batch_size, seed * 1000 + epoch, dev,
-                               desc=f"fine-tune {epoch + 1}/{epochs}", progress=progress)
+            loss = noisy_epoch(
+                qmodel,
+                images,
+                labels,
+                optimizer,
+                sigma,
+                batch_size,
+                seed * 1000 + epoch,
+                dev,
+                desc=f"fine-tune {epoch + 1}/{epochs}",
+                progress=progress,
+            )
         scheduler.step()
         history.append({"epoch": epoch + 1, "loss": loss, "seconds": time.time() - started})
         if folder is not None:
-            folder.save_torch(STATE_FILE, {"model": qmodel.state_dict(), "optimizer": optimizer.state_dict(),
-                                           "scheduler": scheduler.state_dict(), "history": history, "epoch": epoch})
+            folder.save_torch(
+                STATE_FILE,
+                {
+                    "model": qmodel.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "history": history,
+                    "epoch": epoch,
+                },
+            )
     return qmodel.eval()

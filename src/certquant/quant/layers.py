@@ -8,8 +8,8 @@ listed once, at its first call.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -52,10 +52,34 @@ def _describe(index: int, name: str, module: nn.Module, x: torch.Tensor, y: torc
         kh, kw = _pair(module.kernel_size)
         out_hw = (int(y.shape[-2]), int(y.shape[-1]))
         macs = module.in_channels * module.out_channels * kh * kw * out_hw[0] * out_hw[1] // module.groups
-        return LayerInfo(index, name, "conv", module.in_channels, module.out_channels, (kh, kw), _pair(module.stride),
-                         module.groups, (int(x.shape[-2]), int(x.shape[-1])), out_hw, module.weight.numel(), macs)
-    return LayerInfo(index, name, "linear", module.in_features, module.out_features, (1, 1), (1, 1), 1, (1, 1), (1, 1),
-                     module.weight.numel(), module.in_features * module.out_features)
+        return LayerInfo(
+            index,
+            name,
+            "conv",
+            module.in_channels,
+            module.out_channels,
+            (kh, kw),
+            _pair(module.stride),
+            module.groups,
+            (int(x.shape[-2]), int(x.shape[-1])),
+            out_hw,
+            module.weight.numel(),
+            macs,
+        )
+    return LayerInfo(
+        index,
+        name,
+        "linear",
+        module.in_features,
+        module.out_features,
+        (1, 1),
+        (1, 1),
+        1,
+        (1, 1),
+        (1, 1),
+        module.weight.numel(),
+        module.in_features * module.out_features,
+    )
 
 
 def quantizable_layers(model: nn.Module, input_shape: Sequence[int]) -> list[LayerInfo]:
@@ -65,7 +89,9 @@ def quantizable_layers(model: nn.Module, input_shape: Sequence[int]) -> list[Lay
     if len(shape) == 3:
         shape = (1,) + shape
     if len(shape) != 4 or min(shape) < 1:
-        raise CertquantError(f"input shape must be (C, H, W) or (N, C, H, W) with positive sizes, got {tuple(input_shape)}")
+        raise CertquantError(
+            f"input shape must be (C, H, W) or (N, C, H, W) with positive sizes, got {tuple(input_shape)}"
+        )
     names = {module: name for name, module in model.named_modules()}
     found: dict[str, LayerInfo] = {}
     handles = []
@@ -87,13 +113,17 @@ def quantizable_layers(model: nn.Module, input_shape: Sequence[int]) -> list[Lay
             model(torch.zeros(shape, device=device))
     except RuntimeError as exc:
         first = short_reason(exc, 160)
-        raise CertquantError(f"the model does not run on input shape {shape[1:]} ({first}): give the shape it was built for") from None
+        raise CertquantError(
+            f"the model does not run on input shape {shape[1:]} ({first}): give the shape it was built for"
+        ) from None
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
     if not found:
-        raise CertquantError("the model has no Conv2d or Linear layer that runs in its forward pass: nothing to quantize")
+        raise CertquantError(
+            "the model has no Conv2d or Linear layer that runs in its forward pass: nothing to quantize"
+        )
     return list(found.values())
 
 
@@ -102,7 +132,12 @@ def layers_table_rows(layers: Sequence[LayerInfo]) -> list[dict]:
     rows = []
     for layer in layers:
         row = dict(layer.__dict__)
-        row.update(kernel_size=list(layer.kernel_size), stride=list(layer.stride), in_hw=list(layer.in_hw),
-                   out_hw=list(layer.out_hw), is_depthwise=layer.is_depthwise)
+        row.update(
+            kernel_size=list(layer.kernel_size),
+            stride=list(layer.stride),
+            in_hw=list(layer.in_hw),
+            out_hw=list(layer.out_hw),
+            is_depthwise=layer.is_depthwise,
+        )
         rows.append(row)
     return rows

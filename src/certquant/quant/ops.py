@@ -63,8 +63,14 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool) ->
 
 
 @torch.no_grad()
-def mse_clip(x: torch.Tensor, bits: int, signed: bool, ratios: torch.Tensor = CLIP_RATIOS,
-             top: torch.Tensor | None = None, max_elements: int = 1 << 24) -> torch.Tensor:
+def mse_clip(
+    x: torch.Tensor,
+    bits: int,
+    signed: bool,
+    ratios: torch.Tensor = CLIP_RATIOS,
+    top: torch.Tensor | None = None,
+    max_elements: int = 1 << 24,
+) -> torch.Tensor:
     """Per-row clip value c (rows = output channels; a 1-D tensor is one row) minimising ||fake_quant(x) - x||^2 over
     c = r * top for the candidate ratios r (top defaults to max|x_row|). Below ~5 bits clipping the few largest
     values buys a finer grid for all the others. Candidates are scored in vectorized chunks of at most

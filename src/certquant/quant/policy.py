@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import numbers
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from certquant.quant.layers import LayerInfo
 from certquant.utils.errors import CertquantError
@@ -37,7 +38,9 @@ class Policy:
     """Per-layer (w_bits, a_bits), ordered as the layers run. ``arch`` names the architecture it was made for (None:
     any architecture with these layer names)."""
 
-    def __init__(self, bits: Mapping[str, Sequence[int]], arch: str | None = None, meta: Mapping[str, Any] | None = None):
+    def __init__(
+        self, bits: Mapping[str, Sequence[int]], arch: str | None = None, meta: Mapping[str, Any] | None = None
+    ):
         if not bits:
             raise CertquantError("a policy needs at least one layer")
         self._bits: dict[str, tuple[int, int]] = {}
@@ -50,8 +53,14 @@ class Policy:
 
     # construction ----------------------------------------------------------------------------------------------
     @classmethod
-    def uniform(cls, layers: Sequence[LayerInfo], w_bits: int, a_bits: int | None = None, arch: str | None = None,
-                first_last_bits: int | None = None) -> "Policy":
+    def uniform(
+        cls,
+        layers: Sequence[LayerInfo],
+        w_bits: int,
+        a_bits: int | None = None,
+        arch: str | None = None,
+        first_last_bits: int | None = None,
+    ) -> Policy:
         """Every layer at (w_bits, a_bits) (a_bits defaults to w_bits). ``first_last_bits`` pins the first and the last
         layer at that width for weights and activations (HAQ's convention: 8)."""
         a_bits = w_bits if a_bits is None else a_bits
@@ -62,12 +71,19 @@ class Policy:
         return cls(bits, arch=arch, meta={"uniform": [w_bits, a_bits], "first_last_bits": first_last_bits})
 
     @classmethod
-    def from_lists(cls, layers: Sequence[LayerInfo] | Sequence[str], w_bits: Sequence[int], a_bits: Sequence[int],
-                   arch: str | None = None) -> "Policy":
+    def from_lists(
+        cls,
+        layers: Sequence[LayerInfo] | Sequence[str],
+        w_bits: Sequence[int],
+        a_bits: Sequence[int],
+        arch: str | None = None,
+    ) -> Policy:
         """A policy from per-layer lists in forward order (the search's actions)."""
         names = [layer if isinstance(layer, str) else layer.name for layer in layers]
         if not len(names) == len(w_bits) == len(a_bits):
-            raise CertquantError(f"{len(names)} layers but {len(w_bits)} weight and {len(a_bits)} activation bit-widths")
+            raise CertquantError(
+                f"{len(names)} layers but {len(w_bits)} weight and {len(a_bits)} activation bit-widths"
+            )
         return cls({n: (w, a) for n, w, a in zip(names, w_bits, a_bits)}, arch=arch)
 
     # access ----------------------------------------------------------------------------------------------------
@@ -100,7 +116,11 @@ class Policy:
         return len(self._bits)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Policy) and list(self._bits.items()) == list(other._bits.items()) and self.arch == other.arch
+        return (
+            isinstance(other, Policy)
+            and list(self._bits.items()) == list(other._bits.items())
+            and self.arch == other.arch
+        )
 
     def __repr__(self) -> str:
         return f"Policy(arch={self.arch!r}, layers={len(self)}, bits={list(self._bits.values())})"
@@ -110,7 +130,9 @@ class Policy:
         """Refuse a policy that does not fit ``layers`` (of architecture ``arch``): another architecture, bits outside
         [1, 32], layer names the model does not have, or layers it leaves out. Raises a one-line CertquantError."""
         if arch is not None and self.arch is not None and arch != self.arch:
-            raise CertquantError(f"the policy was made for architecture '{self.arch}', not '{arch}': use a policy for {arch}")
+            raise CertquantError(
+                f"the policy was made for architecture '{self.arch}', not '{arch}': use a policy for {arch}"
+            )
         for name, (w, a) in self._bits.items():
             _check_bits(name, w, a)
         model_names = [layer.name for layer in layers]
@@ -118,11 +140,15 @@ class Policy:
         missing = [n for n in model_names if n not in self._bits]
         where = f"'{arch}'" if arch else "the model"
         if unknown:
-            raise CertquantError(f"the policy names {len(unknown)} layer(s) that {where} does not have "
-                                 f"({', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''}): it was made for another model")
+            raise CertquantError(
+                f"the policy names {len(unknown)} layer(s) that {where} does not have "
+                f"({', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''}): it was made for another model"
+            )
         if missing:
-            raise CertquantError(f"the policy gives no bits for {len(missing)} layer(s) of {where} "
-                                 f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): give every layer (32 = unquantized)")
+            raise CertquantError(
+                f"the policy gives no bits for {len(missing)} layer(s) of {where} "
+                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): give every layer (32 = unquantized)"
+            )
 
     # JSON ------------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -138,7 +164,7 @@ class Policy:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Policy":
+    def from_dict(cls, data: Mapping[str, Any]) -> Policy:
         if not isinstance(data, Mapping) or data.get("format") != POLICY_FORMAT:
             raise CertquantError(f"not a certquant policy (no '{POLICY_FORMAT}' header)")
         if int(data.get("version", 0)) > POLICY_VERSION:
@@ -156,7 +182,7 @@ class Policy:
         return cls(bits, arch=data.get("arch"), meta=data.get("meta") or {})
 
     @classmethod
-    def from_json(cls, text: str | Mapping[str, Any]) -> "Policy":
+    def from_json(cls, text: str | Mapping[str, Any]) -> Policy:
         """Inverse of ``to_json`` (also takes the already-parsed dict)."""
         if isinstance(text, Mapping):
             return cls.from_dict(text)
@@ -171,7 +197,7 @@ class Policy:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Policy":
+    def load(cls, path: str | os.PathLike) -> Policy:
         text = read_input_text(path, "policy file", "give a policy JSON (e.g. a search's best_policy.json)")
         try:
             return cls.from_json(text)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import copy
 import itertools
-from typing import Any, Iterable, Union
+from collections.abc import Iterable
+from typing import Any, Union
 
 import torch
 from torch import nn
@@ -116,8 +117,10 @@ def quantize(
 
     observers = {layer.name: RangeObserver(seed=layer.index) for layer in layers}
     modules = dict(qmodel.named_modules())
-    handles = [modules[name].register_forward_pre_hook(lambda module, inputs, obs=obs: obs.observe(inputs[0]))
-               for name, obs in observers.items()]
+    handles = [
+        modules[name].register_forward_pre_hook(lambda module, inputs, obs=obs: obs.observe(inputs[0]))
+        for name, obs in observers.items()
+    ]
     qmodel.eval()
     try:
         with torch.no_grad():
@@ -132,14 +135,19 @@ def quantize(
         if isinstance(module, QUANT_MODULES):
             module.weight_quantizer.calibrate(module.weight, weight_clip)
             observer = observers[name]
-            module.input_quantizer.set_range(observer.choose_clip(module.input_quantizer.bits, act_clip), observer.signed)
+            module.input_quantizer.set_range(
+                observer.choose_clip(module.input_quantizer.bits, act_clip), observer.signed
+            )
     return qmodel.eval()
 
 
 def quantized_policy(model: nn.Module, arch: str | None = None) -> Policy:
     """The policy a quantized model carries (read from its QuantConv2d / QuantLinear modules)."""
-    bits = {name: (m.weight_quantizer.bits, m.input_quantizer.bits)
-            for name, m in model.named_modules() if isinstance(m, QUANT_MODULES)}
+    bits = {
+        name: (m.weight_quantizer.bits, m.input_quantizer.bits)
+        for name, m in model.named_modules()
+        if isinstance(m, QUANT_MODULES)
+    }
     if not bits:
         raise CertquantError("the model is not quantized (no QuantConv2d / QuantLinear layers)")
     return Policy(bits, arch=arch)
@@ -147,7 +155,13 @@ def quantized_policy(model: nn.Module, arch: str | None = None) -> Policy:
 
 def activation_ranges(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Per quantized layer: the calibrated input range c_a, whether it is signed, and the bit-widths (for reports)."""
-    return {name: {"w_bits": m.weight_quantizer.bits, "a_bits": m.input_quantizer.bits,
-                   "a_clip": m.input_quantizer.clip if m.input_quantizer.enabled else None,
-                   "a_signed": m.input_quantizer.signed if m.input_quantizer.enabled else None}
-            for name, m in model.named_modules() if isinstance(m, QUANT_MODULES)}
+    return {
+        name: {
+            "w_bits": m.weight_quantizer.bits,
+            "a_bits": m.input_quantizer.bits,
+            "a_clip": m.input_quantizer.clip if m.input_quantizer.enabled else None,
+            "a_signed": m.input_quantizer.signed if m.input_quantizer.enabled else None,
+        }
+        for name, m in model.named_modules()
+        if isinstance(m, QUANT_MODULES)
+    }

@@ -172,8 +172,14 @@ def _quant_extra(module: QuantConv2d | QuantLinear) -> str:
 def _geometry(conv: nn.Conv2d) -> dict[str, Any]:
     """The constructor arguments that give ``conv``'s twin its geometry (torch types the stored attributes wider than
     its constructor accepts)."""
-    return {"kernel_size": conv.kernel_size, "stride": conv.stride, "padding": conv.padding,
-            "dilation": conv.dilation, "groups": conv.groups, "padding_mode": conv.padding_mode}
+    return {
+        "kernel_size": conv.kernel_size,
+        "stride": conv.stride,
+        "padding": conv.padding,
+        "dilation": conv.dilation,
+        "groups": conv.groups,
+        "padding_mode": conv.padding_mode,
+    }
 
 
 class QuantConv2d(nn.Conv2d):
@@ -183,7 +189,7 @@ class QuantConv2d(nn.Conv2d):
     input_quantizer: ActQuantizer
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, w_bits: int, a_bits: int) -> "QuantConv2d":
+    def from_float(cls, conv: nn.Conv2d, w_bits: int, a_bits: int) -> QuantConv2d:
         """Wrap ``conv`` (its weight and bias Parameters are shared, not copied)."""
         q = cls(conv.in_channels, conv.out_channels, bias=conv.bias is not None, device="meta", **_geometry(conv))
         q.weight, q.bias = conv.weight, conv.bias
@@ -194,8 +200,9 @@ class QuantConv2d(nn.Conv2d):
 
     def to_float(self) -> nn.Conv2d:
         """The plain Conv2d with the same (latent float) weight and bias Parameters."""
-        conv = nn.Conv2d(self.in_channels, self.out_channels, bias=self.bias is not None, device="meta",
-                         **_geometry(self))
+        conv = nn.Conv2d(
+            self.in_channels, self.out_channels, bias=self.bias is not None, device="meta", **_geometry(self)
+        )
         conv.weight, conv.bias = self.weight, self.bias
         conv.train(self.training)
         return conv
@@ -220,7 +227,7 @@ class QuantLinear(nn.Linear):
     input_quantizer: ActQuantizer
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, w_bits: int, a_bits: int) -> "QuantLinear":
+    def from_float(cls, linear: nn.Linear, w_bits: int, a_bits: int) -> QuantLinear:
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta")
         q.weight, q.bias = linear.weight, linear.bias
         q.weight_quantizer = WeightQuantizer(w_bits, linear.out_features).to(linear.weight.device)

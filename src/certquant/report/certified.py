@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from certquant.smoothing.metrics import average_certified_radius, certified_accuracy, radius_grid
 from certquant.utils.errors import CertquantError
@@ -48,8 +48,11 @@ def certified_accuracy_table(runs: Sequence[CertifyRun], step: float = 0.25) -> 
     rows = []
     for run in runs:
         abstain = sum(1 for r in run.records if r["predicted"] == -1) / len(run.records)
-        rows.append([run.name, len(run.records), average_certified_radius(run.records)]
-                    + [certified_accuracy(run.records, r) for r in radii] + [abstain])
+        rows.append(
+            [run.name, len(run.records), average_certified_radius(run.records)]
+            + [certified_accuracy(run.records, r) for r in radii]
+            + [abstain]
+        )
     return markdown_table(headers, rows, digits=3)
 
 

@@ -278,20 +278,45 @@ def _exported_rows(out: Path, identity: dict[str, Any], rows: list[dict[str, Any
             continue
         summary = json.loads((run_dir / "summary.json").read_text())
         agreement = json.loads((folder / "agreement.json").read_text()) if (folder / "agreement.json").is_file() else {}
-        exported.append({"name": name, "acr": by_name[name]["acr"], "onnx_acr": summary["acr"],
-                         "clean_accuracy": by_name[name]["clean_accuracy"], "onnx_clean_accuracy": summary["clean_accuracy"],
-                         "agreement": agreement.get("share"), "agreement_samples": agreement.get("total"),
-                         "onnx_bytes": (folder / "model.onnx").stat().st_size if (folder / "model.onnx").is_file() else None})
+        exported.append(
+            {
+                "name": name,
+                "acr": by_name[name]["acr"],
+                "onnx_acr": summary["acr"],
+                "clean_accuracy": by_name[name]["clean_accuracy"],
+                "onnx_clean_accuracy": summary["clean_accuracy"],
+                "agreement": agreement.get("share"),
+                "agreement_samples": agreement.get("total"),
+                "onnx_bytes": (folder / "model.onnx").stat().st_size if (folder / "model.onnx").is_file() else None,
+            }
+        )
     return exported
 
 
 def _exported_table(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    headers = ["model", "ACR (PyTorch)", "ACR (ONNX)", "clean acc (PyTorch)", "clean acc (ONNX)", "agreement",
-               "noisy samples", "ONNX KiB"]
-    rows = [[r["name"], f"{r['acr']:.3f}", f"{r['onnx_acr']:.3f}", f"{r['clean_accuracy']:.3f}",
-             f"{r['onnx_clean_accuracy']:.3f}", f"{r['agreement']:.4f}" if r["agreement"] is not None else "-",
-             r["agreement_samples"] or "-", f"{r['onnx_bytes'] / 1024:.1f}" if r["onnx_bytes"] else "-"]
-            for r in results.get("exported", [])]
+    headers = [
+        "model",
+        "ACR (PyTorch)",
+        "ACR (ONNX)",
+        "clean acc (PyTorch)",
+        "clean acc (ONNX)",
+        "agreement",
+        "noisy samples",
+        "ONNX KiB",
+    ]
+    rows = [
+        [
+            r["name"],
+            f"{r['acr']:.3f}",
+            f"{r['onnx_acr']:.3f}",
+            f"{r['clean_accuracy']:.3f}",
+            f"{r['onnx_clean_accuracy']:.3f}",
+            f"{r['agreement']:.4f}" if r["agreement"] is not None else "-",
+            r["agreement_samples"] or "-",
+            f"{r['onnx_bytes'] / 1024:.1f}" if r["onnx_bytes"] else "-",
+        ]
+        for r in results.get("exported", [])
+    ]
     return headers, rows
 
 

@@ -56,22 +56,33 @@ class SearchSettings(EvalConfig):
         super().__post_init__()
         check(bool(self.budgets), "search.budgets is empty: give at least one BitOPs fraction, e.g. [0.015625]")
         for budget in self.budgets:
-            check(0 < float(budget) <= 1, f"budget {budget} must be a fraction of FP32 BitOPs in (0, 1] "
-                  "(e.g. 0.015625 = uniform W4A4)")
+            check(
+                0 < float(budget) <= 1,
+                f"budget {budget} must be a fraction of FP32 BitOPs in (0, 1] (e.g. 0.015625 = uniform W4A4)",
+            )
         unknown = sorted(set(self.methods) - set(METHODS))
-        check(not unknown and bool(self.methods),
-              f"unknown or no method(s) {', '.join(unknown)}: use {', '.join(METHODS)}")
+        check(
+            not unknown and bool(self.methods),
+            f"unknown or no method(s) {', '.join(unknown)}: use {', '.join(METHODS)}",
+        )
         check(self.baseline_reward in REWARDS, f"baseline_reward must be one of {', '.join(REWARDS)}")
         check(self.episodes >= 1 and self.search_images >= 1, "episodes and search_images must be >= 1")
-        check(self.final_top_k >= 1 and self.final_images >= 1,
-              "final_top_k and final_images must be >= 1 (final_top_k 1: no re-selection)")
+        check(
+            self.final_top_k >= 1 and self.final_images >= 1,
+            "final_top_k and final_images must be >= 1 (final_top_k 1: no re-selection)",
+        )
         self.env(float(self.budgets[0]))  # bit range and pin bits checked once, here
 
     def env(self, budget: float) -> EnvConfig:
         """The bit-width environment of one budget."""
-        return EnvConfig(budget=float(budget), min_bits=self.min_bits, max_bits=self.max_bits,
-                         pin_first_last=self.pin_first_last, pin_bits=self.pin_bits,
-                         tie_weight_activation=self.tie)
+        return EnvConfig(
+            budget=float(budget),
+            min_bits=self.min_bits,
+            max_bits=self.max_bits,
+            pin_first_last=self.pin_first_last,
+            pin_bits=self.pin_bits,
+            tie_weight_activation=self.tie,
+        )
 
     def reward_of(self, method: str) -> str:
         """The reward a method's candidates are scored with: its own for arq / haq, baseline_reward otherwise."""

@@ -133,7 +133,9 @@ class ReplayBuffer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["capacity"] != self.capacity or tuple(state["states"].shape[1:]) != self.states.shape[1:]:
-            raise CertquantError("replay buffer in the saved state has another shape: the search was made with other settings")
+            raise CertquantError(
+                "replay buffer in the saved state has another shape: the search was made with other settings"
+            )
         n = state["size"]
         for name in self._ARRAYS:
             getattr(self, name)[:n] = np.asarray(state[name])
@@ -198,7 +200,9 @@ class DDPGAgent:
         states = np.asarray(states, dtype=np.float32)
         actions = np.asarray(actions, dtype=np.float32).reshape(-1)
         if states.ndim != 2 or states.shape[1] != self.state_dim or len(actions) != len(states) or len(states) == 0:
-            raise CertquantError(f"observe expects states (T, {self.state_dim}) and T actions, got {states.shape} and {actions.shape}")
+            raise CertquantError(
+                f"observe expects states (T, {self.state_dim}) and T actions, got {states.shape} and {actions.shape}"
+            )
         if not math.isfinite(reward):
             raise CertquantError(f"episode reward must be finite, got {reward}")
         last = len(states) - 1
@@ -271,10 +275,21 @@ class DDPGAgent:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["config"] != asdict(self.config) or state["state_dim"] != self.state_dim \
-                or state["episode_length"] != self.episode_length:
+        if (
+            state["config"] != asdict(self.config)
+            or state["state_dim"] != self.state_dim
+            or state["episode_length"] != self.episode_length
+        ):
             raise CertquantError("the saved agent was made with other settings: start a new search instead of resuming")
-        for name in ("actor", "critic", "actor_target", "critic_target", "actor_optimizer", "critic_optimizer", "buffer"):
+        for name in (
+            "actor",
+            "critic",
+            "actor_target",
+            "critic_target",
+            "actor_optimizer",
+            "critic_optimizer",
+            "buffer",
+        ):
             getattr(self, name).load_state_dict(state[name])
         self.baseline = state["baseline"]
         self.episodes_observed = state["episodes_observed"]

@@ -15,16 +15,26 @@ then weight bits by one, until the policy fits (or everything is at b_min, which
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
 from certquant.quant import LayerInfo, Policy, fp32_bitops
 from certquant.utils.errors import CertquantError
 
-STATE_FEATURES = ("layer_index", "c_in", "c_out", "kernel_size", "stride", "feature_map", "params", "is_depthwise",
-                  "is_activation", "previous_action")
+STATE_FEATURES = (
+    "layer_index",
+    "c_in",
+    "c_out",
+    "kernel_size",
+    "stride",
+    "feature_map",
+    "params",
+    "is_depthwise",
+    "is_activation",
+    "previous_action",
+)
 
 # Budgets compare in floating point against exact integer BitOPs; a relative slack of 1e-12 lets the policy that
 # exactly meets a budget (uniform W4A4 at 0.015625) fit.
@@ -50,10 +60,13 @@ class EnvConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.budget, (int, float)) or not 0 < self.budget <= 1:
-            raise CertquantError(f"budget must be a fraction of FP32 BitOPs in (0, 1], got {self.budget} "
-                                 "(e.g. 0.015625 = uniform W4A4)")
+            raise CertquantError(
+                f"budget must be a fraction of FP32 BitOPs in (0, 1], got {self.budget} (e.g. 0.015625 = uniform W4A4)"
+            )
         if not 1 <= self.min_bits <= self.max_bits <= 32:
-            raise CertquantError(f"bit range must satisfy 1 <= min_bits <= max_bits <= 32, got [{self.min_bits}, {self.max_bits}]")
+            raise CertquantError(
+                f"bit range must satisfy 1 <= min_bits <= max_bits <= 32, got [{self.min_bits}, {self.max_bits}]"
+            )
         if not 1 <= self.pin_bits <= 32:
             raise CertquantError(f"pin_bits must be in [1, 32], got {self.pin_bits}")
 
@@ -87,7 +100,9 @@ class BitWidthEnv:
         self.pinned = {0, last} if config.pin_first_last else set()
         searchable = [i for i in range(len(self.layers)) if i not in self.pinned]
         if not searchable:
-            raise CertquantError(f"all {len(self.layers)} layers are pinned: nothing to search (turn off first/last pinning)")
+            raise CertquantError(
+                f"all {len(self.layers)} layers are pinned: nothing to search (turn off first/last pinning)"
+            )
         targets = ("wa",) if config.tie_weight_activation else ("w", "a")
         self.steps = [Step(i, t) for i in searchable for t in targets]
         self._features = self._static_features()
@@ -97,8 +112,10 @@ class BitWidthEnv:
             raise CertquantError(
                 f"budget {config.budget:g} of FP32 BitOPs is unreachable: even the lowest bits give "
                 f"{self.bitops(*floor) / self.fp32:.6g} (unpinned layers at {config.min_bits} bits"
-                + (f", first/last at {config.pin_bits}" if self.pinned else "") + "): raise the budget"
-                + (" or drop first/last pinning" if self.pinned else ""))
+                + (f", first/last at {config.pin_bits}" if self.pinned else "")
+                + "): raise the budget"
+                + (" or drop first/last pinning" if self.pinned else "")
+            )
         self.reset()
 
     # -- the state ------------------------------------------------------------------------------------------------
@@ -116,9 +133,19 @@ class BitWidthEnv:
         rows = []
         for step in self.steps:
             layer = self.layers[step.layer]
-            rows.append([layer.index, layer.in_channels, layer.out_channels, layer.kernel_size[0] * layer.kernel_size[1],
-                         layer.stride[0], layer.in_hw[0] * layer.in_hw[1], layer.params, float(layer.is_depthwise),
-                         1.0 if step.target == "a" else 0.0])
+            rows.append(
+                [
+                    layer.index,
+                    layer.in_channels,
+                    layer.out_channels,
+                    layer.kernel_size[0] * layer.kernel_size[1],
+                    layer.stride[0],
+                    layer.in_hw[0] * layer.in_hw[1],
+                    layer.params,
+                    float(layer.is_depthwise),
+                    1.0 if step.target == "a" else 0.0,
+                ]
+            )
         table = np.asarray(rows, dtype=np.float64)
         low, span = table.min(0), table.max(0) - table.min(0)
         return ((table - low) / np.where(span > 0, span, 1.0)).astype(np.float32)

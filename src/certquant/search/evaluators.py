@@ -22,8 +22,9 @@ import json
 import time
 import weakref
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -95,33 +96,53 @@ class EvalConfig:
     """Racing: search images scored between two stopping checks."""
 
     def __post_init__(self) -> None:
-        check(self.estimator in ESTIMATORS,
-              f"unknown ACR estimator '{self.estimator}': use one of {', '.join(ESTIMATORS)}")
+        check(
+            self.estimator in ESTIMATORS,
+            f"unknown ACR estimator '{self.estimator}': use one of {', '.join(ESTIMATORS)}",
+        )
         check(self.lam > 0, f"lambda (lam) must be > 0, got {self.lam}")
-        check(min(self.n_p, self.n_fp, self.noise_copies, self.calib_images, self.finetune_batch,
-                  self.max_forward) >= 1 and self.finetune_steps >= 0,
-              "n_p, n_fp, noise copies, calibration images, fine-tuning batch and samples per forward pass must be "
-              ">= 1, finetune_steps >= 0")
-        check(0.0 < self.gamma <= 1.0 and 0.0 < self.alpha_zeta < 1.0,
-              f"gamma must be in (0, 1] and alpha_zeta in (0, 1), got {self.gamma}, {self.alpha_zeta}")
-        check(self.act_clip in ACT_CLIPS and self.weight_clip in WEIGHT_CLIPS,
-              f"act_clip must be one of {', '.join(ACT_CLIPS)} and weight_clip one of {', '.join(WEIGHT_CLIPS)}")
+        check(
+            min(self.n_p, self.n_fp, self.noise_copies, self.calib_images, self.finetune_batch, self.max_forward) >= 1
+            and self.finetune_steps >= 0,
+            "n_p, n_fp, noise copies, calibration images, fine-tuning batch and samples per forward pass must be "
+            ">= 1, finetune_steps >= 0",
+        )
+        check(
+            0.0 < self.gamma <= 1.0 and 0.0 < self.alpha_zeta < 1.0,
+            f"gamma must be in (0, 1] and alpha_zeta in (0, 1), got {self.gamma}, {self.alpha_zeta}",
+        )
+        check(
+            self.act_clip in ACT_CLIPS and self.weight_clip in WEIGHT_CLIPS,
+            f"act_clip must be one of {', '.join(ACT_CLIPS)} and weight_clip one of {', '.join(WEIGHT_CLIPS)}",
+        )
         check(self.finetune_lr > 0, f"finetune_lr must be > 0, got {self.finetune_lr}")
-        check(0.0 <= self.race_delta < 1.0 and self.race_batch >= 1,
-              f"race_delta must be in [0, 1) (0: no racing) and race_batch >= 1, got {self.race_delta}, "
-              f"{self.race_batch}")
-        check(self.race_delta == 0 or self.clean_weight >= 0,
-              f"racing needs clean_weight >= 0 (per-image reward terms in a known range), got {self.clean_weight}")
+        check(
+            0.0 <= self.race_delta < 1.0 and self.race_batch >= 1,
+            f"race_delta must be in [0, 1) (0: no racing) and race_batch >= 1, got {self.race_delta}, "
+            f"{self.race_batch}",
+        )
+        check(
+            self.race_delta == 0 or self.clean_weight >= 0,
+            f"racing needs clean_weight >= 0 (per-image reward terms in a known range), got {self.clean_weight}",
+        )
         if self.estimator != "scratch":
-            check(self.n_p <= self.n_fp, f"IRS reuses n_p of the n_fp FP32 samples: n_p = {self.n_p} must be <= "
-                  f"n_fp = {self.n_fp}")
+            check(
+                self.n_p <= self.n_fp,
+                f"IRS reuses n_p of the n_fp FP32 samples: n_p = {self.n_p} must be <= n_fp = {self.n_fp}",
+            )
 
 
 # -- rewards: pure functions of measured quantities -----------------------------------------------------------------
 
 
-def arq_reward(acr: float, clean_accuracy: float, acr_fp32: float, clean_accuracy_fp32: float, lam: float = 0.1,
-               clean_weight: float = 1.0) -> float:
+def arq_reward(
+    acr: float,
+    clean_accuracy: float,
+    acr_fp32: float,
+    clean_accuracy_fp32: float,
+    lam: float = 0.1,
+    clean_weight: float = 1.0,
+) -> float:
     """ARQ: R = lambda * [(ACR_q - ACR_fp32) + w_clean * (acc_q - acc_fp32)], ACR and clean accuracy of the smoothed
     classifiers on the search set (SPEC 5). w_clean = 1 by default: ACR alone rewards easy samples (SPEC 2) and let
     the search trade clean accuracy away; 0 is the paper's ACR-only form."""
@@ -149,9 +170,16 @@ class SearchSet:
 class Scorer:
     """Measures terms of a model (FP32 or a candidate) on the search set."""
 
-    def __init__(self, sigma: float, config: EvalConfig, certify_config: CertifyConfig, seed: int,
-                 device: torch.device):
-        self.sigma, self.config, self.certify_config, self.seed, self.device = sigma, config, certify_config, seed, device
+    def __init__(
+        self, sigma: float, config: EvalConfig, certify_config: CertifyConfig, seed: int, device: torch.device
+    ):
+        self.sigma, self.config, self.certify_config, self.seed, self.device = (
+            sigma,
+            config,
+            certify_config,
+            seed,
+            device,
+        )
 
     def prepare(self, fp_model: nn.Module, search: SearchSet) -> None:
         """One-time work on the full-precision model before any candidate (IRS: certify it and keep the caches)."""
@@ -167,8 +195,11 @@ class NoisyTop1(Scorer):
         copies = self.config.noise_copies
         x = search.images.repeat_interleave(copies, dim=0)
         y = search.labels.repeat_interleave(copies, dim=0)
-        return {"noisy_accuracy": accuracy(model, x, y, self.sigma, batch_size=self.certify_config.batch,
-                                           seed=self.seed, device=self.device)}
+        return {
+            "noisy_accuracy": accuracy(
+                model, x, y, self.sigma, batch_size=self.certify_config.batch, seed=self.seed, device=self.device
+            )
+        }
 
 
 class ACREstimator(Scorer):
@@ -227,8 +258,17 @@ class ScratchEstimator(ACREstimator):
         """All search images at once (``certify_many``: the same noise, several images per forward pass; see
         ``EvalConfig.max_forward``)."""
         c = self.certify_config
-        certs = certify_many(model, list(images), self.sigma, c.n0, self.config.n_p, c.alpha, c.batch, seeds,
-                             max_forward=self.config.max_forward)
+        certs = certify_many(
+            model,
+            list(images),
+            self.sigma,
+            c.n0,
+            self.config.n_p,
+            c.alpha,
+            c.batch,
+            seeds,
+            max_forward=self.config.max_forward,
+        )
         return [(cert.label, cert.radius) for cert in certs]
 
     def certify_indices(self, model: nn.Module, search: SearchSet, indices: Sequence[int]) -> list[tuple[int, float]]:
@@ -236,8 +276,9 @@ class ScratchEstimator(ACREstimator):
 
     def max_radius(self) -> float:
         """All n_p samples on c_A: sigma * Phi^-1(alpha^(1/n_p))."""
-        return certified_radius(clopper_pearson_lower(self.config.n_p, self.config.n_p, self.certify_config.alpha),
-                                self.sigma)
+        return certified_radius(
+            clopper_pearson_lower(self.config.n_p, self.config.n_p, self.certify_config.alpha), self.sigma
+        )
 
 
 _CACHES: weakref.WeakKeyDictionary[nn.Module, dict[tuple, list[Any]]] = weakref.WeakKeyDictionary()
@@ -247,13 +288,26 @@ def fp32_caches(fp_model: nn.Module, search: SearchSet, sigma: float, c: Certify
     """FP32's certification of every search image with n0 + n_fp samples and ``keep_cache`` (what IRS and the paired
     estimators reuse). Computed once per model and settings in a process: several searches or benchmark rows over
     the same search set share it (the same call gives the same caches, so sharing changes no result)."""
-    key = (tuple(search.seeds), tuple(search.images.shape), float(search.images.double().sum()), float(sigma), c.n0,
-           n_fp, c.alpha, c.batch, model_device(fp_model).type)
+    key = (
+        tuple(search.seeds),
+        tuple(search.images.shape),
+        float(search.images.double().sum()),
+        float(sigma),
+        c.n0,
+        n_fp,
+        c.alpha,
+        c.batch,
+        model_device(fp_model).type,
+    )
     memo = _CACHES.setdefault(fp_model, {})
     if key not in memo:
         memo.clear()  # one search set per model at a time: bounded memory
-        memo[key] = [certify(fp_model, search.images[k], sigma, c.n0, n_fp, c.alpha, c.batch, search.seeds[k],
-                             keep_cache=True).cache for k in range(len(search.images))]
+        memo[key] = [
+            certify(
+                fp_model, search.images[k], sigma, c.n0, n_fp, c.alpha, c.batch, search.seeds[k], keep_cache=True
+            ).cache
+            for k in range(len(search.images))
+        ]
     return memo[key]
 
 
@@ -273,15 +327,25 @@ class IRSEstimator(ACREstimator):
 
     def certify_image(self, model: nn.Module, k: int, x: torch.Tensor, seed: int) -> tuple[int, float]:
         cfg = self.config
-        cert = certify_incremental(model, self.caches[k], x, self.sigma, cfg.n_p, gamma=cfg.gamma,
-                                   alpha_zeta=cfg.alpha_zeta, disparity=self.disparity)
+        cert = certify_incremental(
+            model,
+            self.caches[k],
+            x,
+            self.sigma,
+            cfg.n_p,
+            gamma=cfg.gamma,
+            alpha_zeta=cfg.alpha_zeta,
+            disparity=self.disparity,
+        )
         return cert.label, cert.radius
 
     def max_radius(self) -> float:
         """zeta branch: at most FP32's pA_lower (all n_fp samples); direct branch: all n_p at alpha + alpha_zeta."""
         cfg, alpha = self.config, self.certify_config.alpha
-        return max(certified_radius(clopper_pearson_lower(cfg.n_fp, cfg.n_fp, alpha), self.sigma),
-                   certified_radius(clopper_pearson_lower(cfg.n_p, cfg.n_p, alpha + cfg.alpha_zeta), self.sigma))
+        return max(
+            certified_radius(clopper_pearson_lower(cfg.n_fp, cfg.n_fp, alpha), self.sigma),
+            certified_radius(clopper_pearson_lower(cfg.n_p, cfg.n_p, alpha + cfg.alpha_zeta), self.sigma),
+        )
 
 
 class OneSidedIRSEstimator(IRSEstimator):
@@ -291,7 +355,9 @@ class OneSidedIRSEstimator(IRSEstimator):
     disparity = ONE_SIDED
 
 
-ESTIMATORS: dict[str, type[ACREstimator]] = {cls.name: cls for cls in (ScratchEstimator, IRSEstimator, OneSidedIRSEstimator)}
+ESTIMATORS: dict[str, type[ACREstimator]] = {
+    cls.name: cls for cls in (ScratchEstimator, IRSEstimator, OneSidedIRSEstimator)
+}
 
 
 def register_estimator(cls: type[ACREstimator]) -> type[ACREstimator]:
@@ -314,8 +380,14 @@ class ARQReward:
 
     @staticmethod
     def value(terms: Terms, reference: Terms, config: EvalConfig) -> float:
-        return arq_reward(terms["acr"], terms["clean_accuracy"], reference["acr"], reference["clean_accuracy"],
-                          config.lam, config.clean_weight)
+        return arq_reward(
+            terms["acr"],
+            terms["clean_accuracy"],
+            reference["acr"],
+            reference["clean_accuracy"],
+            config.lam,
+            config.clean_weight,
+        )
 
     @staticmethod
     def settings(config: EvalConfig) -> Terms:
@@ -372,9 +444,15 @@ class PolicyEvaluator:
     ):
         if reward not in REWARDS:
             raise CertquantError(f"unknown reward '{reward}': use one of {', '.join(REWARDS)}")
-        if len(search_images) == 0 or len(search_images) != len(search_labels) or len(search_indices) != len(search_images):
-            raise CertquantError(f"the search set needs matching non-empty images, labels and indices "
-                                 f"({len(search_images)}, {len(search_labels)}, {len(search_indices)})")
+        if (
+            len(search_images) == 0
+            or len(search_images) != len(search_labels)
+            or len(search_indices) != len(search_images)
+        ):
+            raise CertquantError(
+                f"the search set needs matching non-empty images, labels and indices "
+                f"({len(search_images)}, {len(search_labels)}, {len(search_indices)})"
+            )
         self.config = cfg = config or EvalConfig()
         self.certify_config = certify_config or CertifyConfig()
         self.reward_kind = REWARDS[reward]
@@ -383,7 +461,9 @@ class PolicyEvaluator:
         self.model = model.to(self.device).eval()
         self.sigma, self.arch = float(sigma), arch
         self.indices = [int(i) for i in search_indices]
-        self.search = SearchSet(search_images.float(), search_labels.long(), [image_seed(seed, i) for i in self.indices])
+        self.search = SearchSet(
+            search_images.float(), search_labels.long(), [image_seed(seed, i) for i in self.indices]
+        )
         self.layers = quantizable_layers(self.model, tuple(self.search.images.shape[1:]))
         self.calibration = noisy_calibration_batch(self.search.images, self.sigma, cfg.calib_images, seed)
         self.finetune_set = self._finetune_set(finetune_images, finetune_labels)
@@ -394,7 +474,9 @@ class PolicyEvaluator:
     def images(self) -> torch.Tensor:
         return self.search.images
 
-    def _finetune_set(self, images: torch.Tensor | None, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _finetune_set(
+        self, images: torch.Tensor | None, labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         cfg = self.config
         if cfg.finetune_steps == 0:
             return None
@@ -420,12 +502,23 @@ class PolicyEvaluator:
     def quantized(self, policy: Policy) -> nn.Module:
         """The candidate model: quantized with noisy calibration, then (optionally) fine-tuned a few noisy steps."""
         cfg = self.config
-        qmodel = quantize(self.model, policy, self.calibration, arch=self.arch, act_clip=cfg.act_clip,
-                          weight_clip=cfg.weight_clip)
+        qmodel = quantize(
+            self.model, policy, self.calibration, arch=self.arch, act_clip=cfg.act_clip, weight_clip=cfg.weight_clip
+        )
         if self.finetune_set is not None:
             images, labels = self.finetune_set
-            finetune(qmodel, images, labels, self.sigma, epochs=1, lr=cfg.finetune_lr, batch_size=cfg.finetune_batch,
-                     seed=self.seed, device=self.device, progress=False)  # the search shows its own progress
+            finetune(
+                qmodel,
+                images,
+                labels,
+                self.sigma,
+                epochs=1,
+                lr=cfg.finetune_lr,
+                batch_size=cfg.finetune_batch,
+                seed=self.seed,
+                device=self.device,
+                progress=False,
+            )  # the search shows its own progress
         return qmodel.eval()
 
     @property
@@ -456,12 +549,20 @@ class PolicyEvaluator:
         reward = kind.value(terms, reference, self.config)
         if terms.get("raced_out") and incumbent is not None:
             reward = min(reward, float(incumbent))  # mean_t <= U_t < tau already implies it (racing.py)
-        out: Terms = {"reward": reward, "reward_kind": kind.name, "lambda": self.config.lam,
-                      **kind.settings(self.config)}
+        out: Terms = {
+            "reward": reward,
+            "reward_kind": kind.name,
+            "lambda": self.config.lam,
+            **kind.settings(self.config),
+        }
         out.update(terms)
         out.update({f"{k}_fp32": v for k, v in reference.items() if k != "seconds"})
-        out.update(bitops_fraction=bitops_fraction(self.layers, policy), seconds_quantize=quantized_at - started,
-                   seconds_score=done - quantized_at, forward_samples=seen[0])
+        out.update(
+            bitops_fraction=bitops_fraction(self.layers, policy),
+            seconds_quantize=quantized_at - started,
+            seconds_score=done - quantized_at,
+            forward_samples=seen[0],
+        )
         return out
 
     def _race(self, qmodel: nn.Module, policy: Policy, incumbent: float, reference: Terms) -> Terms:
@@ -487,10 +588,21 @@ class PolicyEvaluator:
         result = race(score, order.tolist(), cfg.race_batch, target, scorer.max_radius() + w, cfg.race_delta)
         scored = sorted(certificates)
         terms = scorer.terms_of([certificates[k] for k in scored], [labels[k] for k in scored])
-        return {**terms, "images_scored": len(scored), "raced_out": result.stopped, "race_upper": result.upper,
-                "race_target": target}
+        return {
+            **terms,
+            "images_scored": len(scored),
+            "raced_out": result.stopped,
+            "race_upper": result.upper,
+            "race_target": target,
+        }
 
     def describe(self) -> dict[str, Any]:
         """The evaluator's identity for the search's config file (what changes rewards)."""
-        return {**asdict(self.config), "reward": self.reward_kind.name, "certify": asdict(self.certify_config),
-                "seed": self.seed, "sigma": self.sigma, "search_indices": self.indices}
+        return {
+            **asdict(self.config),
+            "reward": self.reward_kind.name,
+            "certify": asdict(self.certify_config),
+            "seed": self.seed,
+            "sigma": self.sigma,
+            "search_indices": self.indices,
+        }

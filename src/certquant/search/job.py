@@ -34,14 +34,24 @@ def validation_indices(info: dict[str, Any], count: int, seed: int, offset: int 
     pool = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))]
     indices = sorted(int(i) for i in pool[offset : offset + count])
     if len(indices) < count:
-        raise CertquantError(f"only {len(indices)} held-out validation images are left for {count} search images: "
-                             "lower search.search_images or search.final_images")
+        raise CertquantError(
+            f"only {len(indices)} held-out validation images are left for {count} search images: "
+            "lower search.search_images or search.final_images"
+        )
     return indices
 
 
-def evaluator_on(model: nn.Module, info: dict[str, Any], sigma: float, settings: SearchSettings,
-                 certify_config: CertifyConfig, method: str, indices: list[int], device: torch.device,
-                 finetune_pool: bool = False) -> PolicyEvaluator:
+def evaluator_on(
+    model: nn.Module,
+    info: dict[str, Any],
+    sigma: float,
+    settings: SearchSettings,
+    certify_config: CertifyConfig,
+    method: str,
+    indices: list[int],
+    device: torch.device,
+    finetune_pool: bool = False,
+) -> PolicyEvaluator:
     """The candidate evaluator of ``method`` on the validation images ``indices`` (with ``finetune_pool``: candidate
     fine-tuning draws from the other training images)."""
     images, labels = load_dataset(info["dataset"], "train")
@@ -50,27 +60,59 @@ def evaluator_on(model: nn.Module, info: dict[str, Any], sigma: float, settings:
         keep = torch.ones(len(images), dtype=torch.bool)
         keep[indices] = False
         ft_images, ft_labels = images[keep], labels[keep]
-    return PolicyEvaluator(model, sigma, images[indices], labels[indices], indices, settings,
-                           reward=settings.reward_of(method), certify_config=certify_config, seed=settings.seed,
-                           arch=info["arch"], finetune_images=ft_images, finetune_labels=ft_labels, device=device)
+    return PolicyEvaluator(
+        model,
+        sigma,
+        images[indices],
+        labels[indices],
+        indices,
+        settings,
+        reward=settings.reward_of(method),
+        certify_config=certify_config,
+        seed=settings.seed,
+        arch=info["arch"],
+        finetune_images=ft_images,
+        finetune_labels=ft_labels,
+        device=device,
+    )
 
 
-def build_search(model: nn.Module, info: dict[str, Any], sigma: float, settings: SearchSettings,
-                 certify_config: CertifyConfig, method: str, budget: float, out: str | Path,
-                 device: torch.device) -> tuple[Search, PolicyEvaluator]:
+def build_search(
+    model: nn.Module,
+    info: dict[str, Any],
+    sigma: float,
+    settings: SearchSettings,
+    certify_config: CertifyConfig,
+    method: str,
+    budget: float,
+    out: str | Path,
+    device: torch.device,
+) -> tuple[Search, PolicyEvaluator]:
     """The evaluator over the search set and the ``Search`` writing to ``out`` (not yet opened or run)."""
     indices = validation_indices(info, settings.search_images, settings.seed)
     evaluator = evaluator_on(model, info, sigma, settings, certify_config, method, indices, device, finetune_pool=True)
-    config = SearchConfig(settings.env(budget), method, settings.episodes,
-                          replace(settings.agent, seed=settings.seed), settings.seed)
-    extra = {"checkpoint_sha256": info["sha256"], "dataset": info["dataset"], "evaluator": evaluator.describe(),
-             "device": device.type}
+    config = SearchConfig(
+        settings.env(budget), method, settings.episodes, replace(settings.agent, seed=settings.seed), settings.seed
+    )
+    extra = {
+        "checkpoint_sha256": info["sha256"],
+        "dataset": info["dataset"],
+        "evaluator": evaluator.describe(),
+        "device": device.type,
+    }
     return Search(evaluator.layers, evaluator, config, out, arch=info["arch"], extra=extra), evaluator
 
 
-def final_selection(search_dir: str | Path, model: nn.Module, info: dict[str, Any], sigma: float,
-                    settings: SearchSettings, certify_config: CertifyConfig, method: str,
-                    device: torch.device) -> Policy:
+def final_selection(
+    search_dir: str | Path,
+    model: nn.Module,
+    info: dict[str, Any],
+    sigma: float,
+    settings: SearchSettings,
+    certify_config: CertifyConfig,
+    method: str,
+    device: torch.device,
+) -> Policy:
     """``selection.reselect`` of the finished search in ``search_dir``: its top ``final_top_k`` policies re-scored
     with the search's scoring on ``final_images`` fresh held-out validation images, the ones the seeded draw gives
     right after the search set's (so never the same)."""
@@ -79,9 +121,16 @@ def final_selection(search_dir: str | Path, model: nn.Module, info: dict[str, An
     return reselect(search_dir, evaluator.layers, evaluator, settings.final_top_k, arch=info["arch"])
 
 
-def score_search_policies(search_dir: str | Path, model: nn.Module, info: dict[str, Any], sigma: float,
-                          settings: SearchSettings, certify_config: CertifyConfig, device: torch.device,
-                          progress: bool = False) -> list[dict]:
+def score_search_policies(
+    search_dir: str | Path,
+    model: nn.Module,
+    info: dict[str, Any],
+    sigma: float,
+    settings: SearchSettings,
+    certify_config: CertifyConfig,
+    device: torch.device,
+    progress: bool = False,
+) -> list[dict]:
     """``selection.score_history`` of the finished search in ``search_dir`` with ARQ's scoring on the search's own
     set (the same seeded draw of held-out validation images): ARQ's ACR terms for the policies of a search whose
     reward did not measure them (HAQ's)."""

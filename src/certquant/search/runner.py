@@ -28,9 +28,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -40,12 +41,17 @@ from certquant.quant import LayerInfo, Policy, bitops_fraction
 from certquant.search.ddpg import DDPGAgent, DDPGConfig
 from certquant.search.env import BitWidthEnv, EnvConfig
 from certquant.utils.errors import CertquantError
-from certquant.utils.run_folder import IDENTITY_FILE, RunFolder
 from certquant.utils.provenance import software_versions
+from certquant.utils.run_folder import IDENTITY_FILE, RunFolder
 
 METHODS = ("arq", "haq", "random", "uniform")
 CONFIG_FILE, HISTORY_FILE, BEST_FILE, STATE_FILE, SUMMARY_FILE = (
-    IDENTITY_FILE, "history.jsonl", "best_policy.json", "state.pt", "summary.json")
+    IDENTITY_FILE,
+    "history.jsonl",
+    "best_policy.json",
+    "state.pt",
+    "summary.json",
+)
 
 Evaluator = Callable[[Policy], dict[str, Any]]
 
@@ -103,14 +109,27 @@ def uniform_policy(env: BitWidthEnv) -> Policy:
 class Search:
     """A resumable search over ``layers`` with ``evaluate(policy) -> terms`` (terms must hold ``reward``)."""
 
-    def __init__(self, layers: Sequence[LayerInfo], evaluate: Evaluator, config: SearchConfig, out: str | Path,
-                 arch: str | None = None, extra: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        layers: Sequence[LayerInfo],
+        evaluate: Evaluator,
+        config: SearchConfig,
+        out: str | Path,
+        arch: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ):
         self.config, self.evaluate, self.arch = config, evaluate, arch
         self.layers = list(layers)
         self.out = Path(out)
         self.env = BitWidthEnv(self.layers, config.env, arch=arch)
-        self.identity = {"format": "certquant-search", "version": 1, "search": config.identity(), "arch": arch,
-                         "layers": [layer.name for layer in self.layers], **(extra or {})}
+        self.identity = {
+            "format": "certquant-search",
+            "version": 1,
+            "search": config.identity(),
+            "arch": arch,
+            "layers": [layer.name for layer in self.layers],
+            **(extra or {}),
+        }
         self.folder = RunFolder(self.out, "search", self.identity)
         self.agent: DDPGAgent | None = None
         if config.method in ("arq", "haq"):
@@ -130,8 +149,14 @@ class Search:
     # -- persistence --------------------------------------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
-        return {"episode": self.episode, "best": self.best, "cache": self.cache, "seconds": self.seconds,
-                "rng": self.rng.bit_generator.state, "agent": self.agent.state_dict() if self.agent else None}
+        return {
+            "episode": self.episode,
+            "best": self.best,
+            "cache": self.cache,
+            "seconds": self.seconds,
+            "rng": self.rng.bit_generator.state,
+            "agent": self.agent.state_dict() if self.agent else None,
+        }
 
     def _save(self) -> None:
         # best policy first, then the state: a kill in between leaves best_policy.json ahead of state.pt, which the
@@ -148,8 +173,12 @@ class Search:
         state_path = self.out / STATE_FILE
         if resuming and state_path.exists():
             state = torch.load(state_path, weights_only=True)
-            self.episode, self.best, self.cache, self.seconds = (state["episode"], state["best"], state["cache"],
-                                                                 state["seconds"])
+            self.episode, self.best, self.cache, self.seconds = (
+                state["episode"],
+                state["best"],
+                state["cache"],
+                state["seconds"],
+            )
             self.rng.bit_generator.state = state["rng"]
             if self.agent is not None:
                 self.agent.load_state_dict(state["agent"])
@@ -201,20 +230,41 @@ class Search:
                 self.agent.update()
         improved = self.best is None or reward > self.best["reward"]
         if improved:
-            best_policy = Policy(dict(policy.items()), arch=self.arch,
-                                 meta={"search": str(self.out), "method": self.config.method, "episode": episode,
-                                       "reward": reward, "budget": self.config.env.budget,
-                                       "bitops_fraction": bitops_fraction(self.layers, policy), "terms": terms})
+            best_policy = Policy(
+                dict(policy.items()),
+                arch=self.arch,
+                meta={
+                    "search": str(self.out),
+                    "method": self.config.method,
+                    "episode": episode,
+                    "reward": reward,
+                    "budget": self.config.env.budget,
+                    "bitops_fraction": bitops_fraction(self.layers, policy),
+                    "terms": terms,
+                },
+            )
             self.best = {"reward": reward, "episode": episode, "policy": best_policy.to_dict()}
         seconds = time.perf_counter() - started
         self.seconds += seconds
-        record = {"episode": episode, "w_bits": policy.w_bits, "a_bits": policy.a_bits,
-                  "bitops_fraction": bitops_fraction(self.layers, policy), "reward": reward, "terms": terms,
-                  "cached": cached, "best_reward": self.best["reward"], "best_episode": self.best["episode"],
-                  "seconds": seconds}
+        record = {
+            "episode": episode,
+            "w_bits": policy.w_bits,
+            "a_bits": policy.a_bits,
+            "bitops_fraction": bitops_fraction(self.layers, policy),
+            "reward": reward,
+            "terms": terms,
+            "cached": cached,
+            "best_reward": self.best["reward"],
+            "best_episode": self.best["episode"],
+            "seconds": seconds,
+        }
         if actions:
-            record.update(actions=actions, chosen_w_bits=chosen[0], chosen_a_bits=chosen[1],
-                          sigma=self.agent.sigma(episode) if episode >= self.agent.config.warmup_episodes else None)
+            record.update(
+                actions=actions,
+                chosen_w_bits=chosen[0],
+                chosen_a_bits=chosen[1],
+                sigma=self.agent.sigma(episode) if episode >= self.agent.config.warmup_episodes else None,
+            )
         self.folder.append(HISTORY_FILE, record)
         self.episode += 1
         self._save()
@@ -227,34 +277,59 @@ class Search:
         if not self.opened:
             self.open(resume)
         total = self.total_episodes
-        bar = tqdm(total=total, initial=min(self.episode, total), desc=f"search {self.config.method}", unit="episode",
-                   disable=not progress)
+        bar = tqdm(
+            total=total,
+            initial=min(self.episode, total),
+            desc=f"search {self.config.method}",
+            unit="episode",
+            disable=not progress,
+        )
         if self.best is not None:
             bar.set_postfix(best=f"{self.best['reward']:.4f}")
         while self.episode < total:
             record = self.step()
             bar.update(1)
-            bar.set_postfix(reward=f"{record['reward']:.4f}", best=f"{record['best_reward']:.4f}",
-                            bitops=f"{record['bitops_fraction']:.4f}")
+            bar.set_postfix(
+                reward=f"{record['reward']:.4f}",
+                best=f"{record['best_reward']:.4f}",
+                bitops=f"{record['bitops_fraction']:.4f}",
+            )
         bar.close()
         assert self.best is not None
         history = self.folder.records(HISTORY_FILE)
         best_policy = Policy.from_dict(self.best["policy"])
-        self.folder.write_json(SUMMARY_FILE, {
-            "method": self.config.method, "budget": self.config.env.budget, "episodes": len(history),
-            "best_reward": self.best["reward"], "best_episode": self.best["episode"],
-            "best_bitops_fraction": bitops_fraction(self.layers, best_policy),
-            "best_w_bits": best_policy.w_bits, "best_a_bits": best_policy.a_bits,
-            "best_terms": best_policy.meta.get("terms"), "reference": reference,
-            "evaluations": len(self.cache), "seconds": self.seconds,
-            "seconds_per_evaluation": self.seconds / max(1, len(self.cache)),
-            "software": software_versions(),
-        })
+        self.folder.write_json(
+            SUMMARY_FILE,
+            {
+                "method": self.config.method,
+                "budget": self.config.env.budget,
+                "episodes": len(history),
+                "best_reward": self.best["reward"],
+                "best_episode": self.best["episode"],
+                "best_bitops_fraction": bitops_fraction(self.layers, best_policy),
+                "best_w_bits": best_policy.w_bits,
+                "best_a_bits": best_policy.a_bits,
+                "best_terms": best_policy.meta.get("terms"),
+                "reference": reference,
+                "evaluations": len(self.cache),
+                "seconds": self.seconds,
+                "seconds_per_evaluation": self.seconds / max(1, len(self.cache)),
+                "software": software_versions(),
+            },
+        )
         return SearchResult(best_policy, self.best["reward"], self.best["episode"], history, self.out)
 
 
-def run_search(layers: Sequence[LayerInfo], evaluate: Evaluator, config: SearchConfig, out: str | Path,
-               resume: bool = False, arch: str | None = None, extra: dict[str, Any] | None = None,
-               progress: bool = True, reference: dict[str, Any] | None = None) -> SearchResult:
+def run_search(
+    layers: Sequence[LayerInfo],
+    evaluate: Evaluator,
+    config: SearchConfig,
+    out: str | Path,
+    resume: bool = False,
+    arch: str | None = None,
+    extra: dict[str, Any] | None = None,
+    progress: bool = True,
+    reference: dict[str, Any] | None = None,
+) -> SearchResult:
     """Run a search (see ``Search``); ``extra`` joins the identity that ``resume`` checks (e.g. checkpoint hash)."""
     return Search(layers, evaluate, config, out, arch=arch, extra=extra).run(resume, progress, reference)

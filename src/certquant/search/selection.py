@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from tqdm import tqdm
 
@@ -39,16 +40,19 @@ def top_policies(history: Sequence[dict], k: int) -> list[dict]:
     return sorted(best.values(), key=lambda line: (-line["reward"], line["episode"]))[:k]
 
 
-def reselect(search_dir: str | Path, layers: Sequence[LayerInfo], evaluator: Evaluator, k: int,
-             arch: str | None = None) -> Policy:
+def reselect(
+    search_dir: str | Path, layers: Sequence[LayerInfo], evaluator: Evaluator, k: int, arch: str | None = None
+) -> Policy:
     """Re-score the top-``k`` policies of the finished search in ``search_dir`` with ``evaluator`` (built on fresh
     images) and return the best; writes ``final_selection.json`` there (read back instead of re-scoring on resume)."""
     path = Path(search_dir) / SELECTION_FILE
     if path.exists():
         saved = _read(path)
         if saved.get("k") != k:
-            raise CertquantError(f"{path} holds a final selection of the top {saved.get('k')}, not {k}: delete it to "
-                                 "redo the selection with the new k")
+            raise CertquantError(
+                f"{path} holds a final selection of the top {saved.get('k')}, not {k}: delete it to "
+                "redo the selection with the new k"
+            )
         return Policy.from_dict(saved["policy"])
     history = list(read_jsonl(Path(search_dir) / "history.jsonl"))
     if not history:
@@ -58,18 +62,32 @@ def reselect(search_dir: str | Path, layers: Sequence[LayerInfo], evaluator: Eva
         policy = Policy.from_lists(layers, line["w_bits"], line["a_bits"], arch=arch)
         started = time.perf_counter()
         terms = evaluator(policy)
-        candidates.append({"episode": line["episode"], "w_bits": line["w_bits"], "a_bits": line["a_bits"],
-                           "search_reward": line["reward"], "final_reward": terms["reward"],
-                           "final_terms": terms, "seconds": time.perf_counter() - started})
+        candidates.append(
+            {
+                "episode": line["episode"],
+                "w_bits": line["w_bits"],
+                "a_bits": line["a_bits"],
+                "search_reward": line["reward"],
+                "final_reward": terms["reward"],
+                "final_terms": terms,
+                "seconds": time.perf_counter() - started,
+            }
+        )
     chosen = max(candidates, key=lambda c: c["final_reward"])  # first maximum: the better search reward among ties
     policy = Policy.from_lists(layers, chosen["w_bits"], chosen["a_bits"], arch=arch)
-    atomic_write_json(path, {"k": k, "chosen_episode": chosen["episode"], "candidates": candidates,
-                             "policy": policy.to_dict()})
+    atomic_write_json(
+        path, {"k": k, "chosen_episode": chosen["episode"], "candidates": candidates, "policy": policy.to_dict()}
+    )
     return policy
 
 
-def score_history(search_dir: str | Path, layers: Sequence[LayerInfo], evaluator: Evaluator,
-                  arch: str | None = None, progress: bool = False) -> list[dict]:
+def score_history(
+    search_dir: str | Path,
+    layers: Sequence[LayerInfo],
+    evaluator: Evaluator,
+    arch: str | None = None,
+    progress: bool = False,
+) -> list[dict]:
     """Score every distinct policy the finished search in ``search_dir`` evaluated with ``evaluator`` and return one
     record per policy (episode, bits, BitOPs fraction, terms). Used to put HAQ's policies, whose reward is noisy
     accuracy, on the same BitOPs-versus-ACR axes as ARQ's: the evaluator is ARQ's, on the same search set and noise.
@@ -87,8 +105,13 @@ def score_history(search_dir: str | Path, layers: Sequence[LayerInfo], evaluator
     for key, line in tqdm(todo.items(), total=len(todo), desc="score policies", unit="policy", disable=not progress):
         policy = Policy.from_lists(layers, line["w_bits"], line["a_bits"], arch=arch)
         terms = evaluator(policy)
-        done[key] = {"episode": line["episode"], "w_bits": line["w_bits"], "a_bits": line["a_bits"],
-                     "bitops_fraction": line["bitops_fraction"], "terms": terms}
+        done[key] = {
+            "episode": line["episode"],
+            "w_bits": line["w_bits"],
+            "a_bits": line["a_bits"],
+            "bitops_fraction": line["bitops_fraction"],
+            "terms": terms,
+        }
         append_jsonl(path, done[key])
     return list(done.values())
 

@@ -21,8 +21,9 @@ import hashlib
 import io
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,13 +63,35 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def cache_key(sigma: float, n0: int, n: int, alpha: float, batch_size: int, seed: int, device: str,
-              checkpoint_sha256: str | None = None, model_sha256: str | None = None, dataset: str | None = None) -> dict:
+def cache_key(
+    sigma: float,
+    n0: int,
+    n: int,
+    alpha: float,
+    batch_size: int,
+    seed: int,
+    device: str,
+    checkpoint_sha256: str | None = None,
+    model_sha256: str | None = None,
+    dataset: str | None = None,
+) -> dict:
     """The key a cache is stored under and checked against."""
-    return {"format": CACHE_FORMAT, "version": CACHE_VERSION, "checkpoint_sha256": checkpoint_sha256,
-            "model_sha256": model_sha256, "dataset": dataset, "sigma": float(sigma), "n0": int(n0), "n": int(n),
-            "alpha": float(alpha), "batch_size": int(batch_size), "seed": int(seed), "device": str(device),
-            "stage": ESTIMATION, "torch": torch.__version__.split("+")[0]}
+    return {
+        "format": CACHE_FORMAT,
+        "version": CACHE_VERSION,
+        "checkpoint_sha256": checkpoint_sha256,
+        "model_sha256": model_sha256,
+        "dataset": dataset,
+        "sigma": float(sigma),
+        "n0": int(n0),
+        "n": int(n),
+        "alpha": float(alpha),
+        "batch_size": int(batch_size),
+        "seed": int(seed),
+        "device": str(device),
+        "stage": ESTIMATION,
+        "torch": torch.__version__.split("+")[0],
+    }
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -97,8 +120,10 @@ class CacheWriter:
             previous = _read_key(path)
             diff = [k for k in sorted(set(previous) | set(key)) if not _same(previous.get(k), key.get(k))]
             if diff:
-                raise CertquantError(f"{self.folder} holds an IRS cache made with other arguments ({', '.join(diff)} "
-                                     "differ): choose another --out")
+                raise CertquantError(
+                    f"{self.folder} holds an IRS cache made with other arguments ({', '.join(diff)} "
+                    "differ): choose another --out"
+                )
         else:
             atomic_write_json(path, key)
 
@@ -106,17 +131,28 @@ class CacheWriter:
         """Store image ``index``'s entry: its predictions file first, then its record."""
         predictions = cache.predictions.detach().cpu()
         if predictions.dtype not in (torch.uint8, torch.int16) or predictions.numel() != cache.n:
-            raise CertquantError(f"cache of image {index} holds {predictions.numel()} {predictions.dtype} predictions, "
-                                 f"expected {cache.n} uint8 or int16")
+            raise CertquantError(
+                f"cache of image {index} holds {predictions.numel()} {predictions.dtype} predictions, "
+                f"expected {cache.n} uint8 or int16"
+            )
         name = f"{PREDICTIONS_DIR}/{int(index):08d}.npz"
         buffer = io.BytesIO()
         np.savez_compressed(buffer, predictions=predictions.numpy())
         atomic_write_bytes(self.folder / name, buffer.getvalue())
-        append_jsonl(self.folder / ENTRIES_FILE, {
-            "index": int(index), "c_a": cache.c_a, "n_a": cache.n_a, "pa_lower": cache.pa_lower, "seed": cache.seed,
-            "batch_seeds": list(cache.batch_seeds), "dtype": str(predictions.dtype).replace("torch.", ""),
-            "image_sha256": tensor_sha256(image) if image is not None else None, "file": name,
-        })
+        append_jsonl(
+            self.folder / ENTRIES_FILE,
+            {
+                "index": int(index),
+                "c_a": cache.c_a,
+                "n_a": cache.n_a,
+                "pa_lower": cache.pa_lower,
+                "seed": cache.seed,
+                "batch_seeds": list(cache.batch_seeds),
+                "dtype": str(predictions.dtype).replace("torch.", ""),
+                "image_sha256": tensor_sha256(image) if image is not None else None,
+                "file": name,
+            },
+        )
 
 
 def _read_key(path: Path) -> dict:
@@ -127,8 +163,10 @@ def _read_key(path: Path) -> dict:
     if not isinstance(key, dict) or key.get("format") != CACHE_FORMAT:
         raise CertquantError(f"{path} is not a certquant IRS cache key")
     if key.get("version") != CACHE_VERSION:
-        raise CertquantError(f"{path} is an IRS cache of version {key.get('version')}, this certquant reads version "
-                             f"{CACHE_VERSION}: certify the base model again with --keep-cache")
+        raise CertquantError(
+            f"{path} is an IRS cache of version {key.get('version')}, this certquant reads version "
+            f"{CACHE_VERSION}: certify the base model again with --keep-cache"
+        )
     return key
 
 
@@ -139,13 +177,15 @@ class CacheStore:
         self.folder, self.key, self.records = folder, key, records
 
     @classmethod
-    def open(cls, path: str | Path) -> "CacheStore":
+    def open(cls, path: str | Path) -> CacheStore:
         """Open ``RUN/irs_cache`` (or the cache folder itself); one line if there is none."""
         check_input_path(path, "base run", "folder", "give the --out folder of 'certquant certify --keep-cache'")
         folder = _cache_folder(path)
         if not (folder / KEY_FILE).exists():
-            raise CertquantError(f"{Path(path)} holds no IRS cache: certify the base model with --keep-cache "
-                                 "(certquant certify ... --keep-cache --out RUN)")
+            raise CertquantError(
+                f"{Path(path)} holds no IRS cache: certify the base model with --keep-cache "
+                "(certquant certify ... --keep-cache --out RUN)"
+            )
         key = _read_key(folder / KEY_FILE)
         records = {int(r["index"]): r for r in read_jsonl(folder / ENTRIES_FILE)}
         return cls(folder, key, records)
@@ -156,26 +196,40 @@ class CacheStore:
 
     def check(self, **expected: Any) -> None:
         """Refuse (one line) a cache whose key differs from ``expected`` (keys of ``cache_key``; None = don't care)."""
-        if expected.get("checkpoint_sha256") and self.key.get("checkpoint_sha256") not in (None, expected["checkpoint_sha256"]):
-            raise CertquantError(f"the IRS cache in {self.folder} was made with checkpoint "
-                                 f"{str(self.key['checkpoint_sha256'])[:12]}, not {expected['checkpoint_sha256'][:12]}: "
-                                 "certify that model with --keep-cache")
+        if expected.get("checkpoint_sha256") and self.key.get("checkpoint_sha256") not in (
+            None,
+            expected["checkpoint_sha256"],
+        ):
+            raise CertquantError(
+                f"the IRS cache in {self.folder} was made with checkpoint "
+                f"{str(self.key['checkpoint_sha256'])[:12]}, not {expected['checkpoint_sha256'][:12]}: "
+                "certify that model with --keep-cache"
+            )
         if expected.get("model_sha256") and self.key.get("model_sha256") not in (None, expected["model_sha256"]):
-            raise CertquantError(f"the IRS cache in {self.folder} was made with other model weights: certify that model "
-                                 "with --keep-cache")
-        diff = [f"{k} {self.key.get(k)!r} there, {v!r} here" for k, v in expected.items()
-                if k not in ("checkpoint_sha256", "model_sha256") and v is not None and not _same(self.key.get(k), v)]
+            raise CertquantError(
+                f"the IRS cache in {self.folder} was made with other model weights: certify that model "
+                "with --keep-cache"
+            )
+        diff = [
+            f"{k} {self.key.get(k)!r} there, {v!r} here"
+            for k, v in expected.items()
+            if k not in ("checkpoint_sha256", "model_sha256") and v is not None and not _same(self.key.get(k), v)
+        ]
         if diff:
-            raise CertquantError(f"the IRS cache in {self.folder} does not match ({'; '.join(diff)}): use the cache's "
-                                 "arguments or certify the base model again with --keep-cache")
+            raise CertquantError(
+                f"the IRS cache in {self.folder} does not match ({'; '.join(diff)}): use the cache's "
+                "arguments or certify the base model again with --keep-cache"
+            )
 
     def require(self, indices: Iterable[int]) -> None:
         """Refuse (one line) images the cache does not hold."""
         missing = [i for i in indices if i not in self.records]
         if missing:
             shown = ", ".join(str(i) for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
-            raise CertquantError(f"the IRS cache in {self.folder} holds {len(self.records)} images but not image(s) "
-                                 f"{shown}: pick images of the base run (its --skip/--max) or certify them with --keep-cache")
+            raise CertquantError(
+                f"the IRS cache in {self.folder} holds {len(self.records)} images but not image(s) "
+                f"{shown}: pick images of the base run (its --skip/--max) or certify them with --keep-cache"
+            )
 
     def image_sha256(self, index: int) -> str | None:
         self.require([index])
@@ -190,14 +244,27 @@ class CacheStore:
             with np.load(path, allow_pickle=False) as data:
                 predictions = torch.from_numpy(np.array(data["predictions"]))
         except (OSError, KeyError, ValueError):
-            raise CertquantError(f"{path} is missing or corrupt: certify image {index} again with --keep-cache") from None
+            raise CertquantError(
+                f"{path} is missing or corrupt: certify image {index} again with --keep-cache"
+            ) from None
         n, batch_size, seed = int(key["n"]), int(key["batch_size"]), int(record["seed"])
         seeds = [batch_seed(seed, int(key["stage"]), b) for b in range(len(batch_counts(n, batch_size)))]
         if predictions.numel() != n or [int(s) for s in record["batch_seeds"]] != seeds:
-            raise CertquantError(f"the IRS cache entry of image {index} in {self.folder} does not fit its key "
-                                 "(sample count or noise seeds differ): certify the base model again with --keep-cache")
+            raise CertquantError(
+                f"the IRS cache entry of image {index} in {self.folder} does not fit its key "
+                "(sample count or noise seeds differ): certify the base model again with --keep-cache"
+            )
         return CertificationCache(
-            c_a=int(record["c_a"]), n_a=int(record["n_a"]), pa_lower=float(record["pa_lower"]), n=n,
-            sigma=float(key["sigma"]), alpha=float(key["alpha"]), seed=seed, stage=int(key["stage"]),
-            batch_size=batch_size, batch_seeds=seeds, device=str(key["device"]), predictions=predictions,
+            c_a=int(record["c_a"]),
+            n_a=int(record["n_a"]),
+            pa_lower=float(record["pa_lower"]),
+            n=n,
+            sigma=float(key["sigma"]),
+            alpha=float(key["alpha"]),
+            seed=seed,
+            stage=int(key["stage"]),
+            batch_size=batch_size,
+            batch_seeds=seeds,
+            device=str(key["device"]),
+            predictions=predictions,
         )

@@ -10,16 +10,16 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import torch
 from scipy.stats import binomtest
 from torch import nn
 
 from certquant.smoothing.bounds import certified_radius, clopper_pearson_lower
-from certquant.smoothing.noise import ESTIMATION, PREDICTION, SELECTION, batch_counts, batch_seed, noisy_batches
 from certquant.smoothing.config import check_sigma
+from certquant.smoothing.noise import ESTIMATION, PREDICTION, SELECTION, batch_counts, batch_seed, noisy_batches
 from certquant.utils.errors import CertquantError, short_reason
 
 ABSTAIN = -1
@@ -50,7 +50,9 @@ class CertificationCache:
     def noisy_batches(self, x: torch.Tensor, limit: int | None = None) -> Iterator[torch.Tensor]:
         """Regenerate the first ``limit`` (default n) noisy estimation samples of ``x``, batch by batch."""
         if x.device.type != self.device:
-            raise CertquantError(f"noise was drawn on {self.device}, x is on {x.device.type}: regenerate on {self.device}")
+            raise CertquantError(
+                f"noise was drawn on {self.device}, x is on {x.device.type}: regenerate on {self.device}"
+            )
         return noisy_batches(x, self.sigma, self.seed, self.stage, self.n, self.batch_size, limit)
 
 
@@ -88,10 +90,14 @@ def _check_image(x: torch.Tensor, input_shape: Sequence[int] | None) -> None:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise CertquantError(f"expected one image of shape (C, H, W), got {shape}: pass images[i], not a batch")
     if input_shape is not None and tuple(x.shape) != tuple(input_shape):
-        raise CertquantError(f"image of shape {tuple(x.shape)} does not fit the model's input {tuple(input_shape)}: "
-                             "use the dataset the model was trained on")
+        raise CertquantError(
+            f"image of shape {tuple(x.shape)} does not fit the model's input {tuple(input_shape)}: "
+            "use the dataset the model was trained on"
+        )
     if x.numel() and (x.min().item() < -1e-6 or x.max().item() > 1 + 1e-6):
-        raise CertquantError("image values lie outside [0, 1]: pass raw pixels (the model normalizes in its first layer)")
+        raise CertquantError(
+            "image values lie outside [0, 1]: pass raw pixels (the model normalizes in its first layer)"
+        )
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -125,8 +131,10 @@ def _first_forward(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         logits = model(batch)
     except RuntimeError as exc:
         first = short_reason(exc, 160)
-        raise CertquantError(f"image of shape {tuple(batch.shape[1:])} does not fit the model ({first}): "
-                             "pass images of the model's input shape (C, H, W)") from None
+        raise CertquantError(
+            f"image of shape {tuple(batch.shape[1:])} does not fit the model ({first}): "
+            "pass images of the model's input shape (C, H, W)"
+        ) from None
     if logits.dim() != 2 or logits.shape[1] < 2:
         raise CertquantError(f"model output has shape {tuple(logits.shape)}, expected (batch, classes >= 2) logits")
     return logits
@@ -224,8 +232,10 @@ def sample_counts(
         if keep_predictions:
             kept.append(classes.to(torch.uint8 if num_classes <= 256 else torch.int16))
     if counts is None:
-        raise CertquantError(f"no noise samples classified (total {total}, limit {limit}): both must be >= 1, and "
-                             "a mask (only) must mark at least one sample")
+        raise CertquantError(
+            f"no noise samples classified (total {total}, limit {limit}): both must be >= 1, and "
+            "a mask (only) must mark at least one sample"
+        )
     return counts, (torch.cat(kept).cpu() if keep_predictions else None)
 
 
@@ -255,21 +265,32 @@ def certify(
         # 1. selection: n0 noisy copies (c_A, their most frequent class, is chosen in _certificate)
         counts0, _ = sample_counts(model, x, sigma, n0, batch_size, seed, SELECTION)
         # 2. estimation: n fresh noisy copies, n_A = how many are c_A
-        counts, predictions = sample_counts(model, x, sigma, n, batch_size, seed, ESTIMATION, keep_predictions=keep_cache)
+        counts, predictions = sample_counts(
+            model, x, sigma, n, batch_size, seed, ESTIMATION, keep_predictions=keep_cache
+        )
     cert = _certificate(counts0, counts, n, alpha, sigma, seed, time.perf_counter() - started)
     if keep_cache:
         assert predictions is not None
         cert.cache = CertificationCache(
-            c_a=cert.c_a, n_a=cert.n_a, pa_lower=cert.pa_lower, n=n, sigma=float(sigma), alpha=float(alpha), seed=seed,
-            stage=ESTIMATION, batch_size=batch_size,
+            c_a=cert.c_a,
+            n_a=cert.n_a,
+            pa_lower=cert.pa_lower,
+            n=n,
+            sigma=float(sigma),
+            alpha=float(alpha),
+            seed=seed,
+            stage=ESTIMATION,
+            batch_size=batch_size,
             batch_seeds=[batch_seed(seed, ESTIMATION, b) for b in range(len(batch_counts(n, batch_size)))],
-            device=x.device.type, predictions=predictions,
+            device=x.device.type,
+            predictions=predictions,
         )
     return cert
 
 
-def _certificate(counts0: torch.Tensor, counts: torch.Tensor, n: int, alpha: float, sigma: float, seed: int,
-                 seconds: float) -> Certificate:
+def _certificate(
+    counts0: torch.Tensor, counts: torch.Tensor, n: int, alpha: float, sigma: float, seed: int, seconds: float
+) -> Certificate:
     """Steps 1, 3 and 4 of CERTIFY from the class counts of the n0 selection and n estimation samples."""
     # 1. selection: c_A = the most frequent class among the n0 noisy copies
     c_a = int(counts0.argmax().item())
@@ -310,8 +331,15 @@ def sample_counts_many(
     return counts
 
 
-def _packed_batches(xs: Sequence[torch.Tensor], sigma: float, total: int, batch_size: int, seeds: Sequence[int],
-                    stage: int, max_forward: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _packed_batches(
+    xs: Sequence[torch.Tensor],
+    sigma: float,
+    total: int,
+    batch_size: int,
+    seeds: Sequence[int],
+    stage: int,
+    max_forward: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The images' noise batches, consecutive ones packed into passes of at most ``max_forward`` samples (one batch
     when it is larger), each with the index of the image every sample belongs to."""
     pending: list[torch.Tensor] = []

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -97,8 +97,9 @@ def disparity_bound(n_d: int, n_p: int, alpha_zeta: float) -> float:
     return clopper_pearson_upper(n_d, n_p, alpha_zeta)
 
 
-def samples_to_evaluate(cache: CertificationCache, n_p: int, gamma: float = DEFAULT_GAMMA,
-                        disparity: str = DEFAULT_DISPARITY) -> torch.Tensor | None:
+def samples_to_evaluate(
+    cache: CertificationCache, n_p: int, gamma: float = DEFAULT_GAMMA, disparity: str = DEFAULT_DISPARITY
+) -> torch.Tensor | None:
     """Which of the first n_p cached samples f' must run on (a boolean mask), or None for all of them.
 
     Only the one-sided zeta branch can skip samples: n_d counts {f = c_A and f' != c_A}, so a sample f did not
@@ -149,23 +150,40 @@ def incremental_certificate(
     label = c_a if p_lower > 0.5 else ABSTAIN
     radius = certified_radius(p_lower, sigma) if label != ABSTAIN else 0.0
     return IncrementalCertificate(
-        label=label, radius=radius, pa_lower=p_lower, counts=counts, seconds=0.0, c_a=c_a, n_a=n_a, seed=cache.seed,
-        zeta=zeta, branch=branch, n_p=n_p, n_d=n_d, disparity=disparity, base_pa_lower=pa_lower,
+        label=label,
+        radius=radius,
+        pa_lower=p_lower,
+        counts=counts,
+        seconds=0.0,
+        c_a=c_a,
+        n_a=n_a,
+        seed=cache.seed,
+        zeta=zeta,
+        branch=branch,
+        n_p=n_p,
+        n_d=n_d,
+        disparity=disparity,
+        base_pa_lower=pa_lower,
         evaluated=int(approx_predictions.numel()),
     )
 
 
-def _check_evaluated(cache: CertificationCache, evaluated: torch.Tensor, approx_predictions: torch.Tensor,
-                     gamma: float, disparity: str) -> None:
+def _check_evaluated(
+    cache: CertificationCache, evaluated: torch.Tensor, approx_predictions: torch.Tensor, gamma: float, disparity: str
+) -> None:
     """A mask may only leave out samples that cannot count in n_d (see ``samples_to_evaluate``): refuse any other."""
     n_p = int(evaluated.numel())
     needed = samples_to_evaluate(cache, n_p, gamma, disparity)
     if needed is None or bool((needed & ~evaluated).any()):
-        raise CertquantError("f' skipped samples that count in the disparity: skip only where f did not say c_A, in "
-                             "the one-sided zeta branch (samples_to_evaluate)")
+        raise CertquantError(
+            "f' skipped samples that count in the disparity: skip only where f did not say c_A, in "
+            "the one-sided zeta branch (samples_to_evaluate)"
+        )
     if int(evaluated.sum()) != int(approx_predictions.numel()):
-        raise CertquantError(f"{int(approx_predictions.numel())} predictions of f' for {int(evaluated.sum())} "
-                             "evaluated samples: pass one prediction per marked sample")
+        raise CertquantError(
+            f"{int(approx_predictions.numel())} predictions of f' for {int(evaluated.sum())} "
+            "evaluated samples: pass one prediction per marked sample"
+        )
 
 
 def certify_incremental(
@@ -220,29 +238,46 @@ def certify_incremental(
     started = time.perf_counter()
     validate_incremental_args(n_p, gamma, alpha_zeta, disparity, cache_entry.alpha)
     if not math.isclose(float(sigma), cache_entry.sigma, rel_tol=0.0, abs_tol=1e-12):
-        raise CertquantError(f"the cache was made at sigma {cache_entry.sigma}, not {sigma}: certify at the cache's sigma "
-                             "or build a cache at this sigma")
+        raise CertquantError(
+            f"the cache was made at sigma {cache_entry.sigma}, not {sigma}: certify at the cache's sigma "
+            "or build a cache at this sigma"
+        )
     if n_p > cache_entry.n:
-        raise CertquantError(f"n_p = {n_p} exceeds the {cache_entry.n} cached estimation samples: use n_p <= "
-                             f"{cache_entry.n} or certify the base model with a larger n")
+        raise CertquantError(
+            f"n_p = {n_p} exceeds the {cache_entry.n} cached estimation samples: use n_p <= "
+            f"{cache_entry.n} or certify the base model with a larger n"
+        )
     _check_image(x, input_shape)
     device = model_device(approx_model)
     if device.type != cache_entry.device:
-        raise CertquantError(f"the cache's noise was drawn on {cache_entry.device}, the model is on {device.type}: "
-                             f"run the approximate model on {cache_entry.device} to regenerate it")
+        raise CertquantError(
+            f"the cache's noise was drawn on {cache_entry.device}, the model is on {device.type}: "
+            f"run the approximate model on {cache_entry.device} to regenerate it"
+        )
     x = x.to(device)
     evaluated = samples_to_evaluate(cache_entry, n_p, gamma, disparity)
     with _evaluating(approx_model):
         # f' on the first n_p estimation samples (those that can count), regenerated bit-identically from the seeds
-        counts, predictions = sample_counts(approx_model, x, cache_entry.sigma, cache_entry.n, cache_entry.batch_size,
-                                            cache_entry.seed, cache_entry.stage, keep_predictions=True, limit=n_p,
-                                            only=evaluated)
+        counts, predictions = sample_counts(
+            approx_model,
+            x,
+            cache_entry.sigma,
+            cache_entry.n,
+            cache_entry.batch_size,
+            cache_entry.seed,
+            cache_entry.stage,
+            keep_predictions=True,
+            limit=n_p,
+            only=evaluated,
+        )
     assert predictions is not None
     num_classes = int(counts.numel())
     largest = int(cache_entry.predictions[:n_p].max()) if n_p else 0
     if largest >= num_classes:
-        raise CertquantError(f"the cache holds class {largest} but the model has {num_classes} classes: the cache was "
-                             "made with another model")
+        raise CertquantError(
+            f"the cache holds class {largest} but the model has {num_classes} classes: the cache was "
+            "made with another model"
+        )
     cert = incremental_certificate(cache_entry, predictions, num_classes, gamma, alpha_zeta, disparity, evaluated)
     cert.seconds = time.perf_counter() - started
     return cert

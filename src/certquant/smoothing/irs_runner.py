@@ -8,9 +8,9 @@ the n_p samples f' ran on, the base run's ACR on the same images).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -61,21 +61,64 @@ def certify_dataset_incremental(
     if n_p > int(key["n"]):
         raise CertquantError(f"n_p = {n_p} exceeds the {key['n']} cached estimation samples: use --np <= {key['n']}")
     store.require(indices)
-    params = {"sigma": float(key["sigma"]), "n0": int(key["n0"]), "n": int(key["n"]), "alpha": float(key["alpha"]),
-              "batch_size": int(key["batch_size"]), "seed": int(key["seed"]), "n_p": n_p, "gamma": float(gamma),
-              "alpha_zeta": float(alpha_zeta), "disparity": disparity, "channels_last": channels_last,
-              "base_checkpoint_sha256": key.get("checkpoint_sha256"), "base_model_sha256": key.get("model_sha256")}
+    params = {
+        "sigma": float(key["sigma"]),
+        "n0": int(key["n0"]),
+        "n": int(key["n"]),
+        "alpha": float(key["alpha"]),
+        "batch_size": int(key["batch_size"]),
+        "seed": int(key["seed"]),
+        "n_p": n_p,
+        "gamma": float(gamma),
+        "alpha_zeta": float(alpha_zeta),
+        "disparity": disparity,
+        "channels_last": channels_last,
+        "base_checkpoint_sha256": key.get("checkpoint_sha256"),
+        "base_model_sha256": key.get("model_sha256"),
+    }
     _set_memory_format(approx_model, channels_last)
-    worker = IncrementalImage(approx_model, store, float(key["sigma"]), n_p, float(gamma), float(alpha_zeta), disparity,
-                              input_shape, channels_last)
+    worker = IncrementalImage(
+        approx_model,
+        store,
+        float(key["sigma"]),
+        n_p,
+        float(gamma),
+        float(alpha_zeta),
+        disparity,
+        input_shape,
+        channels_last,
+    )
 
     def postfix(records: list[dict]) -> str:
         return f"ACR {average_certified_radius(records):.3f}"
 
-    records, wall = _run("certify-incremental", CERTIFY_FILES, approx_model, images, labels, indices, out_dir, params,
-                         identity, worker, lambda index, record: record, postfix, progress, resume, engine)
-    return write_certify_summary(out_dir, records, wall, n_p, indices, arguments if arguments is not None else params,
-                                 provenance, extra={"incremental": incremental_summary(records, params, base_run)})
+    records, wall = _run(
+        "certify-incremental",
+        CERTIFY_FILES,
+        approx_model,
+        images,
+        labels,
+        indices,
+        out_dir,
+        params,
+        identity,
+        worker,
+        lambda index, record: record,
+        postfix,
+        progress,
+        resume,
+        engine,
+    )
+    return write_certify_summary(
+        out_dir,
+        records,
+        wall,
+        n_p,
+        indices,
+        arguments if arguments is not None else params,
+        provenance,
+        extra={"incremental": incremental_summary(records, params, base_run)},
+    )
 
 
 @dataclass
@@ -100,14 +143,37 @@ class IncrementalImage:
         index, image, label = item
         expected = self.store.image_sha256(index)
         if expected is not None and expected != tensor_sha256(image):
-            raise CertquantError(f"test image {index} differs from the image the IRS cache was made for: use the base "
-                                 "run's dataset")
-        cert = certify_incremental(self.approx_model, self.store.entry(index), image, self.sigma, self.n_p, self.gamma,
-                                   self.alpha_zeta, self.disparity, input_shape=self.input_shape)
-        return {"index": index, "label": label, "predicted": cert.label, "radius": cert.radius,
-                "pa_lower": cert.pa_lower, "correct": cert.label == label, "seconds": cert.seconds,
-                "c_a": cert.c_a, "n_a": cert.n_a, "zeta": cert.zeta, "n_d": cert.n_d, "n_p": cert.n_p,
-                "branch": cert.branch, "base_pa_lower": cert.base_pa_lower, "evaluated": cert.evaluated}
+            raise CertquantError(
+                f"test image {index} differs from the image the IRS cache was made for: use the base run's dataset"
+            )
+        cert = certify_incremental(
+            self.approx_model,
+            self.store.entry(index),
+            image,
+            self.sigma,
+            self.n_p,
+            self.gamma,
+            self.alpha_zeta,
+            self.disparity,
+            input_shape=self.input_shape,
+        )
+        return {
+            "index": index,
+            "label": label,
+            "predicted": cert.label,
+            "radius": cert.radius,
+            "pa_lower": cert.pa_lower,
+            "correct": cert.label == label,
+            "seconds": cert.seconds,
+            "c_a": cert.c_a,
+            "n_a": cert.n_a,
+            "zeta": cert.zeta,
+            "n_d": cert.n_d,
+            "n_p": cert.n_p,
+            "branch": cert.branch,
+            "base_pa_lower": cert.base_pa_lower,
+            "evaluated": cert.evaluated,
+        }
 
 
 def incremental_summary(records: Sequence[dict], params: dict, base_run: str | Path | None = None) -> dict:
@@ -115,13 +181,17 @@ def incremental_summary(records: Sequence[dict], params: dict, base_run: str | P
     certificates are at hand) the base model's ACR on the same images."""
     count = max(1, len(records))
     out = {
-        "n_p": params["n_p"], "gamma": params["gamma"], "alpha_zeta": params["alpha_zeta"],
-        "disparity": params["disparity"], "confidence": 1.0 - (params["alpha"] + params["alpha_zeta"]),
+        "n_p": params["n_p"],
+        "gamma": params["gamma"],
+        "alpha_zeta": params["alpha_zeta"],
+        "disparity": params["disparity"],
+        "confidence": 1.0 - (params["alpha"] + params["alpha_zeta"]),
         "mean_zeta": sum(float(r["zeta"]) for r in records) / count,
         "mean_zeta_zeta_branch": _mean([float(r["zeta"]) for r in records if r["branch"] == BRANCH_ZETA]),
         "mean_disagreement_rate": sum(r["n_d"] / r["n_p"] for r in records) / count,
         "branch_counts": {b: sum(1 for r in records if r["branch"] == b) for b in (BRANCH_ZETA, BRANCH_DIRECT)},
-        "evaluated_fraction": sum(r.get("evaluated", r["n_p"]) for r in records) / max(1, sum(r["n_p"] for r in records)),
+        "evaluated_fraction": sum(r.get("evaluated", r["n_p"]) for r in records)
+        / max(1, sum(r["n_p"] for r in records)),
         "base_run": str(base_run) if base_run is not None else None,
     }
     if base_run is not None:

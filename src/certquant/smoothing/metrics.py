@@ -8,7 +8,8 @@ correct and radius >= r; clean smoothed accuracy = certified accuracy at 0; ACR 
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from scipy.stats import t as student_t
 

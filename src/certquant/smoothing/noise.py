@@ -31,7 +31,7 @@ used both by certification and by any later regeneration, which is what makes th
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

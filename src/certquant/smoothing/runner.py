@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import datetime
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -76,12 +77,21 @@ def certify_dataset(
     ``engine`` runs the images (default: this process; see ``certquant.engine``); the certificates do not depend on it.
     """
     validate_smoothing_args(sigma, alpha, batch_size, seed, n0=n0, n=n)
-    params = {"sigma": float(sigma), "n0": n0, "n": n, "alpha": float(alpha), "batch_size": batch_size, "seed": seed,
-              "channels_last": channels_last, **({"keep_cache": True} if keep_cache else {})}
+    params = {
+        "sigma": float(sigma),
+        "n0": n0,
+        "n": n,
+        "alpha": float(alpha),
+        "batch_size": batch_size,
+        "seed": seed,
+        "channels_last": channels_last,
+        **({"keep_cache": True} if keep_cache else {}),
+    }
     _set_memory_format(model, channels_last)
     cache = _cache_writer(model, out_dir, params, identity) if keep_cache else None
-    worker = CertifyImage(model, float(sigma), n0, n, float(alpha), batch_size, seed, keep_cache, input_shape,
-                          channels_last)
+    worker = CertifyImage(
+        model, float(sigma), n0, n, float(alpha), batch_size, seed, keep_cache, input_shape, channels_last
+    )
 
     def finish(index: int, result: tuple[dict, CertificationCache | None]) -> dict:
         record, image_cache = result
@@ -92,10 +102,26 @@ def certify_dataset(
     def postfix(records: list[dict]) -> str:
         return f"ACR {average_certified_radius(records):.3f}"
 
-    records, wall = _run("certify", CERTIFY_FILES, model, images, labels, indices, out_dir, params, identity, worker,
-                         finish, postfix, progress, resume, engine)
-    return write_certify_summary(out_dir, records, wall, n0 + n, indices,
-                                 arguments if arguments is not None else params, provenance)
+    records, wall = _run(
+        "certify",
+        CERTIFY_FILES,
+        model,
+        images,
+        labels,
+        indices,
+        out_dir,
+        params,
+        identity,
+        worker,
+        finish,
+        postfix,
+        progress,
+        resume,
+        engine,
+    )
+    return write_certify_summary(
+        out_dir, records, wall, n0 + n, indices, arguments if arguments is not None else params, provenance
+    )
 
 
 @dataclass
@@ -119,11 +145,29 @@ class CertifyImage:
 
     def __call__(self, item: tuple[int, torch.Tensor, int]) -> tuple[dict, CertificationCache | None]:
         index, image, label = item
-        cert = certify(self.model, image, self.sigma, self.n0, self.n, self.alpha, self.batch_size,
-                       image_seed(self.seed, index), keep_cache=self.keep_cache, input_shape=self.input_shape)
-        record = {"index": index, "label": label, "predicted": cert.label, "radius": cert.radius,
-                  "pa_lower": cert.pa_lower, "correct": cert.label == label, "seconds": cert.seconds,
-                  "c_a": cert.c_a, "n_a": cert.n_a}
+        cert = certify(
+            self.model,
+            image,
+            self.sigma,
+            self.n0,
+            self.n,
+            self.alpha,
+            self.batch_size,
+            image_seed(self.seed, index),
+            keep_cache=self.keep_cache,
+            input_shape=self.input_shape,
+        )
+        record = {
+            "index": index,
+            "label": label,
+            "predicted": cert.label,
+            "radius": cert.radius,
+            "pa_lower": cert.pa_lower,
+            "correct": cert.label == label,
+            "seconds": cert.seconds,
+            "c_a": cert.c_a,
+            "n_a": cert.n_a,
+        }
         return record, cert.cache
 
 
@@ -146,10 +190,23 @@ class PredictImage:
     def __call__(self, item: tuple[int, torch.Tensor, int]) -> dict:
         index, image, label = item
         started = time.perf_counter()
-        predicted = predict(self.model, image, self.sigma, self.n, self.alpha, self.batch_size,
-                            image_seed(self.seed, index), input_shape=self.input_shape)
-        return {"index": index, "label": label, "predicted": predicted, "correct": predicted == label,
-                "seconds": time.perf_counter() - started}
+        predicted = predict(
+            self.model,
+            image,
+            self.sigma,
+            self.n,
+            self.alpha,
+            self.batch_size,
+            image_seed(self.seed, index),
+            input_shape=self.input_shape,
+        )
+        return {
+            "index": index,
+            "label": label,
+            "predicted": predicted,
+            "correct": predicted == label,
+            "seconds": time.perf_counter() - started,
+        }
 
 
 class ImageItems:
@@ -167,9 +224,16 @@ class ImageItems:
         return index, self.images[index].clone(), int(self.labels[index])
 
 
-def write_certify_summary(out_dir: str | Path, records: list[dict], wall: float, samples_per_image: int,
-                          indices: Sequence[int], arguments: dict, provenance: dict | None,
-                          extra: dict | None = None) -> dict:
+def write_certify_summary(
+    out_dir: str | Path,
+    records: list[dict],
+    wall: float,
+    samples_per_image: int,
+    indices: Sequence[int],
+    arguments: dict,
+    provenance: dict | None,
+    extra: dict | None = None,
+) -> dict:
     """Write a certify run's ``summary.json`` (metrics, ``extra``, indices, timing, arguments, provenance, versions)
     and its Cohen-style TSV; return the summary. Shared by full and incremental certification."""
     summary = {
@@ -208,16 +272,37 @@ def predict_dataset(
 ) -> dict:
     """PREDICT ``images[i]`` for every i in ``indices``; writes predictions.jsonl, predict.tsv, summary.json."""
     validate_smoothing_args(sigma, alpha, batch_size, seed, n=n)
-    params = {"sigma": float(sigma), "n": n, "alpha": float(alpha), "batch_size": batch_size, "seed": seed,
-              "channels_last": channels_last}
+    params = {
+        "sigma": float(sigma),
+        "n": n,
+        "alpha": float(alpha),
+        "batch_size": batch_size,
+        "seed": seed,
+        "channels_last": channels_last,
+    }
     _set_memory_format(model, channels_last)
     worker = PredictImage(model, float(sigma), n, float(alpha), batch_size, seed, input_shape, channels_last)
 
     def postfix(records: list[dict]) -> str:
         return f"acc {sum(r['correct'] for r in records) / max(1, len(records)):.3f}"
 
-    records, wall = _run("predict", PREDICT_FILES, model, images, labels, indices, out_dir, params, identity, worker,
-                         lambda index, record: record, postfix, progress, resume, engine)
+    records, wall = _run(
+        "predict",
+        PREDICT_FILES,
+        model,
+        images,
+        labels,
+        indices,
+        out_dir,
+        params,
+        identity,
+        worker,
+        lambda index, record: record,
+        postfix,
+        progress,
+        resume,
+        engine,
+    )
     summary = {
         **predict_metrics(records),
         "indices": list(indices),
@@ -279,15 +364,26 @@ def _run(
     return [by_index[i] for i in indices], time.perf_counter() - started
 
 
-def _cache_writer(model: nn.Module, out_dir: str | Path, params: dict, identity: dict | None) -> Callable[[], CacheWriter]:
+def _cache_writer(
+    model: nn.Module, out_dir: str | Path, params: dict, identity: dict | None
+) -> Callable[[], CacheWriter]:
     """The run's IRS cache writer, created on first use (after the run folder was claimed)."""
     writer: list[CacheWriter] = []
 
     def get() -> CacheWriter:
         if not writer:
-            key = cache_key(params["sigma"], params["n0"], params["n"], params["alpha"], params["batch_size"],
-                            params["seed"], model_device(model).type, (identity or {}).get("checkpoint_sha256"),
-                            model_fingerprint(model), (identity or {}).get("dataset"))
+            key = cache_key(
+                params["sigma"],
+                params["n0"],
+                params["n"],
+                params["alpha"],
+                params["batch_size"],
+                params["seed"],
+                model_device(model).type,
+                (identity or {}).get("checkpoint_sha256"),
+                model_fingerprint(model),
+                (identity or {}).get("dataset"),
+            )
             writer.append(CacheWriter(Path(out_dir) / CACHE_DIR, key))
         return writer[0]
 

@@ -486,7 +486,20 @@ def certify_dataset_sequential(
         return f"samples/image {sum(r['n_used'] for r in records) / max(1, len(records)):.0f}"
 
     records, wall = _run(
-        "certify-sequential", CERTIFY_FILES, model, indices, out_dir, params, identity, one, postfix, progress, resume
+        "certify-sequential",
+        CERTIFY_FILES,
+        model,
+        images,
+        labels,
+        indices,
+        out_dir,
+        params,
+        identity,
+        lambda item: one(item[0]),  # the local engine: one image after another in this process
+        lambda index, record: record,
+        postfix,
+        progress,
+        resume,
     )
     extra = {"sequential": sequential_summary(records, radii_list, n0, n_max, alpha, settings)}
     return write_certify_summary(

@@ -20,9 +20,9 @@ from tqdm import tqdm
 from certquant.data import dataset_info, load_dataset, train_val_split
 from certquant.models import build, model_spec, save_checkpoint
 from certquant.train.evaluate import accuracy, resolve_device
-from certquant.utils.run_folder import RunFolder
 from certquant.utils.config import check_sigma
 from certquant.utils.errors import CertquantError
+from certquant.utils.run_folder import RunFolder
 from certquant.utils.seeding import seeded_global_rng
 
 
@@ -126,27 +126,60 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
 
     started = time.time()
     for epoch in range(start_epoch, cfg.epochs):
-        loss = noisy_epoch(model, x_train, y_train, optimizer, cfg.sigma, cfg.batch_size,
-                           cfg.seed * 1000 + epoch, device, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+        loss = noisy_epoch(
+            model,
+            x_train,
+            y_train,
+            optimizer,
+            cfg.sigma,
+            cfg.batch_size,
+            cfg.seed * 1000 + epoch,
+            device,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        )
         scheduler.step()
         val_noisy = accuracy(model, images[val_idx], labels[val_idx], cfg.sigma, seed=cfg.seed, device=device)
-        history.append({"epoch": epoch + 1, "loss": loss, "val_noisy_accuracy": val_noisy,
-                        "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - started})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": loss,
+                "val_noisy_accuracy": val_noisy,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.time() - started,
+            }
+        )
         tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f}, validation accuracy under noise {val_noisy:.4f}")
-        folder.save_torch("state.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                       "scheduler": scheduler.state_dict(), "history": history, "epoch": epoch})
+        folder.save_torch(
+            "state.pt",
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "history": history,
+                "epoch": epoch,
+            },
+        )
 
     test_x, test_y = load_dataset(cfg.dataset, "test")
     metrics = {
         "val_clean_accuracy": accuracy(model, images[val_idx], labels[val_idx], 0.0, device=device),
-        "val_noisy_accuracy": accuracy(model, images[val_idx], labels[val_idx], cfg.sigma, seed=cfg.seed, device=device),
+        "val_noisy_accuracy": accuracy(
+            model, images[val_idx], labels[val_idx], cfg.sigma, seed=cfg.seed, device=device
+        ),
         "test_clean_accuracy": accuracy(model, test_x, test_y, 0.0, device=device),
         "test_noisy_accuracy": accuracy(model, test_x, test_y, cfg.sigma, seed=cfg.seed, device=device),
         "history": history,
     }
     checkpoint_info = {
-        "arch": cfg.model, "num_classes": info.num_classes, "in_channels": info.in_channels,
-        "input_size": info.input_size, "mean": list(info.mean), "std": list(info.std),
-        "dataset": cfg.dataset, "sigma": cfg.sigma, "train_args": dataclasses.asdict(cfg), "metrics": metrics,
+        "arch": cfg.model,
+        "num_classes": info.num_classes,
+        "in_channels": info.in_channels,
+        "input_size": info.input_size,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "dataset": cfg.dataset,
+        "sigma": cfg.sigma,
+        "train_args": dataclasses.asdict(cfg),
+        "metrics": metrics,
     }
     return save_checkpoint(out / "model.pt", model.cpu(), checkpoint_info)

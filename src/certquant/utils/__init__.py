@@ -3,10 +3,10 @@
 from certquant.utils.errors import CertquantError
 from certquant.utils.io import (
     append_jsonl,
+    atomic_torch_save,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
-    atomic_torch_save,
     file_sha256,
     read_jsonl,
 )

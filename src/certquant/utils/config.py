@@ -12,9 +12,10 @@ import ast
 import dataclasses
 import inspect
 import textwrap
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from omegaconf import OmegaConf
@@ -42,8 +43,13 @@ def field_docs(cls: type) -> dict[str, str]:
             continue
         body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
         for stmt, nxt in zip(body, body[1:]):
-            if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(nxt, ast.Expr)
-                    and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+            if (
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
                 docs[stmt.target.id] = " ".join(nxt.value.value.split())
     return docs
 
@@ -71,8 +77,11 @@ def schema_help(cls: type, width: int = 78) -> str:
     """Every field of ``cls`` with its default and meaning, wrapped at ``width`` columns (for ``--help``)."""
     lines = []
     for key, default, doc in iter_fields(cls):
-        shown = "(required)" if default is dataclasses.MISSING else yaml.safe_dump(default, default_flow_style=True,
-                                                                                  width=1000).strip()
+        shown = (
+            "(required)"
+            if default is dataclasses.MISSING
+            else yaml.safe_dump(default, default_flow_style=True, width=1000).strip()
+        )
         shown = shown.removesuffix("\n...").removesuffix(" ...").strip()
         lines.append(f"{key}={shown}")
         lines.extend(textwrap.wrap(doc, width=width, initial_indent="    ", subsequent_indent="    "))

@@ -66,19 +66,29 @@ class RunFolder:
         if self.claimed:
             saved = self.saved_identity()
             if not resume:
-                raise CertquantError(f"{self.path} already holds a {saved.get('kind', 'run')} run: pass --resume to "
-                                     "continue it or choose another --out")
+                raise CertquantError(
+                    f"{self.path} already holds a {saved.get('kind', 'run')} run: pass --resume to "
+                    "continue it or choose another --out"
+                )
             diff = identity_diff(saved, {"kind": self.kind, **self.identity})
             if diff:
-                raise CertquantError(f"{self.path} holds a run made with other settings ({'; '.join(diff[:4])}"
-                                     f"{'; ...' if len(diff) > 4 else ''}): resume with the same settings or choose "
-                                     "another --out")
+                raise CertquantError(
+                    f"{self.path} holds a run made with other settings ({'; '.join(diff[:4])}"
+                    f"{'; ...' if len(diff) > 4 else ''}): resume with the same settings or choose "
+                    "another --out"
+                )
             return True
         if self.path.is_dir() and any(p.name != IDENTITY_FILE for p in self.path.iterdir()) and not resume:
             raise CertquantError(f"{self.path} is not empty and holds no run: choose another --out")
-        atomic_write_json(self.path / IDENTITY_FILE, {
-            "identity": {"kind": self.kind, **self.identity}, "software": software_versions(), "machine": machine_info(),
-            "created": datetime.datetime.now().isoformat(timespec="seconds")})
+        atomic_write_json(
+            self.path / IDENTITY_FILE,
+            {
+                "identity": {"kind": self.kind, **self.identity},
+                "software": software_versions(),
+                "machine": machine_info(),
+                "created": datetime.datetime.now().isoformat(timespec="seconds"),
+            },
+        )
         return False
 
     # -- writing and reading ---------------------------------------------------------------------------------------
