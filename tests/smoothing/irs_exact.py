@@ -19,7 +19,7 @@ sum over R is a difference of binomial CDFs, since pA_lower grows with R.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy.signal import fftconvolve
@@ -76,8 +76,20 @@ def pair_counts(n_p: int, steps: dict[tuple[int, int], float]) -> np.ndarray:
     return np.clip(pmf, 0.0, None)
 
 
-def violation_probability(p: float, p_prime: float, theta: float, *, gamma: float, n_p: int, n0: int, n: int,
-                          alpha: float, beta: float, zeta: ZetaRule, disparity: str) -> float:
+def violation_probability(
+    p: float,
+    p_prime: float,
+    theta: float,
+    *,
+    gamma: float,
+    n_p: int,
+    n0: int,
+    n: int,
+    alpha: float,
+    beta: float,
+    zeta: ZetaRule,
+    disparity: str,
+) -> float:
     """P[IRS's certificate of f' is wrong] for f' whose smoothed class is 1 (p_prime > 1/2). ``beta``: the direct
     branch's level (the library uses alpha); ``zeta``: the rule turning n_d of n_p into the disparity bound.
 
@@ -99,17 +111,21 @@ def violation_probability(p: float, p_prime: float, theta: float, *, gamma: floa
         threshold = max(0.5, u + w)  # a bound above max(1/2, P[f' = c_A]) is a wrong certificate
         rest = binom.cdf(np.arange(-1, n - n_p + 1), n - n_p, u + v)  # rest[j] = P[R <= j - 1]
 
-        def below(bound: np.ndarray | int) -> np.ndarray:  # P[S + R < bound], per S (rows)
+        def below(bound: np.ndarray | int, rest: np.ndarray = rest) -> np.ndarray:  # P[S + R < bound], per S
             return rest[np.clip(bound - s, 0, n - n_p + 1)]
 
         # zeta branch: (S, n_d); wrong when k_min(n_d) <= S + R < k_gamma
-        v_d = {(1, 0): u, (1, 1): v, (0, 1): w, (0, 0): z} if disparity == "two-sided" else \
-            {(1, 0): u, (1, 1): v, (0, 0): w + z}
+        v_d = (
+            {(1, 0): u, (1, 1): v, (0, 1): w, (0, 0): z}
+            if disparity == "two-sided"
+            else {(1, 0): u, (1, 1): v, (0, 0): w + z}
+        )
         k_min = np.searchsorted(lower_n, threshold + zetas, side="right")[None, :]  # per n_d (columns)
         zeta_wrong = np.clip(below(k_gamma) - below(k_min), 0.0, None)
         # direct branch: (S, n_a'); wrong when S + R >= k_gamma and the direct bound exceeds the threshold
         direct_wrong = (direct_n_p > threshold)[None, :] * (1.0 - below(k_gamma))
         v_a = {(1, 1): u, (1, 0): v, (0, 1): w, (0, 0): z}
-        total += weight * float((pair_counts(n_p, v_d) * zeta_wrong).sum() +
-                                (pair_counts(n_p, v_a) * direct_wrong).sum())
+        total += weight * float(
+            (pair_counts(n_p, v_d) * zeta_wrong).sum() + (pair_counts(n_p, v_a) * direct_wrong).sum()
+        )
     return total

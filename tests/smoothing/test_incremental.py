@@ -7,10 +7,11 @@ import itertools
 import math
 from dataclasses import replace
 
+import irs_exact
 import numpy as np
-
 import pytest
 import torch
+from linear_models import LinearTwoClass
 from scipy.stats import binom, multinomial, norm
 
 from certquant.models import build
@@ -27,8 +28,6 @@ from certquant.smoothing import (
 from certquant.smoothing.core import CertificationCache
 from certquant.smoothing.incremental import BRANCH_DIRECT, BRANCH_ZETA, count_disagreements
 from certquant.utils.errors import CertquantError
-import irs_exact
-from linear_models import LinearTwoClass
 
 SIGMA, SHAPE = 0.5, (1, 4, 4)
 

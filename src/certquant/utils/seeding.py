@@ -5,8 +5,8 @@ global RNG for one block and restores the caller's state afterwards, so no libra
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 
