@@ -132,6 +132,22 @@ def _irs(table: Table) -> None:
         assert (two.replace("**", ""), one) == (got["speed-up 2s"], got["speed-up 1s"]), (sigma, policy, n_p, images)
 
 
+def _irs_levels(table: Table) -> None:
+    """Each row's ACR cost of IRS's exact level (with its interval) and the speed-ups at the exact and the paper's
+    level are ``benchmarks/results/irs-levels.json``'s (sigma 0.5)."""
+    policies = json.loads((RESULTS / "irs-levels.json").read_text())["sigmas"]["0.5"]["policies"]
+    for policy, n_p, cost, two, one in table["rows"]:
+        fraction = float(n_p.split("%")[0]) / 100
+        rows = {d: next(r for r in policies[policy]["irs"][d] if abs(r["fraction"] - fraction) < 1e-9)
+                for d in ("two-sided", "one-sided")}
+        r2 = rows["two-sided"]
+        assert cost == f"{r2['level_cost']:.4f} [{r2['level_cost_ci95'][0]:.4f}, {r2['level_cost_ci95'][1]:.4f}]"
+        for cell, r in ((two, r2), (one, rows["one-sided"])):
+            low, high = r["speedup_ci95"]
+            want = f"{r['speedup']:.2f}x [{low:.2f}, {high:.2f}] / {r['speedup_published_levels']:.2f}x"
+            assert cell.replace("**", "") == want, (policy, n_p, cell, want)
+
+
 RESULT_TABLE = [
     "model",
     "config",
@@ -224,6 +240,16 @@ SOURCES: dict[tuple[tuple[str, ...], int], Callable[[Table], None] | None] = {
         ),
         0,
     ): _irs,
+    (
+        (
+            "policy",
+            "n_p",
+            "ACR cost of the exact level [95%]",
+            "two-sided: exact / paper's level",
+            "one-sided: exact / paper's level",
+        ),
+        0,
+    ): _irs_levels,
     (tuple(SEARCH_TABLE), 0): _rows_in("search.md"),
     (tuple(SEARCH_TABLE), 1): _rows_in("search-resnet20.md"),
     (("name", "where it comes from"), 0): None,

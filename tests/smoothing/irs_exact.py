@@ -111,7 +111,7 @@ def violation_probability(
         threshold = max(0.5, u + w)  # a bound above max(1/2, P[f' = c_A]) is a wrong certificate
         rest = binom.cdf(np.arange(-1, n - n_p + 1), n - n_p, u + v)  # rest[j] = P[R <= j - 1]
 
-        def below(bound: np.ndarray | int) -> np.ndarray:  # P[S + R < bound], per S (rows)
+        def below(bound: np.ndarray | int, rest: np.ndarray = rest) -> np.ndarray:  # P[S + R < bound], per S
             return rest[np.clip(bound - s, 0, n - n_p + 1)]
 
         # zeta branch: (S, n_d); wrong when k_min(n_d) <= S + R < k_gamma
