@@ -138,8 +138,10 @@ def _irs_levels(table: Table) -> None:
     policies = json.loads((RESULTS / "irs-levels.json").read_text())["sigmas"]["0.5"]["policies"]
     for policy, n_p, cost, two, one in table["rows"]:
         fraction = float(n_p.split("%")[0]) / 100
-        rows = {d: next(r for r in policies[policy]["irs"][d] if abs(r["fraction"] - fraction) < 1e-9)
-                for d in ("two-sided", "one-sided")}
+        rows = {
+            d: next(r for r in policies[policy]["irs"][d] if abs(r["fraction"] - fraction) < 1e-9)
+            for d in ("two-sided", "one-sided")
+        }
         r2 = rows["two-sided"]
         assert cost == f"{r2['level_cost']:.4f} [{r2['level_cost_ci95'][0]:.4f}, {r2['level_cost_ci95'][1]:.4f}]"
         for cell, r in ((two, r2), (one, rows["one-sided"])):

@@ -49,7 +49,7 @@ def input_shape(info: dict[str, Any]) -> tuple[int, int, int]:
 
 
 def save_quantized(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     qmodel: nn.Module,
     policy: Policy,
     base_info: dict[str, Any],
@@ -108,9 +108,9 @@ def _train_images(info: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def quantize_checkpoint(
-    checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike[str],
     policy: Policy,
-    out: str | os.PathLike,
+    out: str | os.PathLike[str],
     calib_images: int = 512,
     calib_seed: int = 0,
     act_clip: str = "auto",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,7 +35,7 @@ def finetune(
     lr: float = 0.01,
     batch_size: int = 128,
     seed: int = 0,
-    out: str | os.PathLike | None = None,
+    out: str | os.PathLike[str] | None = None,
     resume: bool = False,
     momentum: float = 0.9,
     weight_decay: float = 1e-4,
@@ -71,7 +72,7 @@ def finetune(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
     history: list[dict[str, Any]] = []
     start = 0
-    folder = RunFolder(out, "finetune", config) if out is not None else None
+    folder = RunFolder(Path(out), "finetune", config) if out is not None else None
     state_path = folder / STATE_FILE if folder is not None else None
     if folder is not None and folder.claim(resume) and (folder / STATE_FILE).exists():
         state = torch.load(folder / STATE_FILE, map_location=dev, weights_only=True)

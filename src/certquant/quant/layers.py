@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,19 +67,21 @@ def _describe(index: int, name: str, module: nn.Module, x: torch.Tensor, y: torc
             module.weight.numel(),
             macs,
         )
+    linear = module
+    assert isinstance(linear, nn.Linear)
     return LayerInfo(
         index,
         name,
         "linear",
-        module.in_features,
-        module.out_features,
+        linear.in_features,
+        linear.out_features,
         (1, 1),
         (1, 1),
         1,
         (1, 1),
         (1, 1),
-        module.weight.numel(),
-        module.in_features * module.out_features,
+        linear.weight.numel(),
+        linear.in_features * linear.out_features,
     )
 
 
@@ -96,7 +99,7 @@ def quantizable_layers(model: nn.Module, input_shape: Sequence[int]) -> list[Lay
     found: dict[str, LayerInfo] = {}
     handles = []
 
-    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+    def hook(module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         name = names[module]
         if name not in found:
             found[name] = _describe(len(found), name, module, inputs[0], output)
@@ -127,7 +130,7 @@ def quantizable_layers(model: nn.Module, input_shape: Sequence[int]) -> list[Lay
     return list(found.values())
 
 
-def layers_table_rows(layers: Sequence[LayerInfo]) -> list[dict]:
+def layers_table_rows(layers: Sequence[LayerInfo]) -> list[dict[str, Any]]:
     """The layers as plain dicts (JSON-ready), e.g. for ``certquant cost --json``."""
     rows = []
     for layer in layers:

@@ -27,7 +27,7 @@ FULL_PRECISION = 32  # a layer at 32 bits is left unquantized
 
 def _check_bits(name: str, w_bits: Any, a_bits: Any) -> tuple[int, int]:
     for label, value in (("weight", w_bits), ("activation", a_bits)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not MIN_BITS <= value <= MAX_BITS:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not MIN_BITS <= int(value) <= MAX_BITS:
             raise CertquantError(
                 f"layer '{name}': {label} bits must be an integer in [{MIN_BITS}, {MAX_BITS}], got {value!r}"
             )
@@ -192,12 +192,12 @@ class Policy:
             raise CertquantError(f"policy is not valid JSON ({exc.msg} at line {exc.lineno})") from None
         return cls.from_dict(data)
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike[str]) -> Path:
         atomic_write_json(path, self.to_dict())
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Policy:
+    def load(cls, path: str | os.PathLike[str]) -> Policy:
         text = read_input_text(path, "policy file", "give a policy JSON (e.g. a search's best_policy.json)")
         try:
             return cls.from_json(text)

@@ -195,13 +195,14 @@ class Search:
         if method == "random":
             return self.env.policy_from_actions(self.rng.random(self.env.episode_length).tolist()), [], []
         assert self.agent is not None
-        states, actions = [], []
-        state, done = self.env.reset(), False
-        while not done:
+        states: list[np.ndarray] = []
+        actions: list[float] = []
+        state: np.ndarray | None = self.env.reset()
+        while state is not None:  # the env returns no next state after the last step
             action = self.agent.act(state, episode)
             states.append(state)
             actions.append(action)
-            state, done = self.env.step(action)
+            state, _ = self.env.step(action)
         return self.env.policy(), states, actions
 
     def step(self) -> dict[str, Any]:
@@ -244,6 +245,8 @@ class Search:
                 },
             )
             self.best = {"reward": reward, "episode": episode, "policy": best_policy.to_dict()}
+        best = self.best
+        assert best is not None
         seconds = time.perf_counter() - started
         self.seconds += seconds
         record = {
@@ -254,11 +257,11 @@ class Search:
             "reward": reward,
             "terms": terms,
             "cached": cached,
-            "best_reward": self.best["reward"],
-            "best_episode": self.best["episode"],
+            "best_reward": best["reward"],
+            "best_episode": best["episode"],
             "seconds": seconds,
         }
-        if actions:
+        if actions and chosen is not None and self.agent is not None:
             record.update(
                 actions=actions,
                 chosen_w_bits=chosen[0],

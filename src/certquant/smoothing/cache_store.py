@@ -74,7 +74,7 @@ def cache_key(
     checkpoint_sha256: str | None = None,
     model_sha256: str | None = None,
     dataset: str | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """The key a cache is stored under and checked against."""
     return {
         "format": CACHE_FORMAT,
@@ -100,7 +100,7 @@ def _same(a: Any, b: Any) -> bool:
             return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=1e-15)
         except (TypeError, ValueError):
             return False
-    return a == b
+    return bool(a == b)
 
 
 def _cache_folder(path: str | Path) -> Path:
@@ -112,7 +112,7 @@ def _cache_folder(path: str | Path) -> Path:
 class CacheWriter:
     """Appends image entries to a cache folder; refuses a folder holding a cache with another key."""
 
-    def __init__(self, folder: str | Path, key: dict):
+    def __init__(self, folder: str | Path, key: dict[str, Any]):
         self.folder = Path(folder)
         self.key = key
         path = self.folder / KEY_FILE
@@ -155,7 +155,7 @@ class CacheWriter:
         )
 
 
-def _read_key(path: Path) -> dict:
+def _read_key(path: Path) -> dict[str, Any]:
     try:
         key = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -173,7 +173,7 @@ def _read_key(path: Path) -> dict:
 class CacheStore:
     """A cache folder opened for reading: ``key``, ``indices``, ``entry(index)`` -> ``CertificationCache``."""
 
-    def __init__(self, folder: Path, key: dict, records: dict[int, dict]):
+    def __init__(self, folder: Path, key: dict[str, Any], records: dict[int, dict[str, Any]]):
         self.folder, self.key, self.records = folder, key, records
 
     @classmethod

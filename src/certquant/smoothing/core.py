@@ -128,7 +128,7 @@ def _evaluating(model: nn.Module) -> Iterator[None]:
 def _first_forward(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """The first forward pass, turning a shape mismatch into a one-line error."""
     try:
-        logits = model(batch)
+        logits: torch.Tensor = model(batch)
     except RuntimeError as exc:
         first = short_reason(exc, 160)
         raise CertquantError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,16 +44,16 @@ def certify_dataset_incremental(
     gamma: float = DEFAULT_GAMMA,
     alpha_zeta: float = DEFAULT_ALPHA_ZETA,
     disparity: str = DEFAULT_DISPARITY,
-    identity: dict | None = None,
-    arguments: dict | None = None,
-    provenance: dict | None = None,
+    identity: dict[str, Any] | None = None,
+    arguments: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
     input_shape: Sequence[int] | None = None,
     progress: bool = True,
     channels_last: bool = False,
     base_run: str | Path | None = None,
     resume: bool = False,
     engine: Engine | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """IRS (``certify_incremental``) of ``images[i]`` for every i in ``indices`` against ``store``'s entries; write the
     run folder and return the summary. Each image's pixels must be those the cache was made for. With ``engine``
     the images run on its workers, each reading only its images' cache entries."""
@@ -89,7 +90,7 @@ def certify_dataset_incremental(
         channels_last,
     )
 
-    def postfix(records: list[dict]) -> str:
+    def postfix(records: list[dict[str, Any]]) -> str:
         return f"ACR {average_certified_radius(records):.3f}"
 
     records, wall = _run(
@@ -139,7 +140,7 @@ class IncrementalImage:
     def setup(self) -> None:
         _set_memory_format(self.approx_model, self.channels_last)
 
-    def __call__(self, item: tuple[int, torch.Tensor, int]) -> dict:
+    def __call__(self, item: tuple[int, torch.Tensor, int]) -> dict[str, Any]:
         index, image, label = item
         expected = self.store.image_sha256(index)
         if expected is not None and expected != tensor_sha256(image):
@@ -176,7 +177,9 @@ class IncrementalImage:
         }
 
 
-def incremental_summary(records: Sequence[dict], params: dict, base_run: str | Path | None = None) -> dict:
+def incremental_summary(
+    records: Sequence[dict[str, Any]], params: dict[str, Any], base_run: str | Path | None = None
+) -> dict[str, Any]:
     """n_p, gamma, alpha_zeta, disparity, the confidence, mean zeta, branch counts and (when the base run's
     certificates are at hand) the base model's ACR on the same images."""
     count = max(1, len(records))

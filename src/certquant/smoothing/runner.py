@@ -56,16 +56,16 @@ def certify_dataset(
     alpha: float = 0.001,
     batch_size: int = 1000,
     seed: int = 0,
-    identity: dict | None = None,
-    arguments: dict | None = None,
-    provenance: dict | None = None,
+    identity: dict[str, Any] | None = None,
+    arguments: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
     input_shape: Sequence[int] | None = None,
     progress: bool = True,
     channels_last: bool = False,
     keep_cache: bool = False,
     resume: bool = False,
     engine: Engine | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """CERTIFY ``images[i]`` for every i in ``indices``; write the run folder (see module docstring); return the summary.
 
     ``identity`` adds caller arguments that must match on resume (e.g. dataset, checkpoint hash, --skip);
@@ -93,13 +93,13 @@ def certify_dataset(
         model, float(sigma), n0, n, float(alpha), batch_size, seed, keep_cache, input_shape, channels_last
     )
 
-    def finish(index: int, result: tuple[dict, CertificationCache | None]) -> dict:
+    def finish(index: int, result: tuple[dict[str, Any], CertificationCache | None]) -> dict[str, Any]:
         record, image_cache = result
         if cache is not None and image_cache is not None:
             cache().add(index, image_cache, images[index])
         return record
 
-    def postfix(records: list[dict]) -> str:
+    def postfix(records: list[dict[str, Any]]) -> str:
         return f"ACR {average_certified_radius(records):.3f}"
 
     records, wall = _run(
@@ -143,7 +143,7 @@ class CertifyImage:
     def setup(self) -> None:
         _set_memory_format(self.model, self.channels_last)
 
-    def __call__(self, item: tuple[int, torch.Tensor, int]) -> tuple[dict, CertificationCache | None]:
+    def __call__(self, item: tuple[int, torch.Tensor, int]) -> tuple[dict[str, Any], CertificationCache | None]:
         index, image, label = item
         cert = certify(
             self.model,
@@ -187,7 +187,7 @@ class PredictImage:
     def setup(self) -> None:
         _set_memory_format(self.model, self.channels_last)
 
-    def __call__(self, item: tuple[int, torch.Tensor, int]) -> dict:
+    def __call__(self, item: tuple[int, torch.Tensor, int]) -> dict[str, Any]:
         index, image, label = item
         started = time.perf_counter()
         predicted = predict(
@@ -226,14 +226,14 @@ class ImageItems:
 
 def write_certify_summary(
     out_dir: str | Path,
-    records: list[dict],
+    records: list[dict[str, Any]],
     wall: float,
     samples_per_image: int,
     indices: Sequence[int],
-    arguments: dict,
-    provenance: dict | None,
-    extra: dict | None = None,
-) -> dict:
+    arguments: dict[str, Any],
+    provenance: dict[str, Any] | None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write a certify run's ``summary.json`` (metrics, ``extra``, indices, timing, arguments, provenance, versions)
     and its Cohen-style TSV; return the summary. Shared by full and incremental certification."""
     summary = {
@@ -261,15 +261,15 @@ def predict_dataset(
     alpha: float = 0.001,
     batch_size: int = 1000,
     seed: int = 0,
-    identity: dict | None = None,
-    arguments: dict | None = None,
-    provenance: dict | None = None,
+    identity: dict[str, Any] | None = None,
+    arguments: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
     input_shape: Sequence[int] | None = None,
     progress: bool = True,
     channels_last: bool = False,
     resume: bool = False,
     engine: Engine | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """PREDICT ``images[i]`` for every i in ``indices``; writes predictions.jsonl, predict.tsv, summary.json."""
     validate_smoothing_args(sigma, alpha, batch_size, seed, n=n)
     params = {
@@ -283,7 +283,7 @@ def predict_dataset(
     _set_memory_format(model, channels_last)
     worker = PredictImage(model, float(sigma), n, float(alpha), batch_size, seed, input_shape, channels_last)
 
-    def postfix(records: list[dict]) -> str:
+    def postfix(records: list[dict[str, Any]]) -> str:
         return f"acc {sum(r['correct'] for r in records) / max(1, len(records)):.3f}"
 
     records, wall = _run(
@@ -324,15 +324,15 @@ def _run(
     labels: torch.Tensor,
     indices: Sequence[int],
     out_dir: str | Path,
-    params: dict,
-    identity: dict | None,
+    params: dict[str, Any],
+    identity: dict[str, Any] | None,
     worker: Callable[[tuple[int, torch.Tensor, int]], Any],
-    finish: Callable[[int, Any], dict],
-    postfix: Callable[[list[dict]], str],
+    finish: Callable[[int, Any], dict[str, Any]],
+    postfix: Callable[[list[dict[str, Any]]], str],
     progress: bool,
     resume: bool,
     engine: Engine | None = None,
-) -> tuple[list[dict], float]:
+) -> tuple[list[dict[str, Any]], float]:
     """The resumable loop shared by certify, predict and IRS: ``worker`` computes each image not yet in the JSONL
     (on ``engine``), ``finish(index, result)`` turns its result into the record the driver appends; returns (records
     of ``indices`` in order, wall seconds)."""
@@ -365,7 +365,7 @@ def _run(
 
 
 def _cache_writer(
-    model: nn.Module, out_dir: str | Path, params: dict, identity: dict | None
+    model: nn.Module, out_dir: str | Path, params: dict[str, Any], identity: dict[str, Any] | None
 ) -> Callable[[], CacheWriter]:
     """The run's IRS cache writer, created on first use (after the run folder was claimed)."""
     writer: list[CacheWriter] = []
@@ -392,10 +392,10 @@ def _cache_writer(
 
 def _set_memory_format(model: nn.Module, channels_last: bool) -> None:
     if channels_last:
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # (torch's stub omits it)
 
 
-def _timing(records: list[dict], wall: float, samples_per_image: int) -> dict:
+def _timing(records: list[dict[str, Any]], wall: float, samples_per_image: int) -> dict[str, Any]:
     seconds = sum(float(r["seconds"]) for r in records)
     return {
         "total_seconds": seconds,
@@ -405,7 +405,7 @@ def _timing(records: list[dict], wall: float, samples_per_image: int) -> dict:
     }
 
 
-def _write_tsv(path: Path, records: list[dict], certify: bool) -> None:
+def _write_tsv(path: Path, records: list[dict[str, Any]], certify: bool) -> None:
     """Cohen et al.'s format: ``idx label predict radius correct time`` (certify) or without radius (predict)."""
     header = ["idx", "label", "predict"] + (["radius"] if certify else []) + ["correct", "time"]
     lines = ["\t".join(header)]
