@@ -67,7 +67,7 @@ def test_matrix_end_to_end(tiny_config, tmp_path):
     assert len(data["points"]) == 8
     # each seed is its own run with its own search seed; the test subset is the same
     ids = [
-        json.loads((tmp_path / "work" / f"seed-{s}" / "budget-0.0125" / "run.json").read_text())["identity"]
+        json.loads((tmp_path / "work" / f"seed-{s}" / "budgets-0.0125" / "run.json").read_text())["identity"]
         for s in (0, 1)
     ]
     assert [i["config"]["search"]["seed"] for i in ids] == [0, 1]
