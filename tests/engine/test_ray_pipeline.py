@@ -14,7 +14,7 @@ from certquant.pipeline.config import config_from_dict
 from certquant.pipeline.run import run_pipeline
 from certquant.train import TrainConfig, train
 
-TIMING_KEYS = ("seconds", "started", "software")
+TIMING_KEYS = ("seconds", "started", "software", "machine", "checkpoint_sha256")  # wall clock, when made
 PATH_KEYS = {"search", "checkpoint", "state_dir"}
 
 
