@@ -13,6 +13,7 @@ from certquant.engine import EngineConfig
 from certquant.pipeline.config import config_from_dict
 from certquant.pipeline.run import run_pipeline
 from certquant.train import TrainConfig, train
+from run_results import without
 
 TIMING_KEYS = ("seconds", "started", "software", "machine", "checkpoint_sha256")  # wall clock, when made
 PATH_KEYS = {"search", "checkpoint", "state_dir"}
@@ -58,13 +59,8 @@ def config(tmp_path_factory):
 
 
 def strip_timing(value):
-    if isinstance(value, dict):
-        return {
-            k: strip_timing(v) for k, v in value.items() if k not in PATH_KEYS and not any(t in k for t in TIMING_KEYS)
-        }
-    if isinstance(value, list):
-        return [strip_timing(v) for v in value]
-    return value
+    """results.json without wall-clock fields and run paths (they differ between two runs of the same work)."""
+    return without(value, TIMING_KEYS, PATH_KEYS)
 
 
 def test_ray_stages_give_the_local_results_and_either_engine_resumes(ray_cluster, config, tmp_path):

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from certquant.train import TrainConfig, train
+from run_results import without
 
 KILLS = 10
 # wall-clock fields, the machine, and checkpoint hashes (a quantized checkpoint records when it was made)
@@ -82,11 +83,7 @@ def _env() -> dict[str, str]:
 
 def _stable(value):
     """results.json without wall-clock fields and run paths (they differ between two runs of the same work)."""
-    if isinstance(value, dict):
-        return {k: _stable(v) for k, v in value.items() if k not in PATH_KEYS and not any(t in k for t in TIMING_KEYS)}
-    if isinstance(value, list):
-        return [_stable(v) for v in value]
-    return value
+    return without(value, TIMING_KEYS, PATH_KEYS)
 
 
 @pytest.mark.slow

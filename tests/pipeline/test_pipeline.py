@@ -17,6 +17,7 @@ from certquant.quant import Policy
 from certquant.quant.quantize import quantized_policy
 from certquant.train import TrainConfig, train
 from certquant.utils.errors import CertquantError
+from run_results import without
 
 REPO = Path(__file__).resolve().parents[2]
 # wall-clock fields, the machine, and the checkpoint hashes (a quantized checkpoint records when it was made)
@@ -68,13 +69,7 @@ def tiny_config(checkpoint: str, **search):
 
 def strip_timing(value):
     """results.json without wall-clock fields and run paths (they differ between two runs of the same work)."""
-    if isinstance(value, dict):
-        return {
-            k: strip_timing(v) for k, v in value.items() if k not in PATH_KEYS and not any(t in k for t in TIMING_KEYS)
-        }
-    if isinstance(value, list):
-        return [strip_timing(v) for v in value]
-    return value
+    return without(value, TIMING_KEYS, PATH_KEYS)
 
 
 def test_killed_run_resumes_to_the_same_results(checkpoint, tmp_path, monkeypatch):
