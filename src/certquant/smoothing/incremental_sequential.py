@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from certquant.smoothing.cache_store import CacheStore, tensor_sha256
+from certquant.smoothing.cache_store import CacheStore
 from certquant.smoothing.core import (
     ABSTAIN,
     CertificationCache,
@@ -51,7 +51,9 @@ from certquant.smoothing.incremental import (
     samples_to_evaluate,
     validate_incremental_args,
 )
-from certquant.smoothing.runner import CERTIFY_FILES, _run, _set_memory_format, write_certify_summary
+from certquant.smoothing.irs_runner import check_cached_image, irs_params
+from certquant.smoothing.metrics import certify_metrics
+from certquant.smoothing.runner import ImageWorker, Item, _options, certificate_record, run_dataset
 from certquant.smoothing.sequential import (
     DISPARITY,
     PROPORTION,
@@ -315,124 +317,90 @@ def certify_dataset_incremental_sequential(
 ) -> dict[str, Any]:
     """``certify_incremental_sequential`` of ``images[i]`` for every i in ``indices`` against ``store``'s entries; the
     run folder of ``irs_runner.certify_dataset_incremental`` with per-image decisions; returns the summary."""
-    key = store.key
-    validate_incremental_args(n_p_max, gamma, alpha_zeta, disparity, float(key["alpha"]))
     radii_list = validate_radii(radii)
-    if n_p_max > int(key["n"]):
-        raise CertquantError(
-            f"n_p = {n_p_max} exceeds the {key['n']} cached estimation samples: use --np <= {key['n']}"
-        )
-    store.require(indices)
-    params = {
-        "sigma": float(key["sigma"]),
-        "n0": int(key["n0"]),
-        "n": int(key["n"]),
-        "alpha": float(key["alpha"]),
-        "batch_size": int(key["batch_size"]),
-        "seed": int(key["seed"]),
-        "n_p_max": n_p_max,
-        "radii": radii_list,
-        "gamma": float(gamma),
-        "alpha_zeta": float(alpha_zeta),
-        "disparity": disparity,
-        "channels_last": channels_last,
-        "base_checkpoint_sha256": key.get("checkpoint_sha256"),
-        "base_model_sha256": key.get("model_sha256"),
-        **asdict(settings),
-    }
-    _set_memory_format(approx_model, channels_last)
-
-    def one(index: int) -> dict[str, Any]:
-        expected = store.image_sha256(index)
-        if expected is not None and expected != tensor_sha256(images[index]):
-            raise CertquantError(
-                f"test image {index} differs from the image the IRS cache was made for: use the base run's dataset"
-            )
-        cert = certify_incremental_sequential(
-            approx_model,
-            store.entry(index),
-            images[index],
-            float(key["sigma"]),
-            n_p_max,
-            radii_list,
-            gamma,
-            alpha_zeta,
-            disparity,
-            settings,
-            input_shape,
-        )
-        label = int(labels[index])
-        return {
-            "index": index,
-            "label": label,
-            "predicted": cert.label,
-            "radius": cert.radius,
-            "pa_lower": cert.pa_lower,
-            "correct": cert.label == label,
-            "seconds": cert.seconds,
-            "c_a": cert.c_a,
-            "branch": cert.branch,
-            "zeta": None if math.isnan(cert.zeta) else cert.zeta,
-            "n_d": cert.n_d,
-            "n_used": cert.n_used,
-            "evaluated": cert.evaluated,
-            "certified": cert.certified,
-            "decided_at": cert.decided_at,
-            "stopped_by": cert.stopped_by,
-            "base_pa_lower": cert.base_pa_lower,
-        }
-
-    def postfix(records: list[dict[str, Any]]) -> str:
-        return f"f' samples/image {sum(r['evaluated'] for r in records) / max(1, len(records)):.0f}"
-
-    records, wall = _run(
-        "certify-incremental-sequential",
-        CERTIFY_FILES,
-        approx_model,
-        images,
-        labels,
-        indices,
-        out_dir,
-        params,
-        identity,
-        lambda item: one(item[0]),  # the local engine: one image after another in this process
-        lambda index, record: record,
-        postfix,
-        progress,
-        resume,
+    params = irs_params(
+        store, indices, n_p_max, gamma, alpha_zeta, disparity, channels_last, n_p_max=n_p_max, radii=radii_list
     )
-    count = max(1, len(records))
-    evaluated = sum(int(r["evaluated"]) for r in records)
-    extra = {
-        "incremental_sequential": {
+    params.update(asdict(settings))
+    worker = IncrementalSequentialImage(
+        approx_model,
+        store,
+        params["sigma"],
+        n_p_max,
+        radii_list,
+        gamma,
+        alpha_zeta,
+        disparity,
+        settings,
+        input_shape,
+        channels_last,
+    )
+
+    def summarize(records: list[dict[str, Any]]) -> tuple[dict[str, Any], float]:
+        count = max(1, len(records))
+        evaluated = sum(int(r["evaluated"]) for r in records)
+        block = {
             "n_p_max": n_p_max,
             "radii": radii_list,
             "gamma": float(gamma),
             "alpha_zeta": float(alpha_zeta),
             "disparity": disparity,
-            "confidence": 1.0 - (float(key["alpha"]) + float(alpha_zeta)),
+            "confidence": 1.0 - (params["alpha"] + float(alpha_zeta)),
             "approx_samples": evaluated,
             "approx_samples_per_image": evaluated / count,
             "branch_counts": {b: sum(1 for r in records if r["branch"] == b) for b in (BRANCH_ZETA, BRANCH_DIRECT)},
-            **(
-                {
-                    "certified_accuracy_at_radii": {
-                        f"{radius:g}": sum(1 for r in records if r["correct"] and r["certified"][j]) / count
-                        for j, radius in enumerate(radii_list)
-                    }
-                }
-                if radii_list
-                else {}
-            ),
         }
-    }
-    return write_certify_summary(
+        if radii_list:
+            block["certified_accuracy_at_radii"] = {
+                f"{radius:g}": sum(1 for r in records if r["correct"] and r["certified"][j]) / count
+                for j, radius in enumerate(radii_list)
+            }
+        return {**certify_metrics(records), "incremental_sequential": block}, round(evaluated / count)
+
+    return run_dataset(
+        "certify-incremental-sequential",
+        worker,
+        (images, labels, indices),
         out_dir,
-        records,
-        wall,
-        round(evaluated / count),
-        indices,
-        arguments if arguments is not None else params,
-        provenance,
-        extra=extra,
+        params,
+        summarize,
+        postfix=lambda records: f"f' samples/image {sum(r['evaluated'] for r in records) / max(1, len(records)):.0f}",
+        **_options(identity, arguments, provenance, progress, resume),
     )
+
+
+@dataclass
+class IncrementalSequentialImage(ImageWorker):
+    """Worker side of ``certify_dataset_incremental_sequential``: sequential IRS of one ``(index, image, label)``."""
+
+    store: CacheStore
+    sigma: float
+    n_p_max: int
+    radii: list[float] | None
+    gamma: float
+    alpha_zeta: float
+    disparity: str
+    settings: SequentialSettings
+    input_shape: Sequence[int] | None = None
+    channels_last: bool = False
+
+    def __call__(self, item: Item) -> dict[str, Any]:
+        index, image, label = item
+        check_cached_image(self.store, index, image)
+        cert = certify_incremental_sequential(
+            self.model,
+            self.store.entry(index),
+            image,
+            self.sigma,
+            self.n_p_max,
+            self.radii,
+            self.gamma,
+            self.alpha_zeta,
+            self.disparity,
+            self.settings,
+            self.input_shape,
+        )
+        fields = ("branch", "zeta", "n_d", "n_used", "evaluated", "certified", "decided_at", "stopped_by")
+        record = certificate_record(index, label, cert, *fields, "base_pa_lower")
+        record["zeta"] = None if math.isnan(cert.zeta) else cert.zeta  # the direct branch has none
+        return record

@@ -27,8 +27,15 @@ from certquant.smoothing.incremental import (
     certify_incremental,
     validate_incremental_args,
 )
-from certquant.smoothing.metrics import average_certified_radius
-from certquant.smoothing.runner import CERTIFY_FILES, _run, _set_memory_format, write_certify_summary
+from certquant.smoothing.metrics import average_certified_radius, certify_metrics
+from certquant.smoothing.runner import (
+    CERTIFY_FILES,
+    ImageWorker,
+    Item,
+    _options,
+    certificate_record,
+    run_dataset,
+)
 from certquant.utils.errors import CertquantError
 from certquant.utils.io import read_jsonl
 
@@ -57,31 +64,11 @@ def certify_dataset_incremental(
     """IRS (``certify_incremental``) of ``images[i]`` for every i in ``indices`` against ``store``'s entries; write the
     run folder and return the summary. Each image's pixels must be those the cache was made for. With ``engine``
     the images run on its workers, each reading only its images' cache entries."""
-    key = store.key
-    validate_incremental_args(n_p, gamma, alpha_zeta, disparity, float(key["alpha"]))
-    if n_p > int(key["n"]):
-        raise CertquantError(f"n_p = {n_p} exceeds the {key['n']} cached estimation samples: use --np <= {key['n']}")
-    store.require(indices)
-    params = {
-        "sigma": float(key["sigma"]),
-        "n0": int(key["n0"]),
-        "n": int(key["n"]),
-        "alpha": float(key["alpha"]),
-        "batch_size": int(key["batch_size"]),
-        "seed": int(key["seed"]),
-        "n_p": n_p,
-        "gamma": float(gamma),
-        "alpha_zeta": float(alpha_zeta),
-        "disparity": disparity,
-        "channels_last": channels_last,
-        "base_checkpoint_sha256": key.get("checkpoint_sha256"),
-        "base_model_sha256": key.get("model_sha256"),
-    }
-    _set_memory_format(approx_model, channels_last)
+    params = irs_params(store, indices, n_p, gamma, alpha_zeta, disparity, channels_last, n_p=n_p)
     worker = IncrementalImage(
         approx_model,
         store,
-        float(key["sigma"]),
+        params["sigma"],
         n_p,
         float(gamma),
         float(alpha_zeta),
@@ -89,45 +76,25 @@ def certify_dataset_incremental(
         input_shape,
         channels_last,
     )
-
-    def postfix(records: list[dict[str, Any]]) -> str:
-        return f"ACR {average_certified_radius(records):.3f}"
-
-    records, wall = _run(
+    return run_dataset(
         "certify-incremental",
-        CERTIFY_FILES,
-        approx_model,
-        images,
-        labels,
-        indices,
+        worker,
+        (images, labels, indices),
         out_dir,
         params,
-        identity,
-        worker,
-        lambda index, record: record,
-        postfix,
-        progress,
-        resume,
-        engine,
-    )
-    return write_certify_summary(
-        out_dir,
-        records,
-        wall,
-        n_p,
-        indices,
-        arguments if arguments is not None else params,
-        provenance,
-        extra={"incremental": incremental_summary(records, params, base_run)},
+        lambda records: (
+            {**certify_metrics(records), "incremental": incremental_summary(records, params, base_run)},
+            n_p,
+        ),
+        **_options(identity, arguments, provenance, progress, resume, engine),
     )
 
 
 @dataclass
-class IncrementalImage:
+class IncrementalImage(ImageWorker):
     """Worker side of ``certify_dataset_incremental``: IRS of one ``(index, image, label)`` item -> record. Holds the
     approximate model and the cache's index (key and records); an image's predictions file is read where it runs."""
 
-    approx_model: nn.Module
     store: CacheStore
     sigma: float
     n_p: int
@@ -137,18 +104,11 @@ class IncrementalImage:
     input_shape: Sequence[int] | None = None
     channels_last: bool = False
 
-    def setup(self) -> None:
-        _set_memory_format(self.approx_model, self.channels_last)
-
-    def __call__(self, item: tuple[int, torch.Tensor, int]) -> dict[str, Any]:
+    def __call__(self, item: Item) -> dict[str, Any]:
         index, image, label = item
-        expected = self.store.image_sha256(index)
-        if expected is not None and expected != tensor_sha256(image):
-            raise CertquantError(
-                f"test image {index} differs from the image the IRS cache was made for: use the base run's dataset"
-            )
+        check_cached_image(self.store, index, image)
         cert = certify_incremental(
-            self.approx_model,
+            self.model,
             self.store.entry(index),
             image,
             self.sigma,
@@ -158,23 +118,52 @@ class IncrementalImage:
             self.disparity,
             input_shape=self.input_shape,
         )
-        return {
-            "index": index,
-            "label": label,
-            "predicted": cert.label,
-            "radius": cert.radius,
-            "pa_lower": cert.pa_lower,
-            "correct": cert.label == label,
-            "seconds": cert.seconds,
-            "c_a": cert.c_a,
-            "n_a": cert.n_a,
-            "zeta": cert.zeta,
-            "n_d": cert.n_d,
-            "n_p": cert.n_p,
-            "branch": cert.branch,
-            "base_pa_lower": cert.base_pa_lower,
-            "evaluated": cert.evaluated,
-        }
+        fields = ("n_a", "zeta", "n_d", "n_p", "branch", "base_pa_lower", "evaluated")
+        return certificate_record(index, label, cert, *fields)
+
+
+def irs_params(
+    store: CacheStore,
+    indices: Sequence[int],
+    n_p: int,
+    gamma: float,
+    alpha_zeta: float,
+    disparity: str,
+    channels_last: bool,
+    /,
+    **variant: Any,
+) -> dict[str, Any]:
+    """Check IRS's arguments against the cache ``store`` (which must hold ``indices``); return the run's identity:
+    the cache's CERTIFY arguments, ``variant`` (n_p, or sequential IRS's n_p_max and radii), IRS's arguments."""
+    key = store.key
+    validate_incremental_args(n_p, gamma, alpha_zeta, disparity, float(key["alpha"]))
+    if n_p > int(key["n"]):
+        raise CertquantError(f"n_p = {n_p} exceeds the {key['n']} cached estimation samples: use --np <= {key['n']}")
+    store.require(indices)
+    return {
+        "sigma": float(key["sigma"]),
+        "n0": int(key["n0"]),
+        "n": int(key["n"]),
+        "alpha": float(key["alpha"]),
+        "batch_size": int(key["batch_size"]),
+        "seed": int(key["seed"]),
+        **variant,
+        "gamma": float(gamma),
+        "alpha_zeta": float(alpha_zeta),
+        "disparity": disparity,
+        "channels_last": channels_last,
+        "base_checkpoint_sha256": key.get("checkpoint_sha256"),
+        "base_model_sha256": key.get("model_sha256"),
+    }
+
+
+def check_cached_image(store: CacheStore, index: int, image: torch.Tensor) -> None:
+    """Refuse an image whose pixels are not those the IRS cache was made for."""
+    expected = store.image_sha256(index)
+    if expected is not None and expected != tensor_sha256(image):
+        raise CertquantError(
+            f"test image {index} differs from the image the IRS cache was made for: use the base run's dataset"
+        )
 
 
 def incremental_summary(

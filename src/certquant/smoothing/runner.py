@@ -42,6 +42,8 @@ from certquant.utils.run_folder import RunFolder
 
 CERTIFY_FILES = {"jsonl": "certificates.jsonl", "tsv": "certify.tsv"}
 PREDICT_FILES = {"jsonl": "predictions.jsonl", "tsv": "predict.tsv"}
+Item = tuple[int, torch.Tensor, int]  # an engine's item: (index, image, label)
+Records = list[dict[str, Any]]
 
 
 def certify_dataset(
@@ -87,11 +89,10 @@ def certify_dataset(
         "channels_last": channels_last,
         **({"keep_cache": True} if keep_cache else {}),
     }
-    _set_memory_format(model, channels_last)
-    cache = _cache_writer(model, out_dir, params, identity) if keep_cache else None
     worker = CertifyImage(
         model, float(sigma), n0, n, float(alpha), batch_size, seed, keep_cache, input_shape, channels_last
     )
+    cache = _cache_writer(model, out_dir, params, identity) if keep_cache else None
 
     def finish(index: int, result: tuple[dict[str, Any], CertificationCache | None]) -> dict[str, Any]:
         record, image_cache = result
@@ -99,155 +100,16 @@ def certify_dataset(
             cache().add(index, image_cache, images[index])
         return record
 
-    def postfix(records: list[dict[str, Any]]) -> str:
-        return f"ACR {average_certified_radius(records):.3f}"
-
-    records, wall = _run(
+    return run_dataset(
         "certify",
-        CERTIFY_FILES,
-        model,
-        images,
-        labels,
-        indices,
+        worker,
+        (images, labels, indices),
         out_dir,
         params,
-        identity,
-        worker,
-        finish,
-        postfix,
-        progress,
-        resume,
-        engine,
+        lambda records: (certify_metrics(records), n0 + n),
+        finish=finish,
+        **_options(identity, arguments, provenance, progress, resume, engine),
     )
-    return write_certify_summary(
-        out_dir, records, wall, n0 + n, indices, arguments if arguments is not None else params, provenance
-    )
-
-
-@dataclass
-class CertifyImage:
-    """Worker side of ``certify_dataset``: CERTIFY of one ``(index, image, label)`` item -> (record, IRS cache or
-    None). Holds the model, so an engine ships it once per worker."""
-
-    model: nn.Module
-    sigma: float
-    n0: int
-    n: int
-    alpha: float
-    batch_size: int
-    seed: int
-    keep_cache: bool = False
-    input_shape: Sequence[int] | None = None
-    channels_last: bool = False
-
-    def setup(self) -> None:
-        _set_memory_format(self.model, self.channels_last)
-
-    def __call__(self, item: tuple[int, torch.Tensor, int]) -> tuple[dict[str, Any], CertificationCache | None]:
-        index, image, label = item
-        cert = certify(
-            self.model,
-            image,
-            self.sigma,
-            self.n0,
-            self.n,
-            self.alpha,
-            self.batch_size,
-            image_seed(self.seed, index),
-            keep_cache=self.keep_cache,
-            input_shape=self.input_shape,
-        )
-        record = {
-            "index": index,
-            "label": label,
-            "predicted": cert.label,
-            "radius": cert.radius,
-            "pa_lower": cert.pa_lower,
-            "correct": cert.label == label,
-            "seconds": cert.seconds,
-            "c_a": cert.c_a,
-            "n_a": cert.n_a,
-        }
-        return record, cert.cache
-
-
-@dataclass
-class PredictImage:
-    """Worker side of ``predict_dataset``: PREDICT of one ``(index, image, label)`` item -> record."""
-
-    model: nn.Module
-    sigma: float
-    n: int
-    alpha: float
-    batch_size: int
-    seed: int
-    input_shape: Sequence[int] | None = None
-    channels_last: bool = False
-
-    def setup(self) -> None:
-        _set_memory_format(self.model, self.channels_last)
-
-    def __call__(self, item: tuple[int, torch.Tensor, int]) -> dict[str, Any]:
-        index, image, label = item
-        started = time.perf_counter()
-        predicted = predict(
-            self.model,
-            image,
-            self.sigma,
-            self.n,
-            self.alpha,
-            self.batch_size,
-            image_seed(self.seed, index),
-            input_shape=self.input_shape,
-        )
-        return {
-            "index": index,
-            "label": label,
-            "predicted": predicted,
-            "correct": predicted == label,
-            "seconds": time.perf_counter() - started,
-        }
-
-
-class ImageItems:
-    """The engine's items for ``indices``: ``(index, a copy of images[index], int label)``, made on demand (a copy,
-    so shipping an item to a worker does not ship the whole dataset tensor)."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: Sequence[int]):
-        self.images, self.labels, self.indices = images, labels, list(indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, position: int) -> tuple[int, torch.Tensor, int]:
-        index = self.indices[position]
-        return index, self.images[index].clone(), int(self.labels[index])
-
-
-def write_certify_summary(
-    out_dir: str | Path,
-    records: list[dict[str, Any]],
-    wall: float,
-    samples_per_image: int,
-    indices: Sequence[int],
-    arguments: dict[str, Any],
-    provenance: dict[str, Any] | None,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Write a certify run's ``summary.json`` (metrics, ``extra``, indices, timing, arguments, provenance, versions)
-    and its Cohen-style TSV; return the summary. Shared by full and incremental certification."""
-    summary = {
-        **certify_metrics(records),
-        **(extra or {}),
-        "indices": list(indices),
-        **_timing(records, wall, samples_per_image),
-        "arguments": arguments,
-        **(provenance or {}),
-        "software": software_versions(),
-    }
-    atomic_write_json(Path(out_dir) / "summary.json", summary)
-    _write_tsv(Path(out_dir) / CERTIFY_FILES["tsv"], records, certify=True)
-    return summary
 
 
 def predict_dataset(
@@ -280,71 +142,175 @@ def predict_dataset(
         "seed": seed,
         "channels_last": channels_last,
     }
-    _set_memory_format(model, channels_last)
-    worker = PredictImage(model, float(sigma), n, float(alpha), batch_size, seed, input_shape, channels_last)
-
-    def postfix(records: list[dict[str, Any]]) -> str:
-        return f"acc {sum(r['correct'] for r in records) / max(1, len(records)):.3f}"
-
-    records, wall = _run(
+    return run_dataset(
         "predict",
-        PREDICT_FILES,
-        model,
-        images,
-        labels,
-        indices,
+        PredictImage(model, float(sigma), n, float(alpha), batch_size, seed, input_shape, channels_last),
+        (images, labels, indices),
         out_dir,
         params,
-        identity,
-        worker,
-        lambda index, record: record,
-        postfix,
-        progress,
-        resume,
-        engine,
+        lambda records: (predict_metrics(records), n),
+        postfix=lambda records: f"acc {sum(r['correct'] for r in records) / max(1, len(records)):.3f}",
+        **_options(identity, arguments, provenance, progress, resume, engine),
     )
-    summary = {
-        **predict_metrics(records),
-        "indices": list(indices),
-        **_timing(records, wall, n),
-        "arguments": arguments if arguments is not None else params,
-        **(provenance or {}),
-        "software": software_versions(),
+
+
+@dataclass
+class ImageWorker:
+    """Worker side of a dataset run: holds the model (an engine ships it once per worker) and computes one
+    ``(index, image, label)`` item; subclasses define ``__call__``."""
+
+    model: nn.Module
+
+    def setup(self) -> None:
+        if getattr(self, "channels_last", False):
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # (torch's stub omits it)
+
+    def __call__(self, item: Item) -> Any:
+        raise NotImplementedError
+
+
+@dataclass
+class CertifyImage(ImageWorker):
+    """CERTIFY of one item -> (record, IRS cache or None)."""
+
+    sigma: float
+    n0: int
+    n: int
+    alpha: float
+    batch_size: int
+    seed: int
+    keep_cache: bool = False
+    input_shape: Sequence[int] | None = None
+    channels_last: bool = False
+
+    def __call__(self, item: Item) -> tuple[dict[str, Any], CertificationCache | None]:
+        index, image, label = item
+        cert = certify(
+            self.model,
+            image,
+            self.sigma,
+            self.n0,
+            self.n,
+            self.alpha,
+            self.batch_size,
+            image_seed(self.seed, index),
+            keep_cache=self.keep_cache,
+            input_shape=self.input_shape,
+        )
+        return certificate_record(index, label, cert, "n_a"), cert.cache
+
+
+@dataclass
+class PredictImage(ImageWorker):
+    """PREDICT of one item -> record."""
+
+    sigma: float
+    n: int
+    alpha: float
+    batch_size: int
+    seed: int
+    input_shape: Sequence[int] | None = None
+    channels_last: bool = False
+
+    def __call__(self, item: Item) -> dict[str, Any]:
+        index, image, label = item
+        started = time.perf_counter()
+        seed = image_seed(self.seed, index)
+        predicted = predict(
+            self.model, image, self.sigma, self.n, self.alpha, self.batch_size, seed, input_shape=self.input_shape
+        )
+        seconds = time.perf_counter() - started
+        return {
+            "index": index,
+            "label": label,
+            "predicted": predicted,
+            "correct": predicted == label,
+            "seconds": seconds,
+        }
+
+
+def certificate_record(index: int, label: int, cert: Any, *fields: str) -> dict[str, Any]:
+    """One image's record: Cohen's columns and c_A, then ``fields`` of the certificate ``cert``."""
+    return {
+        "index": index,
+        "label": label,
+        "predicted": cert.label,
+        "radius": cert.radius,
+        "pa_lower": cert.pa_lower,
+        "correct": cert.label == label,
+        "seconds": cert.seconds,
+        "c_a": cert.c_a,
+        **{name: getattr(cert, name) for name in fields},
     }
-    atomic_write_json(Path(out_dir) / "summary.json", summary)
-    _write_tsv(Path(out_dir) / PREDICT_FILES["tsv"], records, certify=False)
-    return summary
 
 
-def _run(
-    kind: str,
-    files: dict[str, str],
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    indices: Sequence[int],
-    out_dir: str | Path,
-    params: dict[str, Any],
+class ImageItems:
+    """The engine's items for ``indices``: ``(index, a copy of images[index], int label)``, made on demand (a copy,
+    so shipping an item to a worker does not ship the whole dataset tensor)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: Sequence[int]):
+        self.images, self.labels, self.indices = images, labels, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> Item:
+        index = self.indices[position]
+        return index, self.images[index].clone(), int(self.labels[index])
+
+
+def acr_postfix(records: Records) -> str:
+    return f"ACR {average_certified_radius(records):.3f}"
+
+
+def _options(
     identity: dict[str, Any] | None,
-    worker: Callable[[tuple[int, torch.Tensor, int]], Any],
-    finish: Callable[[int, Any], dict[str, Any]],
-    postfix: Callable[[list[dict[str, Any]]], str],
+    arguments: dict[str, Any] | None,
+    provenance: dict[str, Any] | None,
     progress: bool,
     resume: bool,
     engine: Engine | None = None,
-) -> tuple[list[dict[str, Any]], float]:
-    """The resumable loop shared by certify, predict and IRS: ``worker`` computes each image not yet in the JSONL
-    (on ``engine``), ``finish(index, result)`` turns its result into the record the driver appends; returns (records
-    of ``indices`` in order, wall seconds)."""
+) -> dict[str, Any]:
+    """The caller options every dataset run passes on to ``run_dataset`` unchanged."""
+    return dict(
+        identity=identity, arguments=arguments, provenance=provenance, progress=progress, resume=resume, engine=engine
+    )
+
+
+def run_dataset(
+    kind: str,
+    worker: ImageWorker,
+    data: tuple[torch.Tensor, torch.Tensor, Sequence[int]],
+    out_dir: str | Path,
+    params: dict[str, Any],
+    summarize: Callable[[Records], tuple[dict[str, Any], float]],
+    *,
+    identity: dict[str, Any] | None = None,
+    arguments: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+    progress: bool = True,
+    resume: bool = False,
+    engine: Engine | None = None,
+    postfix: Callable[[Records], str] = acr_postfix,
+    finish: Callable[[int, Any], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The one dataset run of certify, predict, IRS and their sequential variants: claim the run folder (identity
+    ``params`` + device + ``identity``; ``resume``), run ``worker`` on each image of ``data = (images, labels,
+    indices)`` not yet in the JSONL (on ``engine``), append each record (``finish(index, result)`` when the worker
+    returns more than the record), then write ``summary.json`` (``summarize(records)`` -> (metrics and the variant's
+    block, samples per image), indices, timing, ``arguments`` (default ``params``), ``provenance``, versions) and
+    the TSV; return the summary."""
+    images, labels, indices = data
     if not indices:
         raise CertquantError("no images selected: check --skip and --max")
-    device = model_device(model).type
+    files = PREDICT_FILES if kind == "predict" else CERTIFY_FILES
+    worker.setup()
+    device = model_device(worker.model).type
     engine = engine or LocalEngine(EngineConfig())
     engine.check_device(device)  # refuse what the workers cannot run before the folder is claimed
     folder = RunFolder(out_dir, kind, {**params, "device": device, **(identity or {})})
     folder.claim(resume)
     done = {int(r["index"]): r for r in folder.records(files["jsonl"])}
-    wanted = set(indices)
     records = [done[i] for i in indices if i in done]
     todo = [i for i in indices if i not in done]
     started = time.perf_counter()
@@ -352,7 +318,7 @@ def _run(
     names = [f"{kind} of image {i}" for i in todo]
     try:
         for position, result in engine.map_unordered(worker, ImageItems(images, labels, todo), names):
-            record = finish(todo[position], result)
+            record = finish(todo[position], result) if finish is not None else result
             folder.append(files["jsonl"], record)
             records.append(record)
             bar.update(1)
@@ -360,8 +326,25 @@ def _run(
             bar.set_postfix_str(postfix(records) + running)
     finally:
         bar.close()
-    by_index = {r["index"]: r for r in records if r["index"] in wanted}
-    return [by_index[i] for i in indices], time.perf_counter() - started
+    wall = time.perf_counter() - started
+    by_index = {r["index"]: r for r in records if r["index"] in set(indices)}
+    records = [by_index[i] for i in indices]
+    metrics, samples_per_image = summarize(records)
+    seconds = sum(float(r["seconds"]) for r in records)
+    summary = {
+        **metrics,
+        "indices": list(indices),
+        "total_seconds": seconds,
+        "seconds_per_image": seconds / len(records) if records else 0.0,
+        "samples_per_second": samples_per_image * len(records) / seconds if seconds > 0 else 0.0,
+        "wall_seconds_this_invocation": wall,
+        "arguments": arguments if arguments is not None else params,
+        **(provenance or {}),
+        "software": software_versions(),
+    }
+    atomic_write_json(Path(out_dir) / "summary.json", summary)
+    _write_tsv(Path(out_dir) / files["tsv"], records, certify=kind != "predict")
+    return summary
 
 
 def _cache_writer(
@@ -388,21 +371,6 @@ def _cache_writer(
         return writer[0]
 
     return get
-
-
-def _set_memory_format(model: nn.Module, channels_last: bool) -> None:
-    if channels_last:
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # (torch's stub omits it)
-
-
-def _timing(records: list[dict[str, Any]], wall: float, samples_per_image: int) -> dict[str, Any]:
-    seconds = sum(float(r["seconds"]) for r in records)
-    return {
-        "total_seconds": seconds,
-        "seconds_per_image": seconds / len(records) if records else 0.0,
-        "samples_per_second": samples_per_image * len(records) / seconds if seconds > 0 else 0.0,
-        "wall_seconds_this_invocation": wall,
-    }
 
 
 def _write_tsv(path: Path, records: list[dict[str, Any]], certify: bool) -> None:

@@ -62,8 +62,9 @@ from certquant.smoothing.core import (
     sample_counts,
     validate_smoothing_args,
 )
+from certquant.smoothing.metrics import certify_metrics
 from certquant.smoothing.noise import ESTIMATION, SELECTION, image_seed
-from certquant.smoothing.runner import CERTIFY_FILES, _run, _set_memory_format, write_certify_summary
+from certquant.smoothing.runner import ImageWorker, Item, _options, certificate_record, run_dataset
 from certquant.utils.errors import CertquantError
 
 PROPORTION = "proportion"  # the tested quantity is the success rate itself (pA, or f''s rate in IRS's direct branch)
@@ -448,70 +449,58 @@ def certify_dataset_sequential(
         "radii": radii_list,
         **asdict(settings),
     }
-    _set_memory_format(model, channels_last)
+    worker = SequentialImage(
+        model, float(sigma), radii_list, n0, n_max, float(alpha), batch_size, seed, settings, input_shape, channels_last
+    )
 
-    def one(index: int) -> dict[str, Any]:
-        cert = certify_sequential(
-            model,
-            images[index],
-            sigma,
-            radii_list,
-            n0,
-            n_max,
-            alpha,
-            batch_size,
-            image_seed(seed, index),
-            settings,
-            input_shape,
-        )
-        label = int(labels[index])
-        return {
-            "index": index,
-            "label": label,
-            "predicted": cert.label,
-            "radius": cert.radius,
-            "pa_lower": cert.pa_lower,
-            "correct": cert.label == label,
-            "seconds": cert.seconds,
-            "c_a": cert.c_a,
-            "n_a": cert.n_a,
-            "n_used": cert.n_used,
-            "certified": cert.certified,
-            "decided_at": cert.decided_at,
-            "stopped_by": cert.stopped_by,
-            "radius_bound_fixed_n": cert.radius_bound_fixed_n,
-        }
+    def summarize(records: list[dict[str, Any]]) -> tuple[dict[str, Any], float]:
+        block = sequential_summary(records, radii_list, n0, n_max, alpha, settings)
+        return {**certify_metrics(records), "sequential": block}, round(block["samples_per_image"])
 
-    def postfix(records: list[dict[str, Any]]) -> str:
-        return f"samples/image {sum(r['n_used'] for r in records) / max(1, len(records)):.0f}"
-
-    records, wall = _run(
+    return run_dataset(
         "certify-sequential",
-        CERTIFY_FILES,
-        model,
-        images,
-        labels,
-        indices,
+        worker,
+        (images, labels, indices),
         out_dir,
         params,
-        identity,
-        lambda item: one(item[0]),  # the local engine: one image after another in this process
-        lambda index, record: record,
-        postfix,
-        progress,
-        resume,
+        summarize,
+        postfix=lambda records: f"samples/image {sum(r['n_used'] for r in records) / max(1, len(records)):.0f}",
+        **_options(identity, arguments, provenance, progress, resume),
     )
-    extra = {"sequential": sequential_summary(records, radii_list, n0, n_max, alpha, settings)}
-    return write_certify_summary(
-        out_dir,
-        records,
-        wall,
-        round(extra["sequential"]["samples_per_image"]),
-        indices,
-        arguments if arguments is not None else params,
-        provenance,
-        extra=extra,
-    )
+
+
+@dataclass
+class SequentialImage(ImageWorker):
+    """Worker side of ``certify_dataset_sequential``: ``certify_sequential`` of one ``(index, image, label)`` item."""
+
+    sigma: float
+    radii: list[float] | None
+    n0: int
+    n_max: int
+    alpha: float
+    batch_size: int
+    seed: int
+    settings: SequentialSettings
+    input_shape: Sequence[int] | None = None
+    channels_last: bool = False
+
+    def __call__(self, item: Item) -> dict[str, Any]:
+        index, image, label = item
+        cert = certify_sequential(
+            self.model,
+            image,
+            self.sigma,
+            self.radii,
+            self.n0,
+            self.n_max,
+            self.alpha,
+            self.batch_size,
+            image_seed(self.seed, index),
+            self.settings,
+            self.input_shape,
+        )
+        fields = ("n_a", "n_used", "certified", "decided_at", "stopped_by", "radius_bound_fixed_n")
+        return certificate_record(index, label, cert, *fields)
 
 
 def sequential_summary(
