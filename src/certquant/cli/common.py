@@ -83,3 +83,9 @@ def engine_config(
     return EngineConfig(
         engine=engine, workers=workers, gpus_per_worker=gpus_per_worker, threads_per_worker=threads_per_worker
     )
+
+
+def command_arguments(ctx: typer.Context, **resolved: Any) -> dict[str, Any]:
+    """A command's options as a run records them (paths as text), with ``resolved`` values (e.g. the dataset and
+    sigma a checkpoint supplied) in place of the given ones."""
+    return {**{k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items()}, **resolved}

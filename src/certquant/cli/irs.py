@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import typer
 
+from certquant.cli.common import command_arguments
 from certquant.data import every_kth, load_dataset
 from certquant.engine import Engine
 from certquant.models import load_checkpoint
+from certquant.quant.checkpoint import input_shape
 from certquant.smoothing import CacheStore, certify_dataset_incremental
 from certquant.smoothing.config import IRSConfig
 from certquant.smoothing.incremental_sequential import certify_dataset_incremental_sequential
@@ -22,17 +24,17 @@ from certquant.utils.errors import CertquantError
 CACHE_OPTIONS = {"sigma": "sigma", "n0": "n0", "n": "n", "alpha": "alpha", "batch": "batch_size", "seed": "seed"}
 
 
-def _given(ctx: Optional[typer.Context], name: str) -> bool:
+def _given(ctx: typer.Context, name: str) -> bool:
     """Whether option ``name`` was given (command line or environment), not left at its default. Compared by name:
     typer ships its own copy of click's ParameterSource."""
-    source = ctx.get_parameter_source(name) if ctx is not None else None
+    source = ctx.get_parameter_source(name)
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-def _check_explicit_options(ctx: Optional[typer.Context], store: CacheStore, values: dict[str, Any]) -> None:
+def _check_explicit_options(ctx: typer.Context, store: CacheStore) -> None:
     """Refuse an explicitly given --sigma, --n0, --n, --alpha, --batch or --seed that differs from the cache's."""
     for option, key in CACHE_OPTIONS.items():
-        value = values[option]
+        value = ctx.params[option]
         if _given(ctx, option) and value is not None and float(value) != float(store.key[key]):
             flag = "--" + option.replace("_", "-")
             raise CertquantError(
@@ -64,98 +66,51 @@ def _check_base(info: dict, store: CacheStore, base_run: Path) -> Optional[str]:
 
 
 def certify_incremental_cmd(
-    ctx: Optional[typer.Context],
-    checkpoint: str,
-    base_run: Path,
-    n_p: Optional[int],
-    gamma: float,
-    alpha_zeta: float,
-    disparity: str,
-    out: Path,
-    dataset: Optional[str],
-    skip: int,
-    max_images: Optional[int],
-    device: str,
-    channels_last: bool,
-    progress: bool,
-    resume: bool,
-    radii: Optional[list[float]] = None,
-    engine: Engine | None = None,
-    **cache_options: Any,
+    ctx: typer.Context, base_run: Path, irs: IRSConfig, radii: Optional[list[float]], engine: Engine
 ) -> dict:
-    """Run IRS of ``checkpoint`` on the base run's cached images (or the --skip/--max subset of them)."""
-    if n_p is None:
-        raise CertquantError("--incremental-from needs --np N_P (reused noise samples per image, e.g. 1000 = 10% of n)")
+    """Run IRS of the command's checkpoint on the base run's cached images (or the --skip/--max subset of them)."""
+    p, n_p = ctx.params, irs.n_p
     store = CacheStore.open(base_run)
-    IRSConfig(n_p=n_p, gamma=gamma, alpha_zeta=alpha_zeta, disparity=disparity)
-    _check_explicit_options(ctx, store, cache_options)
+    key = store.key
+    _check_explicit_options(ctx, store)
     store.check(torch=torch.__version__.split("+")[0])
-    if n_p > int(store.key["n"]):
+    if n_p > int(key["n"]):
         raise CertquantError(
-            f"--np {n_p} exceeds the {store.key['n']} cached estimation samples of {base_run}: use "
-            f"--np <= {store.key['n']}"
+            f"--np {n_p} exceeds the {key['n']} cached estimation samples of {base_run}: use --np <= {key['n']}"
         )
-    dev = resolve_device(device)
-    if dev.type != store.key["device"]:
+    dev = resolve_device(p["device"])
+    if dev.type != key["device"]:
         raise CertquantError(
-            f"the cache's noise was drawn on {store.key['device']}, not {dev.type}: use --device "
-            f"{store.key['device']} to regenerate it"
+            f"the cache's noise was drawn on {key['device']}, not {dev.type}: use --device {key['device']} to "
+            "regenerate it"
         )
-    model, info = load_checkpoint(checkpoint, expect_dataset=dataset, map_location=dev)
+    model, info = load_checkpoint(p["checkpoint"], expect_dataset=p["dataset"], map_location=dev)
     note = _check_base(info, store, base_run)
     if note:
         typer.echo(note, err=True)
-    images, labels = load_dataset(store.key["dataset"] or info["dataset"], "test")
+    images, labels = load_dataset(key["dataset"] or info["dataset"], "test")
     explicit = _given(ctx, "skip") or _given(ctx, "max_images")
-    indices = every_kth(len(images), skip, max_images) if explicit else store.indices
+    indices = every_kth(len(images), p["skip"], p["max_images"]) if explicit else store.indices
     store.require(indices)
-    identity = {"dataset": info["dataset"], "checkpoint_sha256": info["sha256"], "base_run": str(base_run)}
-    arguments = {
-        "checkpoint": checkpoint,
-        "incremental_from": str(base_run),
-        "np": n_p,
-        "gamma": gamma,
-        "alpha_zeta": alpha_zeta,
-        "disparity": disparity,
-        "dataset": info["dataset"],
-        "sigma": store.key["sigma"],
-        "n0": store.key["n0"],
-        "n": store.key["n"],
-        "alpha": store.key["alpha"],
-        "skip": skip if explicit else None,
-        "max": max_images if explicit else None,
-        "batch": store.key["batch_size"],
-        "seed": store.key["seed"],
-        "device": device,
-        "channels_last": channels_last,
-        "out": str(out),
+    cached = {option: key[name] for option, name in CACHE_OPTIONS.items()}
+    unset = {} if explicit else {"skip": None, "max_images": None}
+    options = {
+        "identity": {"dataset": info["dataset"], "checkpoint_sha256": info["sha256"], "base_run": str(base_run)},
+        "arguments": command_arguments(ctx, dataset=info["dataset"], **cached, **unset, radii=radii),
+        "provenance": {
+            "checkpoint_sha256": info["sha256"],
+            "checkpoint_path": info["path"],
+            "base_checkpoint_sha256": key.get("checkpoint_sha256"),
+        },
+        "input_shape": input_shape(info),
+        "progress": p["progress"],
+        "channels_last": p["channels_last"],
+        "resume": p["resume"],
     }
-    provenance = {
-        "checkpoint_sha256": info["sha256"],
-        "checkpoint_path": info["path"],
-        "base_checkpoint_sha256": store.key.get("checkpoint_sha256"),
-    }
-    shape = (int(info["in_channels"]), int(info["input_size"]), int(info["input_size"]))
+    out, settings = p["out"], (irs.gamma, irs.alpha_zeta, irs.disparity)
     if radii is not None:  # sequential IRS: n_p is the most f' may use; stop when the radii are decided
         summary = certify_dataset_incremental_sequential(
-            model,
-            images,
-            labels,
-            indices,
-            out,
-            store,
-            n_p,
-            radii,
-            gamma,
-            alpha_zeta,
-            disparity,
-            identity=identity,
-            arguments={**arguments, "radii": radii},
-            provenance=provenance,
-            input_shape=shape,
-            progress=progress,
-            channels_last=channels_last,
-            resume=resume,
+            model, images, labels, indices, out, store, n_p, radii, *settings, **options
         )
         seq = summary["incremental_sequential"]
         accs = ", ".join(f"{r}: {a:.3f}" for r, a in seq["certified_accuracy_at_radii"].items())
@@ -163,40 +118,21 @@ def certify_incremental_cmd(
             f"{summary['num_images']} images, sequential IRS (n_p at most {n_p}): the model ran on "
             f"{seq['approx_samples_per_image']:.0f} samples per image; certified accuracy at radius {accs}"
         )
-        typer.echo(f"wrote {out}/certificates.jsonl, summary.json, certify.tsv")
-        return summary
-    summary = certify_dataset_incremental(
-        model,
-        images,
-        labels,
-        indices,
-        out,
-        store,
-        n_p,
-        gamma,
-        alpha_zeta,
-        disparity,
-        identity=identity,
-        arguments=arguments,
-        provenance=provenance,
-        input_shape=shape,
-        progress=progress,
-        channels_last=channels_last,
-        base_run=base_run,
-        resume=resume,
-        engine=engine,
-    )
-    inc = summary["incremental"]
-    typer.echo(
-        f"{summary['num_images']} images: clean accuracy {summary['clean_accuracy']:.4f}, "
-        f"ACR {summary['acr']:.4f}, abstain {summary['abstain_rate']:.3f}"
-        + (f" (base model: ACR {inc['base_acr']:.4f})" if "base_acr" in inc else "")
-    )
-    typer.echo(
-        f"IRS n_p {n_p}, {disparity}: mean zeta {inc['mean_zeta']:.4f}, branches zeta {inc['branch_counts']['zeta']}"
-        f" / direct {inc['branch_counts']['direct']}, confidence {inc['confidence']:.4f}, "
-        f"{summary['seconds_per_image']:.3f} s/image, the model ran on {100 * inc['evaluated_fraction']:.0f}% "
-        "of the n_p samples"
-    )
+    else:
+        summary = certify_dataset_incremental(
+            model, images, labels, indices, out, store, n_p, *settings, base_run=base_run, engine=engine, **options
+        )
+        inc = summary["incremental"]
+        typer.echo(
+            f"{summary['num_images']} images: clean accuracy {summary['clean_accuracy']:.4f}, "
+            f"ACR {summary['acr']:.4f}, abstain {summary['abstain_rate']:.3f}"
+            + (f" (base model: ACR {inc['base_acr']:.4f})" if "base_acr" in inc else "")
+        )
+        typer.echo(
+            f"IRS n_p {n_p}, {irs.disparity}: mean zeta {inc['mean_zeta']:.4f}, branches zeta "
+            f"{inc['branch_counts']['zeta']} / direct {inc['branch_counts']['direct']}, confidence "
+            f"{inc['confidence']:.4f}, {summary['seconds_per_image']:.3f} s/image, the model ran on "
+            f"{100 * inc['evaluated_fraction']:.0f}% of the n_p samples"
+        )
     typer.echo(f"wrote {out}/certificates.jsonl, summary.json, certify.tsv")
     return summary

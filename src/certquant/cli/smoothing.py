@@ -7,13 +7,14 @@ from typing import Any, Optional
 
 import typer
 
-from certquant.cli.common import engine_config, engine_options
+from certquant.cli.common import command_arguments, engine_config, engine_options
 from certquant.cli.irs import certify_incremental_cmd
 from certquant.data import every_kth, load_dataset
 from certquant.engine import make_engine
 from certquant.models import load_checkpoint
+from certquant.quant.checkpoint import input_shape
 from certquant.report.certified import certified_accuracy_table, load_certify_run, plot_certified_accuracy
-from certquant.smoothing import certify_dataset, predict_dataset, validate_smoothing_args
+from certquant.smoothing import certify_dataset, predict_dataset
 from certquant.smoothing.config import CertifyConfig, IRSConfig, check_sigma
 from certquant.smoothing.sequential import SequentialSettings, certify_dataset_sequential, validate_radii
 from certquant.train import resolve_device
@@ -28,49 +29,70 @@ CERTIFY_DOCS, IRS_DOCS = field_docs(CertifyConfig), field_docs(IRSConfig)
 ENGINE_OPTIONS = engine_options()
 
 
-def _prepare(
-    checkpoint: str, dataset: Optional[str], sigma: Optional[float], skip: int, max_images: Optional[int], device: str
-) -> tuple[Any, dict, float, Any, Any, list[int], dict]:
-    """Load the checkpoint and its test set; return model, info, sigma, images, labels, indices, identity."""
-    check_sigma(sigma)
-    dev = resolve_device(device)
-    model, info = load_checkpoint(checkpoint, expect_dataset=dataset, map_location=dev)
-    if sigma is None and info.get("sigma") is None:
-        raise CertquantError(f"'{checkpoint}' records no training sigma: give --sigma")
-    sigma = float(info["sigma"]) if sigma is None else sigma
+# the options certify and predict share (Typer reads an option's definition again for each command)
+SHARED = {
+    "checkpoint": typer.Option(..., help=CHECKPOINT_HELP),
+    "dataset": typer.Option(None, help=DATASET_HELP),
+    "sigma": typer.Option(None, help=SIGMA_HELP),
+    "skip": typer.Option(1, help="every SKIP-th test image (Cohen et al.: 20 on CIFAR-10)"),
+    "max_images": typer.Option(None, "--max", help="at most M images"),
+    "batch": typer.Option(CERTIFY.batch, "--batch", help=CERTIFY_DOCS["batch"]),
+    "seed": typer.Option(CERTIFY.seed, help=CERTIFY_DOCS["seed"]),
+    "device": typer.Option("auto", help="auto, cpu or cuda (part of the noise seeding)"),
+    "out": typer.Option(..., help="run folder: the per-image JSONL, summary.json and a Cohen-style TSV"),
+    "resume": typer.Option(False, help="continue the run in --out where it stopped (same arguments)"),
+    "channels_last": typer.Option(
+        True,
+        help="run the model in torch.channels_last (measured 2x faster on CPU for the small CNN; logits may differ "
+        "in the last float bits)",
+    ),
+    "progress": typer.Option(True, help="show a progress bar"),
+}
+
+
+def _prepare(ctx: typer.Context) -> tuple[Any, float, Any, Any, list[int], dict[str, Any]]:
+    """Load the command's checkpoint and its test set; return model, sigma, images, labels, indices and the dataset
+    run's options (identity, arguments, provenance, input shape, progress, channels_last, resume)."""
+    p = ctx.params
+    check_sigma(p["sigma"])
+    model, info = load_checkpoint(
+        p["checkpoint"], expect_dataset=p["dataset"], map_location=resolve_device(p["device"])
+    )
+    if p["sigma"] is None and info.get("sigma") is None:
+        raise CertquantError(f"'{p['checkpoint']}' records no training sigma: give --sigma")
+    sigma = float(info["sigma"]) if p["sigma"] is None else p["sigma"]
     if info.get("sigma") is not None and abs(sigma - float(info["sigma"])) > 1e-9:
         typer.echo(f"note: certifying at sigma {sigma}, the checkpoint was trained at {info['sigma']}", err=True)
     images, labels = load_dataset(info["dataset"], "test")
-    indices = every_kth(len(images), skip, max_images)
-    identity = {"dataset": info["dataset"], "checkpoint_sha256": info["sha256"], "skip": skip}
-    return model, info, sigma, images, labels, indices, identity
-
-
-def _input_shape(info: dict) -> tuple[int, int, int]:
-    return (int(info["in_channels"]), int(info["input_size"]), int(info["input_size"]))
+    options = {
+        "identity": {"dataset": info["dataset"], "checkpoint_sha256": info["sha256"], "skip": p["skip"]},
+        "arguments": command_arguments(ctx, dataset=info["dataset"], sigma=sigma),
+        "provenance": {"checkpoint_sha256": info["sha256"], "checkpoint_path": info["path"]},
+        "input_shape": input_shape(info),
+        "progress": p["progress"],
+        "channels_last": p["channels_last"],
+        "resume": p["resume"],
+    }
+    return model, sigma, images, labels, every_kth(len(images), p["skip"], p["max_images"]), options
 
 
 def certify_cmd(
     ctx: typer.Context,
-    checkpoint: str = typer.Option(..., help=CHECKPOINT_HELP),
-    dataset: Optional[str] = typer.Option(None, help=DATASET_HELP),
-    sigma: Optional[float] = typer.Option(None, help=SIGMA_HELP),
+    checkpoint: str = SHARED["checkpoint"],
+    dataset: Optional[str] = SHARED["dataset"],
+    sigma: Optional[float] = SHARED["sigma"],
     n0: int = typer.Option(CERTIFY.n0, "--n0", help=CERTIFY_DOCS["n0"]),
     n: int = typer.Option(CERTIFY.n, "--n", help=CERTIFY_DOCS["n"]),
     alpha: float = typer.Option(CERTIFY.alpha, help=CERTIFY_DOCS["alpha"]),
-    skip: int = typer.Option(1, help="certify every SKIP-th test image (Cohen et al.: 20 on CIFAR-10)"),
-    max_images: Optional[int] = typer.Option(None, "--max", help="certify at most M images"),
-    batch: int = typer.Option(CERTIFY.batch, "--batch", help=CERTIFY_DOCS["batch"]),
-    seed: int = typer.Option(CERTIFY.seed, help=CERTIFY_DOCS["seed"]),
-    device: str = typer.Option("auto", help="auto, cpu or cuda (part of the noise seeding)"),
-    out: Path = typer.Option(..., help="run folder: certificates.jsonl, summary.json, certify.tsv"),
-    resume: bool = typer.Option(False, help="continue the run in --out where it stopped (same arguments)"),
-    channels_last: bool = typer.Option(
-        True,
-        help="run the model in torch.channels_last (measured 2x faster on CPU for "
-        "the small CNN; logits may differ in the last float bits)",
-    ),
-    progress: bool = typer.Option(True, help="show a progress bar"),
+    skip: int = SHARED["skip"],
+    max_images: Optional[int] = SHARED["max_images"],
+    batch: int = SHARED["batch"],
+    seed: int = SHARED["seed"],
+    device: str = SHARED["device"],
+    out: Path = SHARED["out"],
+    resume: bool = SHARED["resume"],
+    channels_last: bool = SHARED["channels_last"],
+    progress: bool = SHARED["progress"],
     keep_cache: bool = typer.Option(
         False,
         "--keep-cache",
@@ -108,90 +130,53 @@ def certify_cmd(
 ) -> None:
     """CERTIFY (Cohen et al.) every SKIP-th test image; resumable; writes certificates, summary and a Cohen TSV.
     With --incremental-from BASE_RUN --np N_P: incremental randomized smoothing (IRS) from the base run's cache.
+    With --n-max [--radii]: sequential certification (stops per image once decided).
     With --engine ray: images sharded over Ray workers (same certificates; this process writes the files)."""
     engine_cfg = engine_config(engine, workers, gpus_per_worker, threads_per_worker)
+    sequential = n_max is not None or radii is not None
+    if keep_cache and (incremental_from is not None or sequential):
+        other = "--incremental-from" if incremental_from is not None else "--n-max (sequential)"
+        raise CertquantError(f"--keep-cache applies to a full certification, not to {other}")
     if incremental_from is not None:
-        if keep_cache:
-            raise CertquantError("--keep-cache applies to a full certification, not to --incremental-from")
         if n_max is not None:
             raise CertquantError(
                 "with --incremental-from, --np is the most samples sequential IRS may use: drop --n-max"
             )
-        with make_engine(engine_cfg) as eng:
-            certify_incremental_cmd(
-                ctx,
-                checkpoint,
-                incremental_from,
-                n_p,
-                gamma,
-                alpha_zeta,
-                disparity,
-                out,
-                dataset,
-                skip,
-                max_images,
-                device,
-                channels_last,
-                progress,
-                resume,
-                validate_radii(parse_radii(radii)),
-                sigma=sigma,
-                n0=n0,
-                n=n,
-                alpha=alpha,
-                batch=batch,
-                seed=seed,
-                engine=eng,
+        if n_p is None:
+            raise CertquantError(
+                "--incremental-from needs --np N_P (reused noise samples per image, e.g. 1000 = 10% of n)"
             )
+        irs = IRSConfig(n_p=n_p, gamma=gamma, alpha_zeta=alpha_zeta, disparity=disparity)
+        with make_engine(engine_cfg) as eng:
+            certify_incremental_cmd(ctx, incremental_from, irs, validate_radii(parse_radii(radii)), eng)
         return
     if n_p is not None:
         raise CertquantError("--np is an IRS option: give --incremental-from BASE_RUN too")
-    if n_max is not None or radii is not None:
-        if keep_cache:
-            raise CertquantError("--keep-cache applies to a full certification, not to --n-max (sequential)")
-        if n_max is None:
-            raise CertquantError("--radii certifies sequentially: give --n-max N too (e.g. 100000)")
-        if engine_cfg.engine != "local":
-            raise CertquantError("sequential certification (--n-max) runs on the local engine: drop --engine")
-        _certify_sequential_cmd(
-            checkpoint,
-            dataset,
-            sigma,
-            n0,
-            n_max,
-            alpha,
-            skip,
-            max_images,
-            batch,
-            seed,
-            device,
-            out,
-            channels_last,
-            progress,
-            radii,
-            tolerance,
-            resume,
-        )
-        return
+    if radii is not None and n_max is None:
+        raise CertquantError("--radii certifies sequentially: give --n-max N too (e.g. 100000)")
+    if sequential and engine_cfg.engine != "local":
+        raise CertquantError("sequential certification (--n-max) runs on the local engine: drop --engine")
+    radii_list = validate_radii(parse_radii(radii))
+    settings = SequentialSettings(tolerance=tolerance)
     CertifyConfig(n0=n0, n=n, alpha=alpha, batch=batch, seed=seed)  # one-line errors before loading anything
-    model, info, sigma, images, labels, indices, identity = _prepare(
-        checkpoint, dataset, sigma, skip, max_images, device
-    )
-    arguments = {
-        "checkpoint": checkpoint,
-        "dataset": info["dataset"],
-        "sigma": sigma,
-        "n0": n0,
-        "n": n,
-        "alpha": alpha,
-        "skip": skip,
-        "max": max_images,
-        "batch": batch,
-        "seed": seed,
-        "device": device,
-        "channels_last": channels_last,
-        "out": str(out),
-    }
+    model, sigma, images, labels, indices, options = _prepare(ctx)
+    if n_max is not None:
+        summary = certify_dataset_sequential(
+            model, images, labels, indices, out, sigma, radii_list, n0, n_max, alpha, batch, seed, settings, **options
+        )
+        seq = summary["sequential"]
+        typer.echo(
+            f"{summary['num_images']} images: {seq['samples_per_image']:.0f} samples per image, "
+            f"{seq['fewer_samples_than_fixed_n']:.1f}x fewer than CERTIFY with n = {n_max}"
+        )
+        if radii_list is None:
+            typer.echo(
+                f"clean accuracy {summary['clean_accuracy']:.4f}, ACR {summary['acr']:.4f} (tolerance {tolerance})"
+            )
+        else:
+            typer.echo(f"certified accuracy at radius {_accuracies(seq['certified_accuracy_at_radii'])}")
+        typer.echo(f"wrote {out}/certificates.jsonl, summary.json, certify.tsv")
+        return
     with make_engine(engine_cfg) as eng:
         summary = certify_dataset(
             model,
@@ -205,23 +190,44 @@ def certify_cmd(
             alpha,
             batch,
             seed,
-            identity=identity,
-            arguments=arguments,
-            provenance={"checkpoint_sha256": info["sha256"], "checkpoint_path": info["path"]},
-            input_shape=_input_shape(info),
-            progress=progress,
-            channels_last=channels_last,
             keep_cache=keep_cache,
-            resume=resume,
             engine=eng,
+            **options,
         )
-    accs = ", ".join(f"{r}: {a:.3f}" for r, a in summary["certified_accuracy"].items())
     typer.echo(
         f"{summary['num_images']} images: clean accuracy {summary['clean_accuracy']:.4f}, "
         f"ACR {summary['acr']:.4f}, abstain {summary['abstain_rate']:.3f}"
     )
-    typer.echo(f"certified accuracy at radius {accs}")
+    typer.echo(f"certified accuracy at radius {_accuracies(summary['certified_accuracy'])}")
     typer.echo(f"wrote {out}/certificates.jsonl, summary.json, certify.tsv" + (", irs_cache/" if keep_cache else ""))
+
+
+def predict_cmd(
+    ctx: typer.Context,
+    checkpoint: str = SHARED["checkpoint"],
+    dataset: Optional[str] = SHARED["dataset"],
+    sigma: Optional[float] = SHARED["sigma"],
+    n: int = typer.Option(CERTIFY.n, "--n", help="noise samples per image"),
+    alpha: float = typer.Option(CERTIFY.alpha, help="abstain unless the binomial test's p-value is <= alpha"),
+    skip: int = SHARED["skip"],
+    max_images: Optional[int] = SHARED["max_images"],
+    batch: int = SHARED["batch"],
+    seed: int = SHARED["seed"],
+    device: str = SHARED["device"],
+    out: Path = SHARED["out"],
+    resume: bool = SHARED["resume"],
+    channels_last: bool = SHARED["channels_last"],
+    progress: bool = SHARED["progress"],
+) -> None:
+    """PREDICT (Cohen et al.) every SKIP-th test image with the smoothed classifier; resumable."""
+    CertifyConfig(n=n, alpha=alpha, batch=batch, seed=seed)  # one-line errors before loading anything
+    model, sigma, images, labels, indices, options = _prepare(ctx)
+    summary = predict_dataset(model, images, labels, indices, out, sigma, n, alpha, batch, seed, **options)
+    typer.echo(
+        f"{summary['num_images']} images: smoothed accuracy {summary['accuracy']:.4f}, "
+        f"abstain {summary['abstain_rate']:.3f}"
+    )
+    typer.echo(f"wrote {out}/predictions.jsonl, summary.json, predict.tsv")
 
 
 def parse_radii(text: Optional[str]) -> Optional[list[float]]:
@@ -234,148 +240,8 @@ def parse_radii(text: Optional[str]) -> Optional[list[float]]:
         raise CertquantError(f"--radii must be comma-separated numbers, e.g. 0.25,0.5,0.75,1.0, got '{text}'") from None
 
 
-def _certify_sequential_cmd(
-    checkpoint: str,
-    dataset: Optional[str],
-    sigma: Optional[float],
-    n0: int,
-    n_max: int,
-    alpha: float,
-    skip: int,
-    max_images: Optional[int],
-    batch: int,
-    seed: int,
-    device: str,
-    out: Path,
-    channels_last: bool,
-    progress: bool,
-    radii_text: Optional[str],
-    tolerance: float,
-    resume: bool,
-) -> None:
-    """``certify --n-max N [--radii R1,R2,...]``: sequential CERTIFY (smoothing/sequential.py)."""
-    radii = validate_radii(parse_radii(radii_text))
-    settings = SequentialSettings(tolerance=tolerance)
-    CertifyConfig(n0=n0, alpha=alpha, batch=batch, seed=seed)  # one-line errors before loading anything
-    validate_smoothing_args(1.0, alpha, batch, seed, n_max=n_max)
-    model, info, sigma, images, labels, indices, identity = _prepare(
-        checkpoint, dataset, sigma, skip, max_images, device
-    )
-    arguments = {
-        "checkpoint": checkpoint,
-        "dataset": info["dataset"],
-        "sigma": sigma,
-        "n0": n0,
-        "n_max": n_max,
-        "radii": radii,
-        "tolerance": tolerance,
-        "alpha": alpha,
-        "skip": skip,
-        "max": max_images,
-        "batch": batch,
-        "seed": seed,
-        "device": device,
-        "channels_last": channels_last,
-        "out": str(out),
-    }
-    summary = certify_dataset_sequential(
-        model,
-        images,
-        labels,
-        indices,
-        out,
-        sigma,
-        radii,
-        n0,
-        n_max,
-        alpha,
-        batch,
-        seed,
-        settings,
-        identity=identity,
-        arguments=arguments,
-        provenance={"checkpoint_sha256": info["sha256"], "checkpoint_path": info["path"]},
-        input_shape=_input_shape(info),
-        progress=progress,
-        channels_last=channels_last,
-        resume=resume,
-    )
-    seq = summary["sequential"]
-    typer.echo(
-        f"{summary['num_images']} images: {seq['samples_per_image']:.0f} samples per image, "
-        f"{seq['fewer_samples_than_fixed_n']:.1f}x fewer than CERTIFY with n = {n_max}"
-    )
-    if radii is not None:
-        accs = ", ".join(f"{r}: {a:.3f}" for r, a in seq["certified_accuracy_at_radii"].items())
-        typer.echo(f"certified accuracy at radius {accs}")
-    else:
-        typer.echo(f"clean accuracy {summary['clean_accuracy']:.4f}, ACR {summary['acr']:.4f} (tolerance {tolerance})")
-    typer.echo(f"wrote {out}/certificates.jsonl, summary.json, certify.tsv")
-
-
-def predict_cmd(
-    checkpoint: str = typer.Option(..., help=CHECKPOINT_HELP),
-    dataset: Optional[str] = typer.Option(None, help=DATASET_HELP),
-    sigma: Optional[float] = typer.Option(None, help=SIGMA_HELP),
-    n: int = typer.Option(CERTIFY.n, "--n", help="noise samples per image"),
-    alpha: float = typer.Option(CERTIFY.alpha, help="abstain unless the binomial test's p-value is <= alpha"),
-    skip: int = typer.Option(1, help="predict every SKIP-th test image"),
-    max_images: Optional[int] = typer.Option(None, "--max", help="predict at most M images"),
-    batch: int = typer.Option(CERTIFY.batch, "--batch", help=CERTIFY_DOCS["batch"]),
-    seed: int = typer.Option(CERTIFY.seed, help=CERTIFY_DOCS["seed"]),
-    device: str = typer.Option("auto", help="auto, cpu or cuda (part of the noise seeding)"),
-    out: Path = typer.Option(..., help="run folder: predictions.jsonl, summary.json, predict.tsv"),
-    resume: bool = typer.Option(False, help="continue the run in --out where it stopped (same arguments)"),
-    channels_last: bool = typer.Option(
-        True,
-        help="run the model in torch.channels_last (measured 2x faster on CPU for "
-        "the small CNN; logits may differ in the last float bits)",
-    ),
-    progress: bool = typer.Option(True, help="show a progress bar"),
-) -> None:
-    """PREDICT (Cohen et al.) every SKIP-th test image with the smoothed classifier; resumable."""
-    CertifyConfig(n=n, alpha=alpha, batch=batch, seed=seed)  # one-line errors before loading anything
-    model, info, sigma, images, labels, indices, identity = _prepare(
-        checkpoint, dataset, sigma, skip, max_images, device
-    )
-    arguments = {
-        "checkpoint": checkpoint,
-        "dataset": info["dataset"],
-        "sigma": sigma,
-        "n": n,
-        "alpha": alpha,
-        "skip": skip,
-        "max": max_images,
-        "batch": batch,
-        "seed": seed,
-        "device": device,
-        "channels_last": channels_last,
-        "out": str(out),
-    }
-    summary = predict_dataset(
-        model,
-        images,
-        labels,
-        indices,
-        out,
-        sigma,
-        n,
-        alpha,
-        batch,
-        seed,
-        identity=identity,
-        arguments=arguments,
-        provenance={"checkpoint_sha256": info["sha256"], "checkpoint_path": info["path"]},
-        input_shape=_input_shape(info),
-        progress=progress,
-        channels_last=channels_last,
-        resume=resume,
-    )
-    typer.echo(
-        f"{summary['num_images']} images: smoothed accuracy {summary['accuracy']:.4f}, "
-        f"abstain {summary['abstain_rate']:.3f}"
-    )
-    typer.echo(f"wrote {out}/predictions.jsonl, summary.json, predict.tsv")
+def _accuracies(by_radius: dict[str, float]) -> str:
+    return ", ".join(f"{r}: {a:.3f}" for r, a in by_radius.items())
 
 
 def analyze_cmd(
