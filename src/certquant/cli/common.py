@@ -9,7 +9,6 @@ from typing import Any, Optional, TypeVar
 import typer
 from typer.core import TyperGroup
 
-from certquant.engine import EngineConfig
 from certquant.utils import config as typed
 from certquant.utils.errors import CertquantError
 
@@ -17,7 +16,6 @@ T = TypeVar("T")
 
 CONFIG_HELP = "YAML config: overrides of the built-in defaults (see configs/)"
 OVERRIDES_HELP = "dotted overrides of config fields, e.g. search.n_p=400 certify.n=10000 (applied after --config)"
-ENGINE_DOCS = typed.field_docs(EngineConfig)
 
 
 class CertquantGroup(TyperGroup):
@@ -64,25 +62,6 @@ def config_option() -> Any:
 
 def overrides_argument() -> Any:
     return typer.Argument(None, metavar="[KEY=VALUE]...", help=OVERRIDES_HELP, show_default=False)
-
-
-def engine_options() -> dict[str, Any]:
-    """The --engine, --workers, --gpus-per-worker and --threads-per-worker options of commands that shard images."""
-    return {
-        "engine": typer.Option("local", help=ENGINE_DOCS["engine"]),
-        "workers": typer.Option(None, help=ENGINE_DOCS["workers"]),
-        "gpus_per_worker": typer.Option(0.0, "--gpus-per-worker", help=ENGINE_DOCS["gpus_per_worker"]),
-        "threads_per_worker": typer.Option(None, "--threads-per-worker", help=ENGINE_DOCS["threads_per_worker"]),
-    }
-
-
-def engine_config(
-    engine: str, workers: Optional[int], gpus_per_worker: float, threads_per_worker: Optional[int] = None
-) -> EngineConfig:
-    """The --engine/--workers/--gpus-per-worker/--threads-per-worker options as an EngineConfig (validated)."""
-    return EngineConfig(
-        engine=engine, workers=workers, gpus_per_worker=gpus_per_worker, threads_per_worker=threads_per_worker
-    )
 
 
 def command_arguments(ctx: typer.Context, **resolved: Any) -> dict[str, Any]:

@@ -7,10 +7,10 @@ from typing import Any, Optional
 
 import typer
 
-from certquant.cli.common import command_arguments, engine_config, engine_options
+from certquant.cli.common import command_arguments
 from certquant.cli.irs import certify_incremental_cmd
 from certquant.data import every_kth, load_dataset
-from certquant.engine import make_engine
+from certquant.engine import EngineConfig, make_engine
 from certquant.models import load_checkpoint
 from certquant.quant.checkpoint import input_shape
 from certquant.report.certified import certified_accuracy_table, load_certify_run, plot_certified_accuracy
@@ -26,7 +26,7 @@ DATASET_HELP = "dataset (default: the checkpoint's; another one is refused)"
 SIGMA_HELP = "noise std in [0,1] pixel units (default: the checkpoint's training sigma)"
 CERTIFY, IRS = CertifyConfig(), IRSConfig()
 CERTIFY_DOCS, IRS_DOCS = field_docs(CertifyConfig), field_docs(IRSConfig)
-ENGINE_OPTIONS = engine_options()
+ENGINE, ENGINE_DOCS = EngineConfig(), field_docs(EngineConfig)
 
 
 # the options certify and predict share (Typer reads an option's definition again for each command)
@@ -123,16 +123,16 @@ def certify_cmd(
     tolerance: float = typer.Option(
         0.05, help="sequential ACR mode: stop when the radius cannot grow by more than this"
     ),
-    engine: str = ENGINE_OPTIONS["engine"],
-    workers: Optional[int] = ENGINE_OPTIONS["workers"],
-    gpus_per_worker: float = ENGINE_OPTIONS["gpus_per_worker"],
-    threads_per_worker: Optional[int] = ENGINE_OPTIONS["threads_per_worker"],
+    engine: str = typer.Option(ENGINE.engine, help=ENGINE_DOCS["engine"]),
+    workers: Optional[int] = typer.Option(ENGINE.workers, help=ENGINE_DOCS["workers"]),
+    gpus_per_worker: float = typer.Option(ENGINE.gpus_per_worker, help=ENGINE_DOCS["gpus_per_worker"]),
+    threads_per_worker: Optional[int] = typer.Option(ENGINE.threads_per_worker, help=ENGINE_DOCS["threads_per_worker"]),
 ) -> None:
     """CERTIFY (Cohen et al.) every SKIP-th test image; resumable; writes certificates, summary and a Cohen TSV.
     With --incremental-from BASE_RUN --np N_P: incremental randomized smoothing (IRS) from the base run's cache.
     With --n-max [--radii]: sequential certification (stops per image once decided).
     With --engine ray: images sharded over Ray workers (same certificates; this process writes the files)."""
-    engine_cfg = engine_config(engine, workers, gpus_per_worker, threads_per_worker)
+    engine_cfg = EngineConfig(engine, workers, gpus_per_worker, threads_per_worker=threads_per_worker)
     sequential = n_max is not None or radii is not None
     if keep_cache and (incremental_from is not None or sequential):
         other = "--incremental-from" if incremental_from is not None else "--n-max (sequential)"

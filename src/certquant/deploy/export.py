@@ -117,9 +117,6 @@ class ExportResult:
     opset: int
     layers: list[LayerExport] = field(default_factory=list)
 
-    def layer_dicts(self) -> list[dict[str, Any]]:
-        return [asdict(layer) for layer in self.layers]
-
 
 def check_opset(opset: int) -> int:
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:

@@ -159,26 +159,9 @@ def import_cohen(path: str | os.PathLike, arch: str, dataset: str, sigma: float,
     key_map = cohen_key_map(target_arch)
     state = {"1." + key_map(k): v for k, v in strip_prefixes(state_dict_of(payload, path)).items()}
     load_weights(model, _fit(model, state, f"{arch} ({target_arch}) on {dataset}"), f"'{path}' does not fit {arch}")
-    info = {
-        "arch": target_arch,
-        "num_classes": data.num_classes,
-        "in_channels": data.in_channels,
-        "input_size": data.input_size,
-        "mean": list(mean),
-        "std": list(std),
-        "dataset": dataset,
-        "sigma": sigma,
-        "train_args": {
-            "imported": {
-                "format": "cohen",
-                "path": str(path),
-                "sha256": file_sha256(path),
-                "arch": arch,
-                "epoch": payload.get("epoch") if isinstance(payload, dict) else None,
-            }
-        },
-    }
-    return save_checkpoint(out, model, info)
+    epoch = payload.get("epoch") if isinstance(payload, dict) else None
+    imported = {"format": "cohen", "path": str(path), "sha256": file_sha256(path), "arch": arch, "epoch": epoch}
+    return _save_imported(out, model, target_arch, data, mean, std, dataset, sigma, imported)
 
 
 def import_torch(
@@ -215,8 +198,24 @@ def import_torch(
             ) from None
     if logits.dim() != 2 or logits.shape[1] != data.num_classes:
         raise CertquantError(f"{factory} outputs shape {tuple(logits.shape)}, not (N, {data.num_classes}) logits")
+    imported = {"format": "torch", "path": str(path), "sha256": file_sha256(path)}
+    return _save_imported(out, model, factory, data, mean, std, dataset, sigma, imported)
+
+
+def _save_imported(
+    out: str | os.PathLike,
+    model: torch.nn.Module,
+    arch: str,
+    data: Any,
+    mean: Sequence[float],
+    std: Sequence[float],
+    dataset: str,
+    sigma: float,
+    imported: dict[str, Any],
+) -> Path:
+    """Write an imported model as a certquant checkpoint (``imported``: where it came from, in its train_args)."""
     info = {
-        "arch": factory,
+        "arch": arch,
         "num_classes": data.num_classes,
         "in_channels": data.in_channels,
         "input_size": data.input_size,
@@ -224,6 +223,6 @@ def import_torch(
         "std": list(std),
         "dataset": dataset,
         "sigma": sigma,
-        "train_args": {"imported": {"format": "torch", "path": str(path), "sha256": file_sha256(path)}},
+        "train_args": {"imported": imported},
     }
     return save_checkpoint(out, model, info)

@@ -128,19 +128,3 @@ def quantizable_layers(model: nn.Module, input_shape: Sequence[int]) -> list[Lay
             "the model has no Conv2d or Linear layer that runs in its forward pass: nothing to quantize"
         )
     return list(found.values())
-
-
-def layers_table_rows(layers: Sequence[LayerInfo]) -> list[dict[str, Any]]:
-    """The layers as plain dicts (JSON-ready), e.g. for ``certquant cost --json``."""
-    rows = []
-    for layer in layers:
-        row = dict(layer.__dict__)
-        row.update(
-            kernel_size=list(layer.kernel_size),
-            stride=list(layer.stride),
-            in_hw=list(layer.in_hw),
-            out_hw=list(layer.out_hw),
-            is_depthwise=layer.is_depthwise,
-        )
-        rows.append(row)
-    return rows

@@ -7,6 +7,7 @@ et al. 2024) certifies an approximation of the model from it; ``cache_store`` ke
 
 from certquant.smoothing.bounds import certified_radius, clopper_pearson_lower, clopper_pearson_upper
 from certquant.smoothing.cache_store import CacheStore, CacheWriter
+from certquant.smoothing.config import DISPARITIES
 from certquant.smoothing.core import (
     ABSTAIN,
     Certificate,
@@ -20,7 +21,6 @@ from certquant.smoothing.core import (
     validate_smoothing_args,
 )
 from certquant.smoothing.incremental import (
-    DISPARITIES,
     IncrementalCertificate,
     certify_incremental,
     disparity_bound,

@@ -51,6 +51,7 @@ class IRSConfig:
 
     def __post_init__(self) -> None:
         check(self.disparity in DISPARITIES, f"unknown disparity '{self.disparity}': use {' or '.join(DISPARITIES)}")
-        check(self.n_p >= 1, f"n_p must be >= 1 (reused noise samples), got {self.n_p}")
+        whole = isinstance(self.n_p, int) and not isinstance(self.n_p, bool)
+        check(whole and self.n_p >= 1, f"n_p must be an integer >= 1 (reused noise samples), got {self.n_p!r}")
         check(0.0 < self.gamma <= 1.0, f"gamma must be in (0, 1] (e.g. 0.99), got {self.gamma}")
         check(0.0 < self.alpha_zeta < 1.0, f"alpha_zeta must be in (0, 1) (e.g. 0.001), got {self.alpha_zeta}")

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from certquant.smoothing.bounds import certified_radius, clopper_pearson_lower, clopper_pearson_upper
+from certquant.smoothing.config import DISPARITIES, IRSConfig
 from certquant.smoothing.core import (
     ABSTAIN,
     Certificate,
@@ -39,18 +40,11 @@ from certquant.smoothing.core import (
 )
 from certquant.utils.errors import CertquantError
 
-TWO_SIDED = "two-sided"  # zeta bounds P[f(x+e) != f'(x+e)] (the paper)
-ONE_SIDED = "one-sided"  # zeta bounds P[f(x+e) = c_A and f'(x+e) != c_A] (never looser, see certify_incremental)
-DISPARITIES = (TWO_SIDED, ONE_SIDED)
-# The default, chosen by the benchmark (benchmarks/results/irs.md): one-sided is never looser, gave a higher ACR at
-# every measured point and ranks candidates closer to full certification than the published two-sided disparity.
-DEFAULT_DISPARITY = ONE_SIDED
-
+TWO_SIDED, ONE_SIDED = DISPARITIES  # zeta bounds P[f != f'] (the paper), or P[f = c_A and f' != c_A] (never looser)
 BRANCH_ZETA = "zeta"  # pA_lower < gamma: f' gets pA_lower - zeta
 BRANCH_DIRECT = "direct"  # pA_lower >= gamma: f' is certified directly with the n_p samples
-
-DEFAULT_GAMMA = 0.99  # SPEC §3: 0.99 at CIFAR scale, 0.995 on ImageNet
-DEFAULT_ALPHA_ZETA = 0.001
+# the defaults are IRSConfig's (one-sided: chosen by the benchmark, benchmarks/results/irs.md)
+DEFAULT_GAMMA, DEFAULT_ALPHA_ZETA, DEFAULT_DISPARITY = IRSConfig.gamma, IRSConfig.alpha_zeta, IRSConfig.disparity
 
 
 @dataclass
@@ -70,14 +64,10 @@ class IncrementalCertificate(Certificate):
 
 
 def validate_incremental_args(n_p: int, gamma: float, alpha_zeta: float, disparity: str, alpha: float = 0.0) -> None:
-    """One line for a bad n_p, gamma, alpha_zeta (alpha + alpha_zeta must stay below 1) or an unknown disparity."""
-    if disparity not in DISPARITIES:
-        raise CertquantError(f"unknown disparity '{disparity}': use {' or '.join(DISPARITIES)}")
-    if isinstance(n_p, bool) or not isinstance(n_p, int) or n_p < 1:
-        raise CertquantError(f"n_p must be an integer >= 1 (reused noise samples), got {n_p!r}")
-    if not 0.0 < gamma <= 1.0:
-        raise CertquantError(f"gamma must be in (0, 1] (e.g. 0.99), got {gamma}")
-    if not 0.0 < alpha_zeta < 1.0 or not alpha + alpha_zeta < 1.0:
+    """One line for a bad n_p, gamma, alpha_zeta (alpha + alpha_zeta must stay below 1) or an unknown disparity:
+    ``IRSConfig``'s rules, for callers that pass the numbers."""
+    IRSConfig(n_p, gamma, alpha_zeta, disparity)
+    if not alpha + alpha_zeta < 1.0:
         raise CertquantError(f"alpha_zeta must be in (0, 1) with alpha + alpha_zeta < 1 (e.g. 0.001), got {alpha_zeta}")
 
 
