@@ -32,6 +32,7 @@ from certquant.deploy.runtime import make_session  # noqa: E402
 from certquant.models import load_checkpoint, resolve_checkpoint  # noqa: E402
 from certquant.quant import Policy, quantizable_layers, quantize_checkpoint  # noqa: E402
 from certquant.quant.checkpoint import input_shape  # noqa: E402
+from certquant.quant.config import QuantizeConfig  # noqa: E402
 from certquant.smoothing import certify_dataset  # noqa: E402
 from certquant.utils.io import atomic_write_json  # noqa: E402
 from common import ROOT, device_name, write_results  # noqa: E402
@@ -61,7 +62,7 @@ def prepare(model_name: str, kind: str, work: Path) -> tuple[Path, dict]:
     elif not q_path.exists():
         model, info = load_checkpoint(base)
         policy = make_policy(kind, quantizable_layers(model, input_shape(info)))
-        quantize_checkpoint(base, policy, q_path, calib_images=512, calib_seed=0)
+        quantize_checkpoint(base, policy, q_path, QuantizeConfig(calibration_images=512, seed=0))
     files = {"int": folder / "model.onnx", "float": folder / "model-float.onnx"}
     if not files["int"].exists():
         export_checkpoint(q_path, files["int"], 21, integer_kernels=True)

@@ -15,6 +15,7 @@ from certquant.deploy.runtime import OnnxClassifier
 from certquant.models import load_checkpoint, save_checkpoint
 from certquant.quant import Policy, quantizable_layers
 from certquant.quant.checkpoint import quantize_checkpoint
+from certquant.quant.config import QuantizeConfig
 from certquant.smoothing import certify
 from certquant.utils.errors import CertquantError
 
@@ -47,9 +48,8 @@ def exported(tmp_path):
         },
     )
     model, _ = load_checkpoint(base)
-    quantize_checkpoint(
-        base, Policy.uniform(quantizable_layers(model, SHAPE), 4, 4), tmp_path / "q.pt", calib_images=64
-    )
+    policy = Policy.uniform(quantizable_layers(model, SHAPE), 4, 4)
+    quantize_checkpoint(base, policy, tmp_path / "q.pt", QuantizeConfig(calibration_images=64))
     result = runner.invoke(app, ["export", "--checkpoint", str(tmp_path / "q.pt"), "--out", str(tmp_path / "q.onnx")])
     assert result.exit_code == 0, result.output
     return tmp_path / "q.pt", tmp_path / "q.onnx"

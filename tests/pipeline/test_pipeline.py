@@ -192,18 +192,14 @@ def test_run_sigma_other_than_the_checkpoints_holds_for_the_final_models(checkpo
     assert info["calibration"]["sigma"] == 0.5 and info["calibration"]["base_sigma"] == 0.25
     assert info["finetune"]["sigma"] == 0.5
     # the activation ranges are those of calibrating on images with noise 0.5 (fine-tuning keeps them), not 0.25
-    q = cfg.quantize
     ranges = {
         s: load_checkpoint(
             quantize_checkpoint(
                 checkpoint,
                 policy,
                 tmp_path / f"ref{s}.pt",
+                cfg.quantize,
                 sigma=s,
-                calib_images=q.calibration_images,
-                calib_seed=q.seed,
-                act_clip=q.act_clip,
-                weight_clip=q.weight_clip,
                 device="cpu",
             )[1]
         )[1]["ranges"]

@@ -5,6 +5,7 @@ import torch
 from certquant.models import load_checkpoint
 from certquant.models.checkpoint import read_payload
 from certquant.quant import Policy, QuantConv2d, quantizable_layers, quantize_checkpoint
+from certquant.quant.config import FinetuneConfig, QuantizeConfig
 from certquant.utils.io import file_sha256
 
 
@@ -12,7 +13,7 @@ def test_round_trip_gives_identical_outputs(base_checkpoint, tmp_path):
     base, info = load_checkpoint(base_checkpoint)
     layers = quantizable_layers(base, (1, 28, 28))
     policy = Policy.from_lists(layers, [8, 3, 4, 32], [8, 4, 4, 8], arch="small-cnn")
-    qmodel, path = quantize_checkpoint(base_checkpoint, policy, tmp_path / "q.pt", calib_images=64, device="cpu")
+    qmodel, path = quantize_checkpoint(base_checkpoint, policy, tmp_path / "q.pt", QuantizeConfig(64), device="cpu")
     loaded, qinfo = load_checkpoint(path)
     x = torch.rand(8, 1, 28, 28) + 0.25 * torch.randn(8, 1, 28, 28)
     assert isinstance(loaded[1][0], QuantConv2d) and not loaded.training
@@ -35,10 +36,8 @@ def test_finetuned_checkpoint_records_it(base_checkpoint, tmp_path):
         base_checkpoint,
         policy,
         tmp_path / "q.pt",
-        calib_images=32,
-        finetune_epochs=1,
-        finetune_images=128,
-        batch_size=64,
+        QuantizeConfig(calibration_images=32),
+        FinetuneConfig(epochs=1, images=128, batch=64),
         device="cpu",
     )
     loaded, info = load_checkpoint(path)

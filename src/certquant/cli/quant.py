@@ -71,25 +71,11 @@ def quantize_cmd(
     resume: bool = typer.Option(False, help="continue an interrupted fine-tuning of --out"),
 ) -> None:
     """Quantize a checkpoint (calibrated on noisy images, optionally fine-tuned) into a 'quantized' checkpoint."""
-    QuantizeConfig(calibration_images=calib_images, act_clip=act_clip, seed=calib_seed)  # one-line errors first
-    FinetuneConfig(epochs=finetune_epochs, images=finetune_images, lr=lr, batch=batch_size, seed=seed)
+    calibration = QuantizeConfig(calibration_images=calib_images, act_clip=act_clip, seed=calib_seed)
+    finetuning = FinetuneConfig(epochs=finetune_epochs, images=finetune_images, lr=lr, batch=batch_size, seed=seed)
     model, info = load_checkpoint(checkpoint)
     _, pol = _policy(model, info, policy, uniform, first_last)
-    qmodel, path = quantize_checkpoint(
-        checkpoint,
-        pol,
-        out,
-        calib_images=calib_images,
-        calib_seed=calib_seed,
-        act_clip=act_clip,
-        finetune_epochs=finetune_epochs,
-        finetune_images=finetune_images,
-        lr=lr,
-        batch_size=batch_size,
-        seed=seed,
-        device=device,
-        resume=resume,
-    )
+    qmodel, path = quantize_checkpoint(checkpoint, pol, out, calibration, finetuning, device, resume)
     layers = quantizable_layers(qmodel, input_shape(info))
     typer.echo(format_cost_table(layers, pol))
     typer.echo(

@@ -50,9 +50,10 @@ SHARED = {
 }
 
 
-def _prepare(ctx: typer.Context) -> tuple[Any, float, Any, Any, list[int], dict[str, Any]]:
+def _prepare(ctx: typer.Context, **resolved: Any) -> tuple[Any, float, Any, Any, list[int], dict[str, Any]]:
     """Load the command's checkpoint and its test set; return model, sigma, images, labels, indices and the dataset
-    run's options (identity, arguments, provenance, input shape, progress, channels_last, resume)."""
+    run's options (identity, arguments with ``resolved`` values, provenance, input shape, progress, channels_last,
+    resume)."""
     p = ctx.params
     check_sigma(p["sigma"])
     model, info = load_checkpoint(
@@ -66,7 +67,7 @@ def _prepare(ctx: typer.Context) -> tuple[Any, float, Any, Any, list[int], dict[
     images, labels = load_dataset(info["dataset"], "test")
     options = {
         "identity": {"dataset": info["dataset"], "checkpoint_sha256": info["sha256"], "skip": p["skip"]},
-        "arguments": command_arguments(ctx, dataset=info["dataset"], sigma=sigma),
+        "arguments": command_arguments(ctx, dataset=info["dataset"], sigma=sigma, **resolved),
         "provenance": {"checkpoint_sha256": info["sha256"], "checkpoint_path": info["path"]},
         "input_shape": input_shape(info),
         "progress": p["progress"],
@@ -159,7 +160,7 @@ def certify_cmd(
     radii_list = validate_radii(parse_radii(radii))
     settings = SequentialSettings(tolerance=tolerance)
     CertifyConfig(n0=n0, n=n, alpha=alpha, batch=batch, seed=seed)  # one-line errors before loading anything
-    model, sigma, images, labels, indices, options = _prepare(ctx)
+    model, sigma, images, labels, indices, options = _prepare(ctx, radii=radii_list)
     if n_max is not None:
         summary = certify_dataset_sequential(
             model, images, labels, indices, out, sigma, radii_list, n0, n_max, alpha, batch, seed, settings, **options

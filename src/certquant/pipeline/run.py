@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -82,23 +83,9 @@ def final_model(
         f"quantize + fine-tune {path.parent.name}: {f.epochs} epoch(s) on {f.images} training images with noise "
         f"sigma {sigma}"
     )
+    finetuning = replace(f, seed=seed)
     quantize_checkpoint(
-        checkpoint,
-        policy,
-        path,
-        calib_images=q.calibration_images,
-        calib_seed=q.seed,
-        act_clip=q.act_clip,
-        weight_clip=q.weight_clip,
-        finetune_epochs=f.epochs,
-        finetune_images=f.images,
-        lr=f.lr,
-        batch_size=f.batch,
-        seed=seed,
-        device=str(device),
-        resume=True,
-        sigma=sigma,
-        progress=progress,
+        checkpoint, policy, path, q, finetuning, str(device), resume=True, sigma=sigma, progress=progress
     )
     return path
 

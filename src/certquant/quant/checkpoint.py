@@ -19,6 +19,7 @@ from torch import nn
 from certquant.data import load_dataset, train_val_split
 from certquant.models import load_checkpoint, register_checkpoint_kind
 from certquant.models.checkpoint import ARCH_KEYS, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, build_from_info, load_weights
+from certquant.quant.config import FinetuneConfig, QuantizeConfig
 from certquant.quant.cost import bitops, bitops_fraction, model_size_bits
 from certquant.quant.finetuning import FINETUNE_THREADS, finetune
 from certquant.quant.layers import quantizable_layers
@@ -32,6 +33,7 @@ from certquant.utils.io import atomic_torch_save
 KIND = "quantized"
 LOADER_MODULE = "certquant.quant.checkpoint"
 BASE_KEYS = ARCH_KEYS + ("dataset", "sigma")
+NO_FINETUNE = FinetuneConfig(epochs=0)
 
 
 def _load_quantized(payload: dict[str, Any]) -> nn.Module:
@@ -111,52 +113,45 @@ def quantize_checkpoint(
     checkpoint: str | os.PathLike[str],
     policy: Policy,
     out: str | os.PathLike[str],
-    calib_images: int = 512,
-    calib_seed: int = 0,
-    act_clip: str = "auto",
-    weight_clip: str = "auto",
-    finetune_epochs: int = 0,
-    finetune_images: int | None = None,
-    lr: float = 0.01,
-    batch_size: int = 128,
-    seed: int = 0,
+    calibration: QuantizeConfig = QuantizeConfig(),
+    finetuning: FinetuneConfig = NO_FINETUNE,
     device: str = "auto",
     resume: bool = False,
     sigma: float | None = None,
     progress: bool = True,
 ) -> tuple[nn.Module, Path]:
-    """Quantize a checkpoint with ``policy``, calibrated on ``calib_images`` training images carrying noise of std
-    ``sigma``; optionally fine-tune with the same noise (resumable state in ``<out>.finetune/``); write ``out``.
+    """Quantize a checkpoint with ``policy``, calibrated as ``calibration`` says on training images carrying noise of
+    std ``sigma``; fine-tune with the same noise as ``finetuning`` says (default: not at all; resumable state in
+    ``<out>.finetune/``); write ``out``.
 
     ``sigma``: the noise the quantized model will be certified at; None takes the checkpoint's. A run certifying at
     another sigma than its checkpoint's passes its own, so that one sigma holds for the whole run (calibration,
     fine-tuning and certification). The written checkpoint records it as its ``sigma`` (the base's stays in
     ``calibration.base_sigma``)."""
+    q, f = calibration, finetuning
     base, info = load_checkpoint(checkpoint)
     layers = quantizable_layers(base, input_shape(info))
     policy.validate(layers, info["arch"])
-    if calib_images < 1:
-        raise CertquantError(f"--calib-images must be >= 1, got {calib_images}")
     check_sigma(sigma)
     sigma = float(info["sigma"]) if sigma is None else float(sigma)
     images, labels = _train_images(info)
-    calib = noisy_calibration_batch(images, sigma, calib_images, calib_seed)
+    calib = noisy_calibration_batch(images, sigma, q.calibration_images, q.seed)
     dev = resolve_device(device)
-    qmodel = quantize(base.to(dev), policy, calib, arch=info["arch"], act_clip=act_clip, weight_clip=weight_clip)
-    calibration = {
-        "images": calib_images,
-        "seed": calib_seed,
+    qmodel = quantize(base.to(dev), policy, calib, arch=info["arch"], act_clip=q.act_clip, weight_clip=q.weight_clip)
+    calibration_info = {
+        "images": q.calibration_images,
+        "seed": q.seed,
         "sigma": sigma,
         "base_sigma": float(info["sigma"]),
         "split": "train",
-        "act_clip": act_clip,
-        "weight_clip": weight_clip,
+        "act_clip": q.act_clip,
+        "weight_clip": q.weight_clip,
     }
     finetune_info = None
-    if finetune_epochs > 0:
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-        if finetune_images:
-            order = order[:finetune_images]
+    if f.epochs > 0:
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(f.seed))
+        if f.images:
+            order = order[: f.images]
         out_path = Path(out)
         state_dir = out_path.parent / f"{out_path.stem}.finetune"
         started = time.time()
@@ -165,25 +160,25 @@ def quantize_checkpoint(
             images[order],
             labels[order],
             sigma,
-            finetune_epochs,
-            lr=lr,
-            batch_size=batch_size,
-            seed=seed,
+            f.epochs,
+            lr=f.lr,
+            batch_size=f.batch,
+            seed=f.seed,
             out=state_dir,
             resume=resume,
             device=dev,
             progress=progress,
         )
         finetune_info = {
-            "epochs": finetune_epochs,
+            "epochs": f.epochs,
             "images": len(order),
-            "lr": lr,
-            "batch_size": batch_size,
-            "seed": seed,
+            "lr": f.lr,
+            "batch_size": f.batch,
+            "seed": f.seed,
             "sigma": sigma,
             "seconds": time.time() - started,
             "state_dir": str(state_dir),
             "threads": FINETUNE_THREADS if dev.type == "cpu" else None,
         }
-    path = save_quantized(out, qmodel.cpu(), policy, {**info, "sigma": sigma}, calibration, finetune_info)
+    path = save_quantized(out, qmodel.cpu(), policy, {**info, "sigma": sigma}, calibration_info, finetune_info)
     return qmodel.eval(), path
