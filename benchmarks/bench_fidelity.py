@@ -4,7 +4,7 @@ the way their final certificate does, and what it costs per candidate.
 Every reward (HAQ's noisy top-1 ``haq``; ARQ with each ACR estimator: ``scratch``, ``irs``, ``irs-one-sided``,
 ``paired``, ``paired-margin``), each without and with a few noisy fine-tuning steps per candidate
 (``search.finetune_steps``), scores every policy of a truth pool (``benchmarks/bench_truth.py``) exactly as the search
-would: the search's own evaluator (``certquant.search.job.evaluator_on``) on the search set of the config's seed. Then,
+would: the search's own evaluator (``certquant.search.job.SearchJob.evaluator``) on the search set of the config's seed. Then,
 over the pool, with a bootstrap 95% interval (policies resampled with replacement):
 
 - Kendall tau and Spearman rho of the reward with the truth's final ACR (the mean over its fine-tune replicates) and
@@ -45,7 +45,7 @@ from certquant.pipeline import load_config
 from certquant.pipeline.config import RunConfig
 from certquant.quant import Policy
 from certquant.search import ESTIMATORS
-from certquant.search.job import evaluator_on, validation_indices
+from certquant.search.job import SearchJob, validation_indices
 from certquant.train import resolve_device
 from certquant.utils.errors import CertquantError
 from certquant.utils.run_folder import RunFolder
@@ -174,17 +174,8 @@ class Fidelity:
     def score_row(self, row: Row) -> tuple[list[dict], dict]:
         """Every pool policy's reward terms under ``row`` (resumed from its scores.jsonl)."""
         settings = row.settings(self.cfg)
-        evaluator = evaluator_on(
-            self.model,
-            self.info,
-            self.sigma,
-            settings,
-            self.cfg.certify,
-            row.method,
-            self.indices,
-            self.device,
-            finetune_pool=True,
-        )
+        job = SearchJob(self.model, self.info, self.sigma, settings, self.cfg.certify, self.device)
+        evaluator = job.evaluator(row.method, self.indices, finetune_pool=True)
         identity = {
             "row": row.name,
             "evaluator": evaluator.describe(),

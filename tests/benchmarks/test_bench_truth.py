@@ -83,13 +83,12 @@ def test_truth_pool_end_to_end(tiny_config, tiny_checkpoint, tmp_path):
 def test_searched_policies_join_the_pool_first(tiny_config, tmp_path):
     from certquant.models import resolve_checkpoint
     from certquant.pipeline import load_config
-    from certquant.search.job import build_search
+    from certquant.search.job import SearchJob
 
     cfg = load_config(tiny_config, ["search.episodes=6"])
     model, info = load_checkpoint(resolve_checkpoint(cfg.checkpoint))
-    search, _ = build_search(
-        model, info, 0.25, cfg.search, cfg.certify, "random", BUDGET, tmp_path / "s", torch.device("cpu")
-    )
+    job = SearchJob(model, info, 0.25, cfg.search, cfg.certify, torch.device("cpu"))
+    search, _ = job.build("random", BUDGET, tmp_path / "s")
     search.run(progress=False)
     pool = bench_truth.TruthPool(cfg, BUDGET, tmp_path / "w", 3, 1, 2, [tmp_path / "s"], top_k=2, progress=False)
     drawn = pool.pool()

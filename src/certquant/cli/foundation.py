@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from certquant.utils.errors import CertquantError
 from certquant.utils.tables import markdown_table
 
 data_app = new_app("Datasets: list them, fetch one.")
+TRAIN = TrainConfig()
 
 
 @data_app.command("list")
@@ -52,40 +54,26 @@ def models_cmd() -> None:
 
 
 def train_cmd(
-    dataset: str = typer.Option("fashion-mnist", help="dataset name"),
-    model: str = typer.Option("small-cnn", help="architecture (see 'certquant models')"),
-    sigma: float = typer.Option(0.25, help="Gaussian noise std in [0,1] pixel units"),
-    epochs: int = typer.Option(10),
-    batch_size: int = typer.Option(128, "--batch"),
-    lr: float = typer.Option(0.1),
-    momentum: float = typer.Option(0.9),
-    weight_decay: float = typer.Option(1e-4),
-    schedule: str = typer.Option("cosine", help="cosine or step"),
-    step_size: int = typer.Option(30, help="epochs per x0.1 step (step schedule)"),
-    val_size: int = typer.Option(5000, help="training images held out for validation"),
-    train_limit: Optional[int] = typer.Option(None, help="use only the first N training images"),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("auto", help="auto, cpu or cuda"),
+    ctx: typer.Context,
+    dataset: str = typer.Option(TRAIN.dataset, help="dataset name"),
+    model: str = typer.Option(TRAIN.model, help="architecture (see 'certquant models')"),
+    sigma: float = typer.Option(TRAIN.sigma, help="Gaussian noise std in [0,1] pixel units"),
+    epochs: int = typer.Option(TRAIN.epochs),
+    batch_size: int = typer.Option(TRAIN.batch_size, "--batch"),
+    lr: float = typer.Option(TRAIN.lr),
+    momentum: float = typer.Option(TRAIN.momentum),
+    weight_decay: float = typer.Option(TRAIN.weight_decay),
+    schedule: str = typer.Option(TRAIN.schedule, help="cosine or step"),
+    step_size: int = typer.Option(TRAIN.step_size, help="epochs per x0.1 step (step schedule)"),
+    val_size: int = typer.Option(TRAIN.val_size, help="training images held out for validation"),
+    train_limit: Optional[int] = typer.Option(TRAIN.train_limit, help="use only the first N training images"),
+    seed: int = typer.Option(TRAIN.seed),
+    device: str = typer.Option(TRAIN.device, help="auto, cpu or cuda"),
     out: Path = typer.Option(..., help="output folder (state.pt each epoch, model.pt at the end)"),
     resume: bool = typer.Option(False, help="continue the run in --out"),
 ) -> None:
     """Train a model with Gaussian noise augmentation (checkpoint every epoch, resumable)."""
-    cfg = TrainConfig(
-        dataset,
-        model,
-        sigma,
-        epochs,
-        batch_size,
-        lr,
-        momentum,
-        weight_decay,
-        schedule,
-        step_size,
-        val_size,
-        train_limit,
-        seed,
-        device,
-    )
+    cfg = TrainConfig(**{f.name: ctx.params[f.name] for f in dataclasses.fields(TrainConfig)})
     path = train(cfg, out, resume=resume)
     _, info = load_checkpoint(path)
     m = info["metrics"]

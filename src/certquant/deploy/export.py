@@ -330,39 +330,19 @@ class _Exporter:
             return self.g.add(
                 "Clip", [x, self.g.const(f"{hint}.lo", np.float32(0)), self.g.const(f"{hint}.hi", np.float32(6))], hint
             )
-        if isinstance(m, nn.MaxPool2d):
-            if m.return_indices:
+        if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+            if isinstance(m, nn.MaxPool2d) and m.return_indices:
                 raise self.unsupported("MaxPool2d with return_indices")
-            kh, kw = _pair(m.kernel_size)
-            sh, sw = _pair(m.stride if m.stride is not None else m.kernel_size)
-            ph, pw = _pair(m.padding)
-            dh, dw = _pair(m.dilation)
-            return self.g.add(
-                "MaxPool",
-                [x],
-                hint,
-                kernel_shape=[kh, kw],
-                strides=[sh, sw],
-                pads=[ph, pw, ph, pw],
-                dilations=[dh, dw],
-                ceil_mode=int(m.ceil_mode),
-            )
-        if isinstance(m, nn.AvgPool2d):
-            kh, kw = _pair(m.kernel_size)
-            sh, sw = _pair(m.stride if m.stride is not None else m.kernel_size)
-            ph, pw = _pair(m.padding)
-            if m.divisor_override is not None:
+            if isinstance(m, nn.AvgPool2d) and m.divisor_override is not None:
                 raise self.unsupported("AvgPool2d with divisor_override")
-            return self.g.add(
-                "AveragePool",
-                [x],
-                hint,
-                kernel_shape=[kh, kw],
-                strides=[sh, sw],
-                pads=[ph, pw, ph, pw],
-                ceil_mode=int(m.ceil_mode),
-                count_include_pad=int(m.count_include_pad),
+            (kh, kw), (ph, pw) = _pair(m.kernel_size), _pair(m.padding)
+            strides = list(_pair(m.stride if m.stride is not None else m.kernel_size))
+            pool: dict[str, Any] = dict(
+                kernel_shape=[kh, kw], strides=strides, pads=[ph, pw, ph, pw], ceil_mode=int(m.ceil_mode)
             )
+            if isinstance(m, nn.MaxPool2d):
+                return self.g.add("MaxPool", [x], hint, dilations=list(_pair(m.dilation)), **pool)
+            return self.g.add("AveragePool", [x], hint, count_include_pad=int(m.count_include_pad), **pool)
         if isinstance(m, nn.AdaptiveAvgPool2d):
             if _pair(m.output_size) != (1, 1):
                 raise self.unsupported(f"AdaptiveAvgPool2d to {m.output_size} (only global pooling, output 1)")

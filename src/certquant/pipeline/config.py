@@ -86,5 +86,4 @@ def config_from_dict(values: dict[str, Any], overrides: list[str] | None = None)
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """A RunConfig from the built-in defaults, a YAML file (None: none) and dotted overrides."""
-    sources = [_shorthand(typed.read_yaml(path))] if path is not None else []
-    return typed.build_config(RunConfig, sources, _shorthand_overrides(overrides))
+    return config_from_dict(typed.read_yaml(path) if path is not None else {}, overrides)

@@ -39,7 +39,7 @@ from certquant.quant import LayerInfo, Policy, quantizable_layers, quantize_chec
 from certquant.quant.checkpoint import input_shape
 from certquant.report.run_report import write_report
 from certquant.search import BitWidthEnv
-from certquant.search.job import build_search, final_selection, score_search_policies
+from certquant.search.job import SearchJob
 from certquant.search.runner import BEST_FILE, SUMMARY_FILE
 from certquant.smoothing import certify_dataset
 from certquant.train import resolve_device
@@ -107,6 +107,7 @@ class Pipeline:
         for budget in cfg.search.budgets:  # a budget no policy can meet fails here, before anything is written
             BitWidthEnv(self.search_layers(), cfg.search.env(budget), arch=self.info["arch"])
         self.folder = RunFolder(self.out, "run", self.identity())
+        self.job = SearchJob(self.model, self.info, self.sigma, cfg.search, cfg.certify, self.device)
 
     def search_layers(self) -> list[LayerInfo]:
         """The checkpoint's quantizable layers, in forward order."""
@@ -158,9 +159,7 @@ class Pipeline:
         s = self.cfg.search
         search_dir = self.out / stage_folder(budget, method) / "search"
         if not (search_dir / SUMMARY_FILE).exists():  # a finished search is read back, not rebuilt
-            search, evaluator = build_search(
-                self.model, self.info, self.sigma, s, self.cfg.certify, method, budget, search_dir, self.device
-            )
+            search, evaluator = self.job.build(method, budget, search_dir)
             search.open(resume=True)
             _say(
                 f"search {method} at budget {budget:g}: {search.total_episodes} episode(s) on "
@@ -173,22 +172,13 @@ class Pipeline:
             f"final selection {method} at budget {budget:g}: top {s.final_top_k} re-scored on {s.final_images} "
             "fresh images"
         )
-        return final_selection(search_dir, self.model, self.info, self.sigma, s, self.cfg.certify, method, self.device)
+        return self.job.final_selection(search_dir, method)
 
     def _score_acr(self, budget: float, method: str, search_dir: Path) -> None:
         """ARQ's search-set ACR of every policy a search with another reward evaluated (the report's BitOPs-vs-ACR
         plot shows every method's policies on the same axes); resumable, one line per policy."""
         _say(f"score {method}'s policies at budget {budget:g} with ARQ's certified radius on the same search set")
-        score_search_policies(
-            search_dir,
-            self.model,
-            self.info,
-            self.sigma,
-            self.cfg.search,
-            self.cfg.certify,
-            self.device,
-            progress=self.progress,
-        )
+        self.job.score_policies(search_dir, progress=self.progress)
 
     def _quantize(self, policy: Policy, folder: Path) -> Path:
         return final_model(

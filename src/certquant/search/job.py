@@ -4,7 +4,7 @@ and the end-to-end pipeline, so the same settings give the same search."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,99 +41,71 @@ def validation_indices(info: dict[str, Any], count: int, seed: int, offset: int 
     return indices
 
 
-def evaluator_on(
-    model: nn.Module,
-    info: dict[str, Any],
-    sigma: float,
-    settings: SearchSettings,
-    certify_config: CertifyConfig,
-    method: str,
-    indices: list[int],
-    device: torch.device,
-    finetune_pool: bool = False,
-) -> PolicyEvaluator:
-    """The candidate evaluator of ``method`` on the validation images ``indices`` (with ``finetune_pool``: candidate
-    fine-tuning draws from the other training images)."""
-    images, labels = load_dataset(info["dataset"], "train")
-    ft_images = ft_labels = None
-    if finetune_pool and settings.finetune_steps > 0:
-        keep = torch.ones(len(images), dtype=torch.bool)
-        keep[indices] = False
-        ft_images, ft_labels = images[keep], labels[keep]
-    return PolicyEvaluator(
-        model,
-        sigma,
-        images[indices],
-        labels[indices],
-        indices,
-        settings,
-        reward=settings.reward_of(method),
-        certify_config=certify_config,
-        seed=settings.seed,
-        arch=info["arch"],
-        finetune_images=ft_images,
-        finetune_labels=ft_labels,
-        device=device,
-    )
+@dataclass
+class SearchJob:
+    """What the searches of a run share: the full-precision model and its checkpoint info, the run's sigma, the search
+    and certification settings, the device."""
 
+    model: nn.Module
+    info: dict[str, Any]
+    sigma: float
+    settings: SearchSettings
+    certify_config: CertifyConfig
+    device: torch.device
 
-def build_search(
-    model: nn.Module,
-    info: dict[str, Any],
-    sigma: float,
-    settings: SearchSettings,
-    certify_config: CertifyConfig,
-    method: str,
-    budget: float,
-    out: str | Path,
-    device: torch.device,
-) -> tuple[Search, PolicyEvaluator]:
-    """The evaluator over the search set and the ``Search`` writing to ``out`` (not yet opened or run)."""
-    indices = validation_indices(info, settings.search_images, settings.seed)
-    evaluator = evaluator_on(model, info, sigma, settings, certify_config, method, indices, device, finetune_pool=True)
-    config = SearchConfig(
-        settings.env(budget), method, settings.episodes, replace(settings.agent, seed=settings.seed), settings.seed
-    )
-    extra = {
-        "checkpoint_sha256": info["sha256"],
-        "dataset": info["dataset"],
-        "evaluator": evaluator.describe(),
-        "device": device.type,
-    }
-    return Search(evaluator.layers, evaluator, config, out, arch=info["arch"], extra=extra), evaluator
+    def evaluator(self, method: str, indices: list[int], finetune_pool: bool = False) -> PolicyEvaluator:
+        """The candidate evaluator of ``method`` on the validation images ``indices`` (with ``finetune_pool``:
+        candidate fine-tuning draws from the other training images)."""
+        s = self.settings
+        images, labels = load_dataset(self.info["dataset"], "train")
+        ft_images = ft_labels = None
+        if finetune_pool and s.finetune_steps > 0:
+            keep = torch.ones(len(images), dtype=torch.bool)
+            keep[indices] = False
+            ft_images, ft_labels = images[keep], labels[keep]
+        return PolicyEvaluator(
+            self.model,
+            self.sigma,
+            images[indices],
+            labels[indices],
+            indices,
+            s,
+            reward=s.reward_of(method),
+            certify_config=self.certify_config,
+            seed=s.seed,
+            arch=self.info["arch"],
+            finetune_images=ft_images,
+            finetune_labels=ft_labels,
+            device=self.device,
+        )
 
+    def build(self, method: str, budget: float, out: str | Path) -> tuple[Search, PolicyEvaluator]:
+        """The evaluator over the search set and the ``Search`` writing to ``out`` (not yet opened or run)."""
+        s, info = self.settings, self.info
+        evaluator = self.evaluator(method, validation_indices(info, s.search_images, s.seed), finetune_pool=True)
+        config = SearchConfig(s.env(budget), method, s.episodes, replace(s.agent, seed=s.seed), s.seed)
+        extra = {
+            "checkpoint_sha256": info["sha256"],
+            "dataset": info["dataset"],
+            "evaluator": evaluator.describe(),
+            "device": self.device.type,
+        }
+        return Search(evaluator.layers, evaluator, config, out, arch=info["arch"], extra=extra), evaluator
 
-def final_selection(
-    search_dir: str | Path,
-    model: nn.Module,
-    info: dict[str, Any],
-    sigma: float,
-    settings: SearchSettings,
-    certify_config: CertifyConfig,
-    method: str,
-    device: torch.device,
-) -> Policy:
-    """``selection.reselect`` of the finished search in ``search_dir``: its top ``final_top_k`` policies re-scored
-    with the search's scoring on ``final_images`` fresh held-out validation images, the ones the seeded draw gives
-    right after the search set's (so never the same)."""
-    indices = validation_indices(info, settings.final_images, settings.seed, offset=settings.search_images)
-    evaluator = evaluator_on(model, info, sigma, settings, certify_config, method, indices, device)
-    return reselect(search_dir, evaluator.layers, evaluator, settings.final_top_k, arch=info["arch"])
+    def final_selection(self, search_dir: str | Path, method: str) -> Policy:
+        """``selection.reselect`` of the finished search in ``search_dir``: its top ``final_top_k`` policies
+        re-scored with the search's scoring on ``final_images`` fresh held-out validation images, the ones the seeded
+        draw gives right after the search set's (so never the same)."""
+        s = self.settings
+        indices = validation_indices(self.info, s.final_images, s.seed, offset=s.search_images)
+        evaluator = self.evaluator(method, indices)
+        return reselect(search_dir, evaluator.layers, evaluator, s.final_top_k, arch=self.info["arch"])
 
-
-def score_search_policies(
-    search_dir: str | Path,
-    model: nn.Module,
-    info: dict[str, Any],
-    sigma: float,
-    settings: SearchSettings,
-    certify_config: CertifyConfig,
-    device: torch.device,
-    progress: bool = False,
-) -> list[dict]:
-    """``selection.score_history`` of the finished search in ``search_dir`` with ARQ's scoring on the search's own
-    set (the same seeded draw of held-out validation images): ARQ's ACR terms for the policies of a search whose
-    reward did not measure them (HAQ's)."""
-    indices = validation_indices(info, settings.search_images, settings.seed)
-    evaluator = evaluator_on(model, info, sigma, settings, certify_config, "arq", indices, device)
-    return score_history(search_dir, evaluator.layers, evaluator, arch=info["arch"], progress=progress)
+    def score_policies(self, search_dir: str | Path, progress: bool = False) -> list[dict]:
+        """``selection.score_history`` of the finished search in ``search_dir`` with ARQ's scoring on the search's
+        own set (the same seeded draw of held-out validation images): ARQ's ACR terms for the policies of a search
+        whose reward did not measure them (HAQ's)."""
+        evaluator = self.evaluator(
+            "arq", validation_indices(self.info, self.settings.search_images, self.settings.seed)
+        )
+        return score_history(search_dir, evaluator.layers, evaluator, arch=self.info["arch"], progress=progress)
