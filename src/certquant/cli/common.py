@@ -9,6 +9,7 @@ from typing import Any, Optional, TypeVar
 import typer
 from typer.core import TyperGroup
 
+from certquant.quant.checkpoint import input_shape
 from certquant.utils import config as typed
 from certquant.utils.errors import CertquantError
 
@@ -64,7 +65,22 @@ def overrides_argument() -> Any:
     return typer.Argument(None, metavar="[KEY=VALUE]...", help=OVERRIDES_HELP, show_default=False)
 
 
-def command_arguments(ctx: typer.Context, **resolved: Any) -> dict[str, Any]:
-    """A command's options as a run records them (paths as text), with ``resolved`` values (e.g. the dataset and
-    sigma a checkpoint supplied) in place of the given ones."""
-    return {**{k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items()}, **resolved}
+def run_options(
+    ctx: typer.Context, info: dict[str, Any], identity: dict[str, Any], provenance: dict[str, Any], **resolved: Any
+) -> dict[str, Any]:
+    """What a smoothing command passes on to its dataset run (``certquant.smoothing.runner``): the checkpoint's
+    identity and provenance with the command's ``identity`` and ``provenance``, the command's options as the recorded
+    arguments (named by their flags, e.g. max for --max; paths as text; ``resolved`` values, e.g. the sigma a
+    checkpoint supplied, in place of the given ones), the checkpoint's input shape, and the progress, channels_last
+    and resume flags."""
+    p = ctx.params
+    flags = {param.name: param.opts[0].lstrip("-").replace("-", "_") for param in ctx.command.params if param.opts}
+    return {
+        "identity": {"dataset": info["dataset"], "checkpoint_sha256": info["sha256"], **identity},
+        "arguments": {flags.get(k, k): str(v) if isinstance(v, Path) else v for k, v in {**p, **resolved}.items()},
+        "provenance": {"checkpoint_sha256": info["sha256"], "checkpoint_path": info["path"], **provenance},
+        "input_shape": input_shape(info),
+        "progress": p["progress"],
+        "channels_last": p["channels_last"],
+        "resume": p["resume"],
+    }

@@ -9,11 +9,10 @@ from typing import Optional
 import torch
 import typer
 
-from certquant.cli.common import command_arguments
+from certquant.cli.common import run_options
 from certquant.data import every_kth, load_dataset
 from certquant.engine import Engine
 from certquant.models import load_checkpoint
-from certquant.quant.checkpoint import input_shape
 from certquant.smoothing import CacheStore, certify_dataset_incremental
 from certquant.smoothing.config import IRSConfig
 from certquant.smoothing.incremental_sequential import certify_dataset_incremental_sequential
@@ -94,19 +93,9 @@ def certify_incremental_cmd(
     store.require(indices)
     cached = {option: key[name] for option, name in CACHE_OPTIONS.items()}
     unset = {} if explicit else {"skip": None, "max_images": None}
-    options = {
-        "identity": {"dataset": info["dataset"], "checkpoint_sha256": info["sha256"], "base_run": str(base_run)},
-        "arguments": command_arguments(ctx, dataset=info["dataset"], **cached, **unset, radii=radii),
-        "provenance": {
-            "checkpoint_sha256": info["sha256"],
-            "checkpoint_path": info["path"],
-            "base_checkpoint_sha256": key.get("checkpoint_sha256"),
-        },
-        "input_shape": input_shape(info),
-        "progress": p["progress"],
-        "channels_last": p["channels_last"],
-        "resume": p["resume"],
-    }
+    base = {"base_checkpoint_sha256": key.get("checkpoint_sha256")}
+    resolved = {"dataset": info["dataset"], **cached, **unset, "radii": radii}
+    options = run_options(ctx, info, {"base_run": str(base_run)}, base, **resolved)
     out, settings = p["out"], (irs.gamma, irs.alpha_zeta, irs.disparity)
     if radii is not None:  # sequential IRS: n_p is the most f' may use; stop when the radii are decided
         summary = certify_dataset_incremental_sequential(

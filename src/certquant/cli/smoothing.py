@@ -7,12 +7,11 @@ from typing import Any, Optional
 
 import typer
 
-from certquant.cli.common import command_arguments
+from certquant.cli.common import run_options
 from certquant.cli.irs import certify_incremental_cmd
 from certquant.data import every_kth, load_dataset
 from certquant.engine import EngineConfig, make_engine
 from certquant.models import load_checkpoint
-from certquant.quant.checkpoint import input_shape
 from certquant.report.certified import certified_accuracy_table, load_certify_run, plot_certified_accuracy
 from certquant.smoothing import certify_dataset, predict_dataset
 from certquant.smoothing.config import CertifyConfig, IRSConfig, check_sigma
@@ -65,15 +64,7 @@ def _prepare(ctx: typer.Context, **resolved: Any) -> tuple[Any, float, Any, Any,
     if info.get("sigma") is not None and abs(sigma - float(info["sigma"])) > 1e-9:
         typer.echo(f"note: certifying at sigma {sigma}, the checkpoint was trained at {info['sigma']}", err=True)
     images, labels = load_dataset(info["dataset"], "test")
-    options = {
-        "identity": {"dataset": info["dataset"], "checkpoint_sha256": info["sha256"], "skip": p["skip"]},
-        "arguments": command_arguments(ctx, dataset=info["dataset"], sigma=sigma, **resolved),
-        "provenance": {"checkpoint_sha256": info["sha256"], "checkpoint_path": info["path"]},
-        "input_shape": input_shape(info),
-        "progress": p["progress"],
-        "channels_last": p["channels_last"],
-        "resume": p["resume"],
-    }
+    options = run_options(ctx, info, {"skip": p["skip"]}, {}, dataset=info["dataset"], sigma=sigma, **resolved)
     return model, sigma, images, labels, every_kth(len(images), p["skip"], p["max_images"]), options
 
 
