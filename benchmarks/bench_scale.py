@@ -8,6 +8,13 @@ grows with the images), and whether the certificates equal the local engine's. R
 local (the engine's overhead; issue 17: <= 1.10x), K workers' throughput against one worker's (>= 1.7x at 2 workers on
 2 free cores).
 
+Per-image CPU time (the headline of the one-worker comparison, robust on a shared machine where wall time measures the
+CPU share a process got): the same library worker (``CertifyImage``) over ``--cpu-images`` images through the local
+engine and through one Ray worker, alternately (local, Ray, local, Ray: ``--cpu-rounds`` rounds), both at ``--threads``
+torch threads; per image the CPU seconds (``time.process_time``) of the process doing the work (this process, or the
+Ray worker), its wall seconds and page faults; medians over images and rounds, leaving out each round's first image
+(a warm-up: a fresh worker's first forward passes build their kernels).
+
 Grid: the search benchmark's grid (``configs/bench-search.yaml``: its budgets x methods, each a search, a fine-tune and
 a certification, plus FP32's certification) shrunk to seconds per stage, run one stage after another (local) and as
 Ray tasks; wall seconds of each and whether their results agree.
@@ -17,7 +24,7 @@ in the JSON. Writes benchmarks/results/<name>.json and .md.
 
     python benchmarks/bench_scale.py [--models small-cnn-fmnist-s0.25 resnet20-fmnist-s0.25] [--workers 1 2]
         [--images 12] [--n 2000] [--threads 1] [--device cpu|cuda] [--gpus-per-worker G] [--cpus C] [--no-grid]
-        [--name scale]
+        [--cpu-images 6] [--cpu-rounds 2] [--name scale]
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ import argparse
 import dataclasses
 import logging
 import os
+import resource
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,11 +46,13 @@ import torch
 
 from certquant.data import every_kth, load_dataset
 from certquant.engine import EngineConfig, make_engine
+from certquant.engine.base import setup_worker
 from certquant.models import load_checkpoint
 from certquant.pipeline import load_config
 from certquant.pipeline.run import run_pipeline
 from certquant.quant.checkpoint import input_shape
 from certquant.smoothing import certify_dataset
+from certquant.smoothing.runner import CertifyImage, ImageItems
 from certquant.train import resolve_device
 from certquant.utils import read_jsonl, software_versions
 from certquant.utils.tables import markdown_table
@@ -116,6 +127,77 @@ def model_device(model: torch.nn.Module) -> str:
     return next(model.parameters()).device.type
 
 
+class CpuTimed:
+    """Worker side of the per-image CPU measurement: ``fn`` on one item -> CPU seconds of this process (all its
+    threads), wall seconds and minor page faults of the call (pickled by value: this is ``__main__``)."""
+
+    def __init__(self, fn: Any):
+        self.fn = fn
+
+    def setup(self) -> None:
+        setup_worker(self.fn)
+
+    def __call__(self, item: Any) -> dict[str, float]:
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        cpu, wall = time.process_time(), time.perf_counter()
+        self.fn(item)
+        return {
+            "cpu_seconds": time.process_time() - cpu,
+            "wall_seconds": time.perf_counter() - wall,
+            "page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults,
+        }
+
+
+def cpu_per_image(
+    model: torch.nn.Module,
+    info: dict,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: list[int],
+    n: int,
+    threads: int,
+    gpus_per_worker: float,
+    rounds: int,
+) -> dict[str, Any]:
+    """Per-image CPU and wall seconds of the same CERTIFY worker in this process (local engine) and in one Ray worker,
+    alternately for ``rounds`` rounds; medians over images and rounds (each round certifies one more image first, as a
+    warm-up left out), and Ray's ratios to local."""
+    worker = CpuTimed(
+        CertifyImage(
+            model,
+            float(info["sigma"]),
+            100,
+            n,
+            0.001,
+            1000,
+            0,
+            input_shape=input_shape(info),
+            channels_last=model_device(model) == "cpu",
+        )
+    )
+    items = ImageItems(images, labels, indices)
+    engines = {
+        "local": EngineConfig(threads_per_worker=threads),
+        "ray": EngineConfig(engine="ray", workers=1, threads_per_worker=threads, gpus_per_worker=gpus_per_worker),
+    }
+    samples: dict[str, list[dict[str, float]]] = {label: [] for label in engines}
+    loads = []
+    for _ in range(rounds):
+        for label, config in engines.items():
+            loads.append(load()[0])
+            with make_engine(config) as engine:
+                samples[label].extend(value for position, value in engine.map_unordered(worker, items) if position > 0)
+    out: dict[str, Any] = {"images": len(indices) - 1, "rounds": rounds, "threads": threads, "load_before": loads}
+    for label, values in samples.items():
+        out[label] = {
+            key: statistics.median(v[key] for v in values) for key in ("cpu_seconds", "wall_seconds", "page_faults")
+        }
+        out[label]["samples"] = values
+    out["cpu_vs_local"] = out["ray"]["cpu_seconds"] / out["local"]["cpu_seconds"]
+    out["wall_vs_local"] = out["ray"]["wall_seconds"] / out["local"]["wall_seconds"]
+    return out
+
+
 def bench_certify(
     name: str,
     workers: list[int],
@@ -125,6 +207,8 @@ def bench_certify(
     images_count: int | None,
     n: int | None,
     work: Path,
+    cpu_images: int,
+    cpu_rounds: int,
 ) -> dict[str, Any]:
     model, info = load_checkpoint(name, map_location=device)
     default_n, default_images = SIZES.get(name, (1000, 8))
@@ -150,6 +234,11 @@ def bench_certify(
             run["throughput_vs_1_worker_after_start"] = (
                 run["images_per_second_after_start"] / one["images_per_second_after_start"]
             )
+    cpu = (
+        cpu_per_image(model, info, images, labels, indices[: cpu_images + 1], n, threads, gpus_per_worker, cpu_rounds)
+        if cpu_rounds > 0 and cpu_images > 0
+        else None
+    )
     return {
         "model": name,
         "arch": info["arch"],
@@ -158,6 +247,7 @@ def bench_certify(
         "indices": indices,
         "device": device.type,
         "runs": runs,
+        "cpu_per_image": cpu,
     }
 
 
@@ -275,6 +365,46 @@ def markdown(data: dict) -> str:
         f" The Ray engine's own cost per item (no-op items through one worker, after its start): "
         f"{overhead['ms_per_item']:.2f} ms."
     )
+    cpu_rows = [
+        [
+            model["model"],
+            f"{c['images']} x {c['rounds']}",
+            f"{c['local']['cpu_seconds']:.3f}",
+            f"{c['ray']['cpu_seconds']:.3f}",
+            f"{c['cpu_vs_local']:.2f}x",
+            f"{c['local']['wall_seconds']:.3f}",
+            f"{c['ray']['wall_seconds']:.3f}",
+            f"{c['wall_vs_local']:.2f}x",
+            f"{c['local']['page_faults']:.0f} / {c['ray']['page_faults']:.0f}",
+            f"{min(c['load_before']):.1f}-{max(c['load_before']):.1f}",
+        ]
+        for model in data["certify"]
+        if (c := model.get("cpu_per_image"))
+    ]
+    if cpu_rows:
+        head += (
+            "\n\n## One Ray worker against the local engine, per image\n\nThe same CERTIFY worker through the local "
+            "engine (this process) and through one Ray worker, alternately, both at "
+            f"{data['threads']} torch thread(s); per image the CPU seconds of the process doing the work (robust on a "
+            "shared machine: wall seconds also count waiting for a core), its wall seconds and its page faults; "
+            "medians over images x rounds, after a first, warm-up image per round. Issue 17's aim: one worker at most 1.10x the local engine.\n\n"
+            + markdown_table(
+                [
+                    "model",
+                    "images x rounds",
+                    "local CPU s / image",
+                    "Ray CPU s / image",
+                    "Ray / local CPU",
+                    "local wall s / image",
+                    "Ray wall s / image",
+                    "Ray / local wall",
+                    "page faults / image (local / Ray)",
+                    "load avg",
+                ],
+                cpu_rows,
+            )
+            + "\n\n## End to end\n\nWhole runs in fresh folders (the driver writing certificates as they finish)."
+        )
     grid = ""
     if data.get("grid"):
         g = data["grid"]
@@ -306,6 +436,10 @@ def main() -> None:
     parser.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPU share of each Ray worker")
     parser.add_argument("--cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all cores)")
     parser.add_argument("--no-grid", action="store_true", help="skip the search grid")
+    parser.add_argument(
+        "--cpu-images", type=int, default=6, help="images of the per-image CPU-time comparison (plus one warm-up)"
+    )
+    parser.add_argument("--cpu-rounds", type=int, default=2, help="local/Ray rounds of it (0: skip it)")
     parser.add_argument("--grid-config", default=str(ROOT / "configs" / "bench-search.yaml"))
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench_scale"))
     parser.add_argument("--name", default="scale", help="results file stem under benchmarks/results")
@@ -330,7 +464,18 @@ def main() -> None:
     try:
         data["overhead"] = item_overhead()
         data["certify"] = [
-            bench_certify(name, args.workers, args.threads, device, args.gpus_per_worker, args.images, args.n, work)
+            bench_certify(
+                name,
+                args.workers,
+                args.threads,
+                device,
+                args.gpus_per_worker,
+                args.images,
+                args.n,
+                work,
+                args.cpu_images,
+                args.cpu_rounds,
+            )
             for name in args.models
         ]
         if not args.no_grid:

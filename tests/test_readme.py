@@ -206,6 +206,19 @@ SCALE = (
     "load avg",
 )
 
+SCALE_CPU = (
+    "model",
+    "images x rounds",
+    "local CPU s / image",
+    "Ray CPU s / image",
+    "Ray / local CPU",
+    "local wall s / image",
+    "Ray wall s / image",
+    "Ray / local wall",
+    "page faults / image (local / Ray)",
+    "load avg",
+)
+
 SOURCES: dict[tuple[tuple[str, ...], int], Callable[[Table], None] | None] = {
     (
         (
@@ -271,7 +284,8 @@ SOURCES: dict[tuple[tuple[str, ...], int], Callable[[Table], None] | None] = {
     (DEPLOY_FIDELITY, 0): _digest_of("deploy-fidelity.md"),
     (DEPLOY_SPEED, 0): _digest_of("deploy-speed.md", unchecked=("BitOPs % of FP32",)),
     (("work", "local engine (default)", "Ray engine"), 0): None,  # what runs where: no figures
-    (SCALE, 0): _rows_in("scale.md"),
+    (SCALE, 0): _rows_in("scale-2core.md"),
+    (SCALE_CPU, 0): _rows_in("scale-2core.md"),
 }
 
 

@@ -76,6 +76,15 @@ def test_local_engine_sets_and_restores_torch_threads():
         assert torch.get_num_threads() == 2
 
 
+def test_keep_freed_memory_applies_on_glibc_once():
+    import platform
+
+    from certquant.utils.allocator import keep_freed_memory
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is expected and keep_freed_memory() is expected
+
+
 def test_cli_refuses_bad_engine_options_in_one_line(tmp_path):
     from typer.testing import CliRunner
 

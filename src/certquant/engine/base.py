@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from certquant.engine.config import EngineConfig
+from certquant.utils.allocator import keep_freed_memory
 from certquant.utils.errors import CertquantError
 
 
@@ -110,11 +111,13 @@ class Engine(abc.ABC):
 
 
 class LocalEngine(Engine):
-    """This process, one task after another, with ``config.threads`` torch threads when set (restored after)."""
+    """This process, one task after another, with ``config.threads`` torch threads when set (restored after), and
+    freed memory kept for reuse (``keep_freed_memory``, as in every Ray worker)."""
 
     def map_unordered(
         self, fn: Callable[[Any], Any], items: Items, names: Sequence[str] | None = None
     ) -> Iterator[tuple[int, Any]]:
+        keep_freed_memory()
         with torch_threads(self.config.threads):
             setup_worker(fn)
             self.running = 1
@@ -126,6 +129,7 @@ class LocalEngine(Engine):
 
     def run_graph(self, tasks: Sequence[Task], progress: bool = False, desc: str = "tasks") -> dict[str, Any]:
         check_graph(tasks)
+        keep_freed_memory()
         results: dict[str, Any] = {}
         with torch_threads(self.config.threads):
             for task in tasks:

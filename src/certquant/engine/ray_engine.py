@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from certquant.engine.base import Engine, Items, Task, check_graph, setup_worker, torch_threads
 from certquant.engine.config import EngineConfig
+from certquant.utils.allocator import keep_freed_memory
 from certquant.utils.errors import CertquantError
 
 RETRIES = 3  # restarts of a dead worker (and re-runs of its unfinished items) before the run stops
@@ -40,6 +41,7 @@ class _Worker:
     when Ray re-runs its unfinished items (the driver keeps the reference alive)."""
 
     def __init__(self, threads: int | None):
+        keep_freed_memory()  # as the local engine: without it a fresh worker faulted in every activation again
         if threads is not None:
             import torch
 
@@ -60,6 +62,7 @@ class _Worker:
 
 
 def _graph_task(fn: Callable[..., Any], threads: int | None, args: tuple[Any, ...]) -> Any:
+    keep_freed_memory()
     with torch_threads(threads):
         return fn(*args)
 
