@@ -219,6 +219,7 @@ def integer_forward(layer: QuantConv2d | QuantLinear, x: torch.Tensor, op: Any) 
     codes = layer.input_quantizer.levels(x)
     k = layer.weight_quantizer.levels(layer.weight)
     bound = layer.input_quantizer.max_level * float(k.abs().reshape(k.shape[0], -1).sum(dim=1).max())
+    acc: torch.Tensor
     if bound < EXACT_SUM_LIMIT:
         acc = op(codes, k)
     else:
