@@ -7,9 +7,10 @@ Two parts (``--part``):
   the exported file (run by onnxruntime; with integer kernels, and with ``--no-integer-kernels``) predicts what the
   PyTorch model predicts, and CERTIFY of both on the same test images with the same noise (ACR, clean accuracy).
 - ``speed``: latency at batch 1 and throughput at batch 256 of the PyTorch FP32 model (the reference, measured in the
-  same run), onnxruntime FP32, W8A8 and the exported 4-bit and mixed policies, each also with onnxruntime's QDQ
-  handling off (``session.disable_quant_qdq``: weights dequantized once at load, float kernels); file sizes; which
-  layers onnxruntime runs as integer kernels (counted in the graph it optimizes).
+  same run), onnxruntime FP32, W8A8 and the exported 4-bit and mixed policies (integer kernels: ConvInteger /
+  MatMulInteger), each also exported as QDQ on floats (``--no-integer-kernels``) run with onnxruntime's QDQ handling
+  off (``session.disable_quant_qdq``: weights dequantized once at load, float kernels); file sizes; which layers
+  onnxruntime runs as integer kernels (counted in the graph it optimizes).
 
 Results: ``benchmarks/results/<name>.json`` and ``.md``; work files (resumable) under ``--work``.
 """
@@ -180,9 +181,9 @@ def speed(args: argparse.Namespace) -> list[dict]:
             entries.append((f"onnxruntime {kind}", "onnx", None, files["int"], False))
             if kind == "W8A8":
                 entries.append(("onnxruntime W8A8, no integer kernels", "onnx", None, files["float"], False))
-            if kind != "FP32":
+            if kind != "FP32":  # the QDQ-on-floats export with its DequantizeLinear folded into float weights
                 entries.append(
-                    (f"onnxruntime {kind}, QDQ folded (disable_quant_qdq)", "onnx", None, files["int"], True)
+                    (f"onnxruntime {kind}, QDQ folded (disable_quant_qdq)", "onnx", None, files["float"], True)
                 )
         fp32_size = None
         for label, engine, model, path, fold in entries:
