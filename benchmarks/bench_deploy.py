@@ -138,13 +138,19 @@ def fidelity(args: argparse.Namespace) -> list[dict]:
                     row[f"seconds_{label}"] = summary["total_seconds"]
                 row["certify_images"], row["n"] = certify_images, n
                 row["acr_diff"] = row["acr_onnx"] - row["acr_torch"]
-                same = 0
-                torch_records = [json.loads(line) for line in (folder / "certify-torch" / "certificates.jsonl").open()]
-                onnx_records = {
-                    r["index"]: r for r in map(json.loads, (folder / "certify-onnx" / "certificates.jsonl").open())
+                # by index, the K certified images only (a resumed run folder may hold a record twice)
+                wanted = set(indices)
+                by_index = {
+                    label: {
+                        r["index"]: r
+                        for r in map(json.loads, (folder / f"certify-{label}" / "certificates.jsonl").open())
+                        if r["index"] in wanted
+                    }
+                    for label in ("torch", "onnx")
                 }
-                for r in torch_records:
-                    o = onnx_records.get(r["index"])
+                same = 0
+                for index, r in by_index["torch"].items():
+                    o = by_index["onnx"].get(index)
                     same += int(
                         o is not None and o["predicted"] == r["predicted"] and abs(o["radius"] - r["radius"]) < 1e-9
                     )
