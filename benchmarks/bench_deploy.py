@@ -7,9 +7,10 @@ Two parts (``--part``):
   the exported file (run by onnxruntime; with integer kernels, and with ``--no-integer-kernels``) predicts what the
   PyTorch model predicts, and CERTIFY of both on the same test images with the same noise (ACR, clean accuracy).
 - ``speed``: latency at batch 1 and throughput at batch 256 of the PyTorch FP32 model (the reference, measured in the
-  same run), onnxruntime FP32, W8A8 and the exported 4-bit and mixed policies, each also with onnxruntime's QDQ
-  handling off (``session.disable_quant_qdq``: weights dequantized once at load, float kernels); file sizes; which
-  layers onnxruntime runs as integer kernels (counted in the graph it optimizes).
+  same run), onnxruntime FP32, W8A8 and the exported 4-bit and mixed policies (integer kernels: ConvInteger /
+  MatMulInteger), each also exported as QDQ on floats (``--no-integer-kernels``) run with onnxruntime's QDQ handling
+  off (``session.disable_quant_qdq``: weights dequantized once at load, float kernels); file sizes; which layers
+  onnxruntime runs as integer kernels (counted in the graph it optimizes).
 
 Results: ``benchmarks/results/<name>.json`` and ``.md``; work files (resumable) under ``--work``.
 """
@@ -138,13 +139,19 @@ def fidelity(args: argparse.Namespace) -> list[dict]:
                     row[f"seconds_{label}"] = summary["total_seconds"]
                 row["certify_images"], row["n"] = certify_images, n
                 row["acr_diff"] = row["acr_onnx"] - row["acr_torch"]
-                same = 0
-                torch_records = [json.loads(line) for line in (folder / "certify-torch" / "certificates.jsonl").open()]
-                onnx_records = {
-                    r["index"]: r for r in map(json.loads, (folder / "certify-onnx" / "certificates.jsonl").open())
+                # by index, the K certified images only (a resumed run folder may hold a record twice)
+                wanted = set(indices)
+                by_index = {
+                    label: {
+                        r["index"]: r
+                        for r in map(json.loads, (folder / f"certify-{label}" / "certificates.jsonl").open())
+                        if r["index"] in wanted
+                    }
+                    for label in ("torch", "onnx")
                 }
-                for r in torch_records:
-                    o = onnx_records.get(r["index"])
+                same = 0
+                for index, r in by_index["torch"].items():
+                    o = by_index["onnx"].get(index)
                     same += int(
                         o is not None and o["predicted"] == r["predicted"] and abs(o["radius"] - r["radius"]) < 1e-9
                     )
@@ -181,9 +188,9 @@ def speed(args: argparse.Namespace) -> list[dict]:
             entries.append((f"onnxruntime {kind}", "onnx", None, files["int"], False))
             if kind == "W8A8":
                 entries.append(("onnxruntime W8A8, no integer kernels", "onnx", None, files["float"], False))
-            if kind != "FP32":
+            if kind != "FP32":  # the QDQ-on-floats export with its DequantizeLinear folded into float weights
                 entries.append(
-                    (f"onnxruntime {kind}, QDQ folded (disable_quant_qdq)", "onnx", None, files["int"], True)
+                    (f"onnxruntime {kind}, QDQ folded (disable_quant_qdq)", "onnx", None, files["float"], True)
                 )
         fp32_size = None
         for label, engine, model, path, fold in entries:

@@ -103,9 +103,8 @@ def test_certify_cli_on_onnx_resumes_and_card_checks_the_hash(exported, tmp_path
     assert result.exit_code == 0, result.output
     # an edited graph no longer matches its card
     proto = onnx.load(str(onnx_path))
-    scale = next(t for t in proto.graph.initializer if t.name.endswith("weight_scale"))
-    scale.float_data[:] = []
-    scale.raw_data = (torch.ones(32) * 0.5).numpy().tobytes()
+    scale = next(t for t in proto.graph.initializer if t.name.endswith("output_scale"))
+    scale.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(scale) * 0.5, scale.name))
     onnx.save(proto, str(onnx_path))
     result = runner.invoke(app, ["card", str(onnx_path)])
     assert result.exit_code == 1 and "DOES NOT MATCH" in result.output

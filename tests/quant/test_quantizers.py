@@ -140,3 +140,86 @@ def test_round_without_gradient_equals_the_straight_through_values():
     with torch.no_grad():
         plain = round_ste(x)
     assert torch.equal(plain, with_grad) and torch.equal(plain, torch.round(x))
+
+
+def _calibrated(layer, x, w_bits, a_bits, signed=True):
+    layer.weight_quantizer.bits, layer.input_quantizer.bits = w_bits, a_bits
+    layer.weight_quantizer.calibrate(layer.weight)
+    layer.input_quantizer.set_range(float(x.abs().max()) * 0.8, signed)
+    return layer
+
+
+@pytest.mark.parametrize(("w_bits", "a_bits"), [(8, 8), (4, 4), (2, 3), (1, 2), (16, 16)])
+def test_integer_evaluation_is_the_fake_quantized_layer(w_bits, a_bits):
+    """Without a gradient a quantized layer evaluates conv(k_a, k_w) * float32(s_a * s_w) + bias: the same real
+    number as conv(Q(x), Q(w)) + bias, with an exact accumulation (16 bits: past 2^24, so float64)."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 8, 12, 12)
+    conv = _calibrated(QuantConv2d.from_float(torch.nn.Conv2d(8, 16, 3, padding=1), w_bits, a_bits), x, w_bits, a_bits)
+    linear = _calibrated(
+        QuantLinear.from_float(torch.nn.Linear(32, 10), w_bits, a_bits), x[:, :4].flatten(1)[:, :32], w_bits, a_bits
+    )
+    for layer, inp in ((conv, x), (linear, x.flatten(1)[:, :32])):
+        with torch.no_grad():
+            integer = layer(inp)
+        fake = layer(inp.clone().requires_grad_()).detach()  # the straight-through path
+        q = layer.input_quantizer(inp).double()
+        w = layer.weight_quantizer(layer.weight).detach().double()
+        exact = (
+            torch.nn.functional.conv2d(q, w, layer.bias.double(), padding=1)
+            if isinstance(layer, QuantConv2d)
+            else torch.nn.functional.linear(q, w, layer.bias.double())
+        )
+        scale = exact.abs().max()
+        assert (integer.double() - exact).abs().max() <= 1e-6 * scale  # integer: exact sum, two roundings
+        assert (fake.double() - exact).abs().max() <= 1e-5 * scale
+
+
+def test_integer_levels_are_exact_integers_at_16_bits():
+    """Past 2^24 the float32 sum would round: the layer accumulates in float64 (the bound is checked per call)."""
+    torch.manual_seed(1)
+    conv = QuantConv2d.from_float(torch.nn.Conv2d(64, 4, 3, padding=1, bias=False), 16, 16)
+    x = torch.rand(2, 64, 6, 6)
+    _calibrated(conv, x, 16, 16, signed=False)
+    with torch.no_grad():
+        out = conv(x)
+    k_a, k_w = conv.input_quantizer.levels(x).double(), conv.weight_quantizer.levels(conv.weight).double()
+    acc = torch.nn.functional.conv2d(k_a, k_w, padding=1)
+    assert acc.abs().max() > 2**24  # the case float32 accumulation gets wrong
+    from certquant.quant.quantizers import output_scale
+
+    assert torch.equal(out, acc.float() * output_scale(conv).view(1, -1, 1, 1))
+
+
+def test_prepare_makes_batch_norm_and_pooling_reproducible_and_dequantize_undoes_it():
+    from certquant.models import build
+    from certquant.quant import Policy, dequantize, prepare, quantizable_layers
+    from certquant.quant.quantizers import AffineBatchNorm2d, SumGlobalAvgPool2d
+
+    torch.manual_seed(0)
+    model = build("resnet20", 10, 1, 28, (0.5,), (0.25,)).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    keys = list(model.state_dict())
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        before = model(x)
+    prepare(model, Policy.uniform(quantizable_layers(model, (1, 28, 28)), 32, 32))  # full precision: only the ops
+    kinds = {type(m) for m in model.modules()}
+    assert AffineBatchNorm2d in kinds and SumGlobalAvgPool2d in kinds and torch.nn.BatchNorm2d not in kinds
+    assert [k for k in model.state_dict() if "_quantizer." not in k] == keys  # batch norm keeps its keys
+    with torch.no_grad():
+        after = model(x)
+    assert torch.allclose(after, before, atol=1e-5) and not torch.equal(after, before)  # same math, other rounding
+    bn = next(m for m in model.modules() if isinstance(m, AffineBatchNorm2d))
+    a, b = bn.scale_shift()
+    y = torch.randn(2, bn.num_features, 5, 5)
+    with torch.no_grad():
+        assert torch.equal(bn(y), y * a.view(1, -1, 1, 1) + b.view(1, -1, 1, 1))
+    dequantize(model)
+    kinds = {type(m) for m in model.modules()}
+    assert AffineBatchNorm2d not in kinds and SumGlobalAvgPool2d not in kinds
+    with torch.no_grad():
+        assert torch.equal(model(x), before)

@@ -12,16 +12,16 @@ from certquant.utils.errors import CertquantError
 
 def export_cmd(
     checkpoint: str = typer.Option(..., help="quantized or full-precision checkpoint (or zoo name)"),
-    format: str = typer.Option("onnx", "--format", help="export format: onnx (QDQ)"),
+    format: str = typer.Option("onnx", "--format", help="export format: onnx"),
     out: Path = typer.Option(..., help="the .onnx file to write"),
     opset: int = typer.Option(21, help="ONNX opset, 13..21; 21 stores weights of <= 4 bits as int4"),
     integer_kernels: bool = typer.Option(
         True,
-        help="let onnxruntime run W8A8 layers as integer kernels (their bias "
-        "rounded to int32); --no-integer-kernels: float on the levels",
+        help="layers of <= 8 bits as ConvInteger / MatMulInteger on the integer levels, bit-exact with the "
+        "fake-quantized model; --no-integer-kernels: QDQ, float kernels on the levels (other float rounding)",
     ),
 ) -> None:
-    """Export a checkpoint as a QDQ ONNX graph that computes what the fake-quantized model computes."""
+    """Export a checkpoint as an ONNX graph that computes what the fake-quantized model computes."""
     from certquant.deploy.export import FORMATS, export_checkpoint
 
     if format not in FORMATS:
@@ -29,7 +29,7 @@ def export_cmd(
     result = export_checkpoint(checkpoint, out, opset, integer_kernels)
     stored: dict[str, int] = {}
     for layer in result.layers:
-        key = f"W:{layer.weight} A:{layer.activation}" + (" +clip" if layer.clip else "")
+        key = f"{layer.kernel} W:{layer.weight} A:{layer.activation}" + (" +clip" if layer.clip else "")
         stored[key] = stored.get(key, 0) + 1
     typer.echo(
         f"wrote {result.path} ({result.path.stat().st_size / 1024:.1f} KiB, opset {opset}); layers: "

@@ -1,23 +1,34 @@
-"""QDQ ONNX export of a certquant model: the file computes what the fake-quantized PyTorch model computes.
+"""ONNX export of a certquant model: the file computes what the fake-quantized PyTorch model computes.
 
-Per quantized layer (``QuantConv2d`` / ``QuantLinear``, SPEC §4):
+Per quantized layer (``QuantConv2d`` / ``QuantLinear``, SPEC §4) with weights and input of at most 8 bits (the
+default, ``integer_kernels=True``), the graph is the model's integer evaluation (``certquant.quant.quantizers``):
 
-- the input passes ``[Clip] -> QuantizeLinear -> DequantizeLinear`` with the layer's calibrated scale s_a and zero
-  point 0: unsigned levels 0..2^b - 1 after a ReLU, signed levels -(2^(b-1) - 1)..2^(b-1) - 1 otherwise. The Clip to
+- the input passes ``[Clip] -> QuantizeLinear`` with the layer's calibrated scale s_a and zero point 0: unsigned
+  levels 0..2^b - 1 (uint8) after a ReLU, signed levels -(2^(b-1) - 1)..2^(b-1) - 1 (int8) otherwise. The Clip to
   [q_min * s_a, q_max * s_a] is there whenever the storage type holds more levels than b bits (b < 8, or any signed
   width: int8 saturates at -128, the symmetric grid stops at -127), so the levels are exactly the b-bit ones;
-- the weight is an integer initializer k = round(clamp(w, -c, c) / s_w) (per output channel, symmetric), stored as
-  int4 at opset 21 when b <= 4 (packed two per byte), else int8 (int16 for 9..16 bits at opset 21), and restored by
-  ``DequantizeLinear`` (axis 0, per-channel scales). A BatchNorm right after a conv is folded into the per-channel
-  weight scale (s_w * |a|, k * sign(a), a = gamma / sqrt(var + eps)): the integers are unchanged;
-- the conv or Gemm runs on the dequantized values with the float bias.
+- the weight is the integer levels k = clamp(round(w / s_w), -q, q) (per output channel, symmetric), stored with a
+  zero point as k + 8 in uint4 at opset 21 when b <= 4 (packed two per byte; a Cast to uint8, folded at load, feeds
+  the kernel), else as k + 128 in uint8 (onnxruntime's u8u8 integer kernels are the fast ones on x86);
+- ``ConvInteger`` / ``MatMulInteger`` accumulate k_a * k_w in int32 (exact), then ``Cast`` to float, ``Mul`` by
+  m = float32(s_a * s_w) per output channel and ``Add`` the float bias: the same IEEE operations, in the same order,
+  as the PyTorch model's integer evaluation, so every later level is the same bit for bit. Batch norm stays a
+  separate ``Mul`` and ``Add`` with ``AffineBatchNorm2d.scale_shift()``'s numbers, and global average pooling a
+  float64 sum over H, W divided by H * W (``SumGlobalAvgPool2d``): what the PyTorch model computes.
+
+With ``integer_kernels=False``, and for layers of more than 8 bits or with an unquantized input, the layer is QDQ on
+floats instead: ``[Clip] -> QuantizeLinear -> DequantizeLinear`` on the input, the integer weight restored by
+``DequantizeLinear`` (axis 0, per-channel scales; a BatchNorm right after a conv folded into the per-channel weight
+scale, s_w * |a|, k * sign(a)), and a float conv / Gemm with its bias moved into a float Add (so onnxruntime fuses
+no QLinearConv, whose int32 bias and requantization differ from the model). That computes the same real numbers
+in another float summation order, so a level at a rounding tie can differ (measured: 0.1% of ResNet-20's noisy
+predictions at W8A8, against 0 with the integer layers).
 
 Everything else (normalization, ReLU, pooling, residual adds, option-A shortcuts) is exported as plain float ops, so
-the file takes [0, 1] pixels. Where it is exact, the next layer's Q/DQ is moved above a ReLU (an unsigned grid starts
-at 0, so the ReLU is implied), a max-pool or a flatten (both commute with a monotone quantizer): then ONNX Runtime
-sees ``DQ -> Conv -> Q`` and runs the conv in integers (QLinearConv). Which layers it does that for is reported by
-``certquant.deploy.runtime.integer_kernels``. The model is traced with torch.fx, so any architecture built from the
-supported modules exports; an unsupported op is refused by name.
+the file takes [0, 1] pixels. Where it is exact, the next layer's QuantizeLinear is moved above a ReLU (an unsigned
+grid starts at 0, so the ReLU is implied), a max-pool or a flatten (both commute with a monotone quantizer). Which
+layers onnxruntime runs in integers is reported by ``certquant.deploy.runtime.integer_kernels``. The model is traced
+with torch.fx, so any architecture built from the supported modules exports; an unsupported op is refused by name.
 """
 
 from __future__ import annotations
@@ -40,7 +51,13 @@ from certquant.models.layers import Normalize
 from certquant.models.resnet_cifar import PadShortcut
 from certquant.quant.ops import signed_qmax
 from certquant.quant.policy import FULL_PRECISION
-from certquant.quant.quantizers import QUANT_MODULES, ActQuantizer
+from certquant.quant.quantizers import (
+    QUANT_MODULES,
+    ActQuantizer,
+    AffineBatchNorm2d,
+    SumGlobalAvgPool2d,
+    output_scale,
+)
 from certquant.utils.errors import CertquantError
 from certquant.utils.io import atomic_write_bytes
 
@@ -80,7 +97,8 @@ class ExportConfig:
     opset: int = INT4_OPSET
     """ONNX opset, 13..21; 21 stores weights of <= 4 bits as packed int4."""
     integer_kernels: bool = True
-    """Let onnxruntime run W8A8 layers as integer kernels (bias rounded to int32); false: float on the levels."""
+    """Layers of <= 8 bits as ConvInteger / MatMulInteger on the integer levels, bit-exact with the fake-quantized
+    model; false: QDQ with float kernels on the dequantized levels (same real numbers, other float rounding)."""
     certify: bool = True
     """Certify the exported file on the test subset and write its certificate card (false: export only)."""
     agreement_samples: int = 10_000
@@ -109,6 +127,7 @@ class LayerExport:
     activation: str  # "uint8", "int8", "uint4", ... or "float" (unquantized input)
     clip: bool  # a Clip restricts the input to the b-bit levels before QuantizeLinear
     bn_folded: bool = False
+    kernel: str = "float"  # "ConvInteger" / "MatMulInteger" (integer levels, exact) or "float" (QDQ, float kernel)
 
 
 @dataclass
@@ -217,7 +236,7 @@ class _Exporter:
         self.quantized: dict[tuple, str] = {}
         self.layers: list[LayerExport] = []
         self.biases: dict[str, np.ndarray] = {}  # float biases of convs and Gemms (see split_biases)
-        self.fusable: set[str] = set()  # biases of W8 layers with 8-bit input levels
+        self.levels: dict[str, tuple[str, str]] = {}  # DequantizeLinear output -> (its integer levels, zero point)
 
     # -- the walk ------------------------------------------------------------------------------------------------
 
@@ -248,30 +267,15 @@ class _Exporter:
         return OUTPUT_NAME
 
     def split_biases(self) -> None:
-        """Move each conv / Gemm bias into an Add after it, unless the layer's output goes straight into a
-        QuantizeLinear (the pattern ONNX Runtime fuses into an integer kernel, with the bias rounded to int32 at scale
-        s_x * s_w). ONNX Runtime rounds any float bias of a layer with dequantized inputs that way (its
-        WeightBiasQuantization pass), also where no integer kernel follows; after a 4-bit input that rounding moved
-        logits by up to 1.2 on the small CNN, so where it buys nothing the bias stays a float Add (exact). Only layers
-        with 8-bit weights and 8-bit input levels are left to fuse: on coarser grids s_x * s_w is coarse and the int32
-        bias moves outputs by a sizable share of a level (a mixed ResNet-20 policy with one such fused layer
-        disagreed with the fake-quantized model on 1.75% of noisy samples)."""
-        consumers: dict[str, list[Any]] = {}
-        for node in self.g.nodes:
-            for name in node.input:
-                consumers.setdefault(name, []).append(node)
+        """Move each float conv / Gemm bias into an Add after it. ONNX Runtime would otherwise round the bias of a
+        layer with dequantized inputs to int32 at scale s_x * s_w (its WeightBiasQuantization pass) and fuse
+        ``DQ -> Conv -> Q`` into a QLinearConv whose requantization is not the model's arithmetic (after a 4-bit input
+        that rounding moved logits by up to 1.2 on the small CNN; at W8A8 it flipped 0.23% of ResNet-20's noisy
+        predictions). Layers meant to run in integers are ConvInteger / MatMulInteger (``integer_layer``)."""
         nodes = []
         for node in self.g.nodes:
             nodes.append(node)
             if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in self.biases:
-                continue
-            users = consumers.get(node.output[0], [])
-            if (
-                self.integer_kernels
-                and node.input[2] in self.fusable
-                and len(users) == 1
-                and users[0].op_type == "QuantizeLinear"
-            ):
                 continue
             bias_name, out = node.input[2], node.output[0]
             del node.input[2]
@@ -346,6 +350,8 @@ class _Exporter:
         if isinstance(m, nn.AdaptiveAvgPool2d):
             if _pair(m.output_size) != (1, 1):
                 raise self.unsupported(f"AdaptiveAvgPool2d to {m.output_size} (only global pooling, output 1)")
+            if isinstance(m, SumGlobalAvgPool2d):
+                return self.sum_pool(hint, x)
             return self.g.add("GlobalAveragePool", [x], hint)
         if isinstance(m, nn.Flatten) or self.is_flatten(node):
             start = m.start_dim if isinstance(m, nn.Flatten) else self.flatten_start(node)
@@ -354,6 +360,18 @@ class _Exporter:
                 raise self.unsupported("a flatten other than (batch, features)")
             return self.g.add("Flatten", [x], hint, axis=1)
         raise self.unsupported(f"'{node.target}'")
+
+    def sum_pool(self, hint: str, x: str) -> str:
+        """SumGlobalAvgPool2d: float64 ReduceSum over H, W divided by H * W (read from the shape), Cast to float."""
+        onnx_type = self.onnx.TensorProto
+        wide = self.g.add("Cast", [x], f"{hint}.double", to=onnx_type.DOUBLE)
+        axes = self.g.const(f"{hint}.axes", np.array([2, 3], np.int64))
+        total = self.g.add("ReduceSum", [wide, axes], hint, keepdims=1)
+        dims = self.g.add("Shape", [x], hint, start=2, end=4)
+        count = self.g.add("ReduceProd", [dims], hint, keepdims=0)
+        count = self.g.add("Cast", [count], f"{hint}.count", to=onnx_type.DOUBLE)
+        mean = self.g.add("Div", [total, count], hint)
+        return self.g.add("Cast", [mean], hint, to=onnx_type.FLOAT)
 
     def pad_shortcut(self, name: str, x: str, m: PadShortcut) -> str:
         """Option A: x[:, :, ::2, ::2] padded with zero channels (pad // 2 before, the rest after)."""
@@ -420,6 +438,8 @@ class _Exporter:
         quantized = isinstance(m, QUANT_MODULES)
         w_bits = m.weight_quantizer.bits if quantized else FULL_PRECISION
         a_quant: ActQuantizer | None = m.input_quantizer if quantized and m.input_quantizer.enabled else None
+        if self.integer_kernels and a_quant is not None and w_bits <= 8 and a_quant.bits <= 8:
+            return self.integer_layer(node, m, a_quant)
         if a_quant is not None:
             x, act_type, clip = self.quantized_input(node.args[0], a_quant)
         else:
@@ -441,8 +461,6 @@ class _Exporter:
         w_name, w_type = self.weight(name, m, weight, a, w_bits)
         b_name = self.g.const(f"{name}.bias", bias.numpy().astype(np.float32))
         self.biases[b_name] = bias.numpy().astype(np.float32)
-        if w_bits == 8 and a_quant is not None and a_quant.bits == 8:
-            self.fusable.add(b_name)
         if isinstance(m, nn.Conv2d):
             out = self.conv(name, m, x, w_name, b_name)
         else:
@@ -453,7 +471,42 @@ class _Exporter:
         self.layers.append(LayerExport(name, w_bits, a_bits, w_type, act_type, clip, bn_folded))
         return out
 
-    def conv(self, name: str, m: nn.Conv2d, x: str, w: str, b: str) -> str:
+    def integer_layer(self, node: fx.Node, m: Any, q: ActQuantizer) -> str:
+        """The layer on integer levels: [Clip] -> QuantizeLinear -> ConvInteger / MatMulInteger -> Cast -> Mul(m) ->
+        [Add(bias)], the PyTorch model's ``integer_forward`` op for op (a following batch norm is not folded)."""
+        name = str(node.target)
+        dq, act_type, clip = self.quantized_input(node.args[0], q)
+        levels, zero_point = self.levels[dq]
+        w_bits = m.weight_quantizer.bits
+        k = m.weight_quantizer.levels(m.weight.detach().cpu()).numpy().astype(np.int64)
+        if np.abs(k).max() > signed_qmax(w_bits):
+            raise CertquantError(f"layer '{name}': weight levels exceed the {w_bits}-bit range (corrupt scales?)")
+        # unsigned storage with a zero point (k + 8 in uint4, k + 128 in uint8): onnxruntime 1.32's u8u8 kernels are
+        # 4.5x faster than its u8s8 ConvInteger on this CPU (measured: 15 vs 67 ms, a 16-channel 3x3 conv, batch 256)
+        storage, zp = ("uint4", 8) if w_bits <= 4 and self.opset >= INT4_OPSET else ("uint8", 128)
+        conv = isinstance(m, nn.Conv2d)
+        w_name = self.g.int_const(f"{name}.weight_{storage}", storage, (k if conv else k.T) + zp)
+        if storage == "uint4":  # the kernels take 8-bit integers; onnxruntime folds the Cast at load
+            w_name = self.g.add("Cast", [w_name], f"{name}.weight_uint8", to=self.onnx.TensorProto.UINT8)
+        w_zp = self.g.int_const(f"{name}.weight_zero_point", "uint8", np.array(zp))
+        if conv:
+            acc = self.conv(name, m, levels, w_name, zero_point, op="ConvInteger", w_zero_point=w_zp)
+        else:
+            acc = self.g.add("MatMulInteger", [levels, w_name, zero_point, w_zp], name)
+        shape = (1, -1, 1, 1) if conv else (1, -1)
+        out = self.g.add("Cast", [acc], f"{name}.float", to=self.onnx.TensorProto.FLOAT)
+        scale = output_scale(m).detach().cpu().numpy().astype(np.float32).reshape(shape)
+        out = self.g.add("Mul", [out, self.g.const(f"{name}.output_scale", scale)], name)
+        if m.bias is not None:
+            bias = m.bias.detach().cpu().numpy().astype(np.float32).reshape(shape)
+            out = self.g.add("Add", [out, self.g.const(f"{name}.bias", bias)], name)
+        kernel = "ConvInteger" if conv else "MatMulInteger"
+        self.layers.append(LayerExport(name, w_bits, q.bits, storage, act_type, clip, False, kernel))
+        return out
+
+    def conv(
+        self, name: str, m: nn.Conv2d, x: str, w: str, b: str, op: str = "Conv", w_zero_point: str | None = None
+    ) -> str:
         if m.padding_mode != "zeros" or isinstance(m.padding, str):
             raise self.unsupported(f"Conv2d '{name}' with padding {m.padding!r} / mode {m.padding_mode}")
         kh, kw = _pair(m.kernel_size)
@@ -461,8 +514,8 @@ class _Exporter:
         ph, pw = _pair(m.padding)
         dh, dw = _pair(m.dilation)
         return self.g.add(
-            "Conv",
-            [x, w, b],
+            op,
+            [x, w, b] + ([w_zero_point] if w_zero_point else []),
             name,
             kernel_shape=[kh, kw],
             strides=[sh, sw],
@@ -545,6 +598,7 @@ class _Exporter:
         levels = self.g.add("QuantizeLinear", [x, s, zp], hint)
         out = self.g.add("DequantizeLinear", [levels, s, zp], hint)
         self.quantized[key] = out
+        self.levels[out] = (levels, zp)
         return out
 
 
@@ -555,9 +609,13 @@ def _pair(value: Any) -> tuple[int, int]:
 
 
 def _bn_affine(bn: nn.BatchNorm2d, dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """Inference batch norm as y * a + b: a = gamma / sqrt(var + eps), b = beta - mean * a."""
+    """Inference batch norm as y * a + b: a = gamma / sqrt(var + eps), b = beta - mean * a (an AffineBatchNorm2d's
+    own float32 numbers, so the graph computes what it does)."""
     if bn.running_mean is None or bn.running_var is None:
         raise CertquantError("a BatchNorm2d without running statistics cannot be exported")
+    if isinstance(bn, AffineBatchNorm2d) and dtype is np.float32:
+        a32, b32 = bn.scale_shift()
+        return a32.detach().cpu().numpy(), b32.detach().cpu().numpy()
     var = bn.running_var.detach().cpu().double()
     a = torch.ones_like(var) / torch.sqrt(var + bn.eps)
     if bn.weight is not None:

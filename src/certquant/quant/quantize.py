@@ -19,7 +19,15 @@ from torch import nn
 
 from certquant.quant.layers import quantizable_layers
 from certquant.quant.policy import Policy
-from certquant.quant.quantizers import ACT_CLIP_METHODS, QUANT_MODULES, QuantConv2d, QuantLinear, RangeObserver
+from certquant.quant.quantizers import (
+    ACT_CLIP_METHODS,
+    QUANT_MODULES,
+    AffineBatchNorm2d,
+    QuantConv2d,
+    QuantLinear,
+    RangeObserver,
+    SumGlobalAvgPool2d,
+)
 from certquant.utils.errors import CertquantError
 
 CalibrationData = Union[torch.Tensor, Iterable[torch.Tensor], Iterable[tuple[torch.Tensor, ...]]]
@@ -46,11 +54,16 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 
 def dequantize(model: nn.Module) -> nn.Module:
-    """In place: replace every QuantConv2d / QuantLinear by the plain layer with the same latent float weights."""
+    """In place: replace every QuantConv2d / QuantLinear by the plain layer with the same latent float weights (and
+    every AffineBatchNorm2d by the plain BatchNorm2d)."""
     for name, module in list(model.named_modules()):
         if isinstance(module, QUANT_MODULES):
             parent, child = _parent(model, name)
             setattr(parent, child, module.to_float())
+        elif type(module) is AffineBatchNorm2d:
+            module.__class__ = nn.BatchNorm2d  # type: ignore[assignment]  # the same module, plain forward
+        elif type(module) is SumGlobalAvgPool2d:
+            module.__class__ = nn.AdaptiveAvgPool2d  # type: ignore[assignment]
     return model
 
 
@@ -69,6 +82,12 @@ def prepare(model: nn.Module, policy: Policy) -> nn.Module:
             raise CertquantError(f"the policy names '{name}', which is not a Conv2d or Linear of this model")
         parent, child = _parent(model, name)
         setattr(parent, child, wrapped)
+    for module in list(model.modules()):
+        # ops an exported graph reproduces bit for bit (see certquant.quant.quantizers)
+        if type(module) is nn.BatchNorm2d:
+            module.__class__ = AffineBatchNorm2d
+        elif type(module) is nn.AdaptiveAvgPool2d and module.output_size in (1, (1, 1)):
+            module.__class__ = SumGlobalAvgPool2d
     return model
 
 

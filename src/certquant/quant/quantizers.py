@@ -10,6 +10,16 @@
   ``quantizable_layers`` and policies apply to quantized models too; the float weights stay the trainable parameters
   and gradients reach them through the rounding with the straight-through estimator.
 
+Integer evaluation. Without a gradient to carry (certification, prediction, calibration of later layers), a layer
+whose weights and input are both quantized computes ``conv(k_a, k_w) * m + bias`` with k_a, k_w the integer levels
+(as floats), m = float32(s_a * s_w) per output channel: the same real number as conv(k_a * s_a, k_w * s_w) + bias, but
+the accumulation over integers is exact (every partial sum stays below 2^24; otherwise it runs in float64), so the
+result no longer depends on the conv kernel's summation order. Every op after it is one IEEE-rounded elementwise op
+(``AffineBatchNorm2d`` computes batch norm as x * a + b), so an exported model that runs ConvInteger / MatMulInteger
+and the same elementwise ops (``certquant.deploy.export``) reproduces every integer level of this model bit for bit.
+Before, one ulp of float summation order moved a ResNet-20 level at a rounding tie, and the difference spread through
+the residual blocks (deploy agreement 99.77%, see docs/deploy.md).
+
 At 32 bits a quantizer is the identity (the layer stays unquantized).
 """
 
@@ -23,6 +33,8 @@ from torch import nn
 
 from certquant.quant.ops import fake_quant_signed, mse_clip, round_ste, scale_for, sign_ste, signed_qmax, unsigned_qmax
 from certquant.quant.policy import FULL_PRECISION
+
+EXACT_SUM_LIMIT = float(1 << 24)  # float32 holds every integer below 2^24: sums of integer products below it are exact
 
 # Weights below this many bits: MSE clip search instead of max|w|. Measured (small CNNs at sigma 0.25 / 0.5 and
 # ResNet-20, noisy test images): at 3 and 4 bits max|w| disagrees less with the FP32 model (W4A4: 0.036 vs 0.052 of
@@ -63,6 +75,16 @@ class WeightQuantizer(nn.Module):
         if not self.enabled:
             return weight
         return fake_quant_signed(weight, self.scale.view(-1, *([1] * (weight.dim() - 1))), self.bits)
+
+    @torch.no_grad()
+    def levels(self, weight: torch.Tensor) -> torch.Tensor:
+        """The integer levels k (as floats) with forward(weight) = k * scale: clamp(round(w / s), -q, q), or +-1 at
+        1 bit."""
+        scale = self.scale.view(-1, *([1] * (weight.dim() - 1)))
+        if self.bits == 1:
+            return torch.where(weight / scale >= 0, 1.0, -1.0).to(weight.dtype)
+        qmax = signed_qmax(self.bits)
+        return torch.clamp(torch.round(weight / scale), -qmax, qmax)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, per_channel=True, symmetric=True"
@@ -105,6 +127,19 @@ class ActQuantizer(nn.Module):
         self.qmin.fill_(-float(qmax) if signed else 0.0)
         self.qmax.fill_(float(qmax))
         self.scale.copy_(scale_for(torch.tensor(float(clip)), self.bits, signed))
+
+    @torch.no_grad()
+    def levels(self, x: torch.Tensor) -> torch.Tensor:
+        """The integer levels (as floats) with forward(x) = levels * scale: clamp(round(x / s), qmin, qmax); +-1 for
+        signed 1 bit. x / s is a division, as in ONNX's QuantizeLinear (onnxruntime divides too)."""
+        u = x / self.scale
+        if self.bits == 1 and self.signed:
+            return torch.where(u >= 0, 1.0, -1.0).to(u.dtype)
+        return torch.clamp(torch.round(u), self.qmin, self.qmax)
+
+    @property
+    def max_level(self) -> float:
+        return float(max(abs(self.qmin.item()), self.qmax.item()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
@@ -165,6 +200,74 @@ class RangeObserver:
         return float(mse_clip(sample, bits, self.signed, top=torch.tensor([top]))[0])
 
 
+def output_scale(layer: QuantConv2d | QuantLinear) -> torch.Tensor:
+    """m = float32(s_a * s_w) per output channel: one float32 product, so the exporter stores the same numbers."""
+    return layer.input_quantizer.scale.float() * layer.weight_quantizer.scale.float()
+
+
+def integer_mode(layer: QuantConv2d | QuantLinear, x: torch.Tensor) -> bool:
+    """Evaluate ``layer`` on integer levels: weights and input quantized, and no gradient to carry."""
+    if not (layer.weight_quantizer.enabled and layer.input_quantizer.enabled):
+        return False
+    return not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))
+
+
+def integer_forward(layer: QuantConv2d | QuantLinear, x: torch.Tensor, op: Any) -> torch.Tensor:
+    """op(k_a, k_w) * m + bias: the accumulation over integer levels is exact (float32 when every partial sum stays
+    below 2^24: max |k_a| * max over channels of sum |k_w|; float64 otherwise, then rounded to float32 like
+    onnxruntime's Cast of its int32 accumulator), then one multiply and one add, each rounded once."""
+    codes = layer.input_quantizer.levels(x)
+    k = layer.weight_quantizer.levels(layer.weight)
+    bound = layer.input_quantizer.max_level * float(k.abs().reshape(k.shape[0], -1).sum(dim=1).max())
+    acc: torch.Tensor
+    if bound < EXACT_SUM_LIMIT:
+        acc = op(codes, k)
+    else:
+        acc = op(codes.double(), k.double()).float()
+    shape = (1, -1) + (1,) * (acc.dim() - 2)
+    out = acc * output_scale(layer).view(shape)
+    if layer.bias is not None:
+        out = out + layer.bias.view(shape)
+    return out
+
+
+class AffineBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` whose inference forward is x * a + b, two IEEE-rounded ops with a, b from ``scale_shift()``
+    (PyTorch's own kernel fuses them differently, one ulp off on ~40% of values, so an exported graph could not
+    reproduce it). Training mode is plain batch norm; the state_dict is batch norm's. ``prepare`` turns the batch
+    norms of a quantized model into this class in place (``dequantize`` turns them back)."""
+
+    def scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, b) per channel, float32: a = gamma / sqrt(var + eps), b = beta - mean * a."""
+        assert self.running_mean is not None and self.running_var is not None
+        a = torch.ones_like(self.running_var) / torch.sqrt(self.running_var + self.eps)
+        if self.weight is not None:
+            a = a * self.weight.detach()
+        b = -self.running_mean * a
+        if self.bias is not None:
+            b = b + self.bias.detach()
+        return a.float(), b.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or self.running_mean is None or x.dim() != 4:
+            return super().forward(x)
+        a, b = self.scale_shift()
+        return x * a.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
+
+
+class SumGlobalAvgPool2d(nn.AdaptiveAvgPool2d):
+    """Global average pooling computed as float64 sum / count, rounded to float32 once: a float32 sum depends on the
+    kernel's order (PyTorch's and onnxruntime's differ by an ulp on ~40% of values, which moved a level of the next
+    layer's input); the float64 sum of float32 values is exact in practice, so any order gives the same result.
+    ``prepare`` turns a quantized model's ``AdaptiveAvgPool2d(1)`` into this class in place."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.dtype != torch.float32 or x.device.type == "mps":  # mps has no float64
+            return super().forward(x)
+        total = x.double().sum(dim=(2, 3), keepdim=True)
+        return (total / float(x.shape[2] * x.shape[3])).float()
+
+
 def _quant_extra(module: QuantConv2d | QuantLinear) -> str:
     return f"w_bits={module.weight_quantizer.bits}, a_bits={module.input_quantizer.bits}"
 
@@ -213,6 +316,8 @@ class QuantConv2d(nn.Conv2d):
         return weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if integer_mode(self, x):
+            return integer_forward(self, x, lambda a, k: self._conv_forward(a, k, None))
         out: torch.Tensor = self._conv_forward(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
         return out
 
@@ -247,6 +352,8 @@ class QuantLinear(nn.Linear):
         return weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if integer_mode(self, x):
+            return integer_forward(self, x, lambda a, k: F.linear(a, k))
         out: torch.Tensor = F.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
         return out
 
