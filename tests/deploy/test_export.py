@@ -5,6 +5,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from deploy_models import make_model, noisy_inputs, quantized
 from onnx import numpy_helper
 
 from certquant.deploy import export_onnx, integer_kernels, load_onnx
@@ -12,7 +13,6 @@ from certquant.deploy.export import ExportConfig
 from certquant.deploy.runtime import make_session
 from certquant.quant import QuantConv2d
 from certquant.utils.errors import CertquantError
-from conftest import make_model, noisy_inputs, quantized
 
 SHAPE = (1, 28, 28)
 

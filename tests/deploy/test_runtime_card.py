@@ -21,8 +21,7 @@ from certquant.utils.errors import CertquantError
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "cli"))
 from cli_helpers import assert_one_line_error  # noqa: E402
-
-from conftest import make_model, quantized  # noqa: E402
+from deploy_models import make_model, quantized  # noqa: E402
 
 runner = CliRunner()
 SHAPE = (1, 28, 28)
