@@ -284,8 +284,8 @@ SOURCES: dict[tuple[tuple[str, ...], int], Callable[[Table], None] | None] = {
     (DEPLOY_FIDELITY, 0): _digest_of("deploy-fidelity.md"),
     (DEPLOY_SPEED, 0): _digest_of("deploy-speed.md", unchecked=("BitOPs % of FP32",)),
     (("work", "local engine (default)", "Ray engine"), 0): None,  # what runs where: no figures
-    (SCALE, 0): _rows_in("scale-2core.md"),
-    (SCALE_CPU, 0): _rows_in("scale-2core.md"),
+    (SCALE, 0): _rows_in("scale-quiet-long.md"),
+    (SCALE_CPU, 0): _rows_in("scale-quiet.md"),
 }
 
 
