@@ -53,7 +53,7 @@ from certquant.smoothing.incremental import (
 )
 from certquant.smoothing.irs_runner import check_cached_image, irs_params
 from certquant.smoothing.metrics import certify_metrics
-from certquant.smoothing.runner import ImageWorker, Item, _options, certificate_record, run_dataset
+from certquant.smoothing.runner import ImageWorker, Item, _options, certificate_record, mean_postfix, run_dataset
 from certquant.smoothing.sequential import (
     DISPARITY,
     PROPORTION,
@@ -364,7 +364,7 @@ def certify_dataset_incremental_sequential(
         out_dir,
         params,
         summarize,
-        postfix=lambda records: f"f' samples/image {sum(r['evaluated'] for r in records) / max(1, len(records)):.0f}",
+        postfix=mean_postfix("f' samples/image", "evaluated", 0),
         **_options(identity, arguments, provenance, progress, resume),
     )
 

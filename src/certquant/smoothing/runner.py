@@ -149,7 +149,7 @@ def predict_dataset(
         out_dir,
         params,
         lambda records: (predict_metrics(records), n),
-        postfix=lambda records: f"acc {sum(r['correct'] for r in records) / max(1, len(records)):.3f}",
+        postfix=mean_postfix("acc", "correct", 3),
         **_options(identity, arguments, provenance, progress, resume, engine),
     )
 
@@ -257,6 +257,15 @@ class ImageItems:
     def __getitem__(self, position: int) -> Item:
         index = self.indices[position]
         return index, self.images[index].clone(), int(self.labels[index])
+
+
+def mean_postfix(label: str, key: str, digits: int) -> Callable[[Records], str]:
+    """A progress-bar postfix: ``label`` and the mean of ``key`` over the records so far."""
+
+    def postfix(records: Records) -> str:
+        return f"{label} {sum(r[key] for r in records) / max(1, len(records)):.{digits}f}"
+
+    return postfix
 
 
 def acr_postfix(records: Records) -> str:

@@ -64,7 +64,7 @@ from certquant.smoothing.core import (
 )
 from certquant.smoothing.metrics import certify_metrics
 from certquant.smoothing.noise import ESTIMATION, SELECTION, image_seed
-from certquant.smoothing.runner import ImageWorker, Item, _options, certificate_record, run_dataset
+from certquant.smoothing.runner import ImageWorker, Item, _options, certificate_record, mean_postfix, run_dataset
 from certquant.utils.errors import CertquantError
 
 PROPORTION = "proportion"  # the tested quantity is the success rate itself (pA, or f''s rate in IRS's direct branch)
@@ -464,7 +464,7 @@ def certify_dataset_sequential(
         out_dir,
         params,
         summarize,
-        postfix=lambda records: f"samples/image {sum(r['n_used'] for r in records) / max(1, len(records)):.0f}",
+        postfix=mean_postfix("samples/image", "n_used", 0),
         **_options(identity, arguments, provenance, progress, resume),
     )
 
