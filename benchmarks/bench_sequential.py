@@ -28,7 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +42,11 @@ from certquant.data import load_dataset
 from certquant.models import load_checkpoint
 from certquant.quant import noisy_calibration_batch, quantizable_layers
 from certquant.quant.checkpoint import _train_images, input_shape
+from certquant.search.job import validation_indices
 from certquant.smoothing import (
     CacheStore,
     certify,
+    certify_dataset,
     certify_incremental,
     image_seed,
     incremental_certificate,
@@ -80,8 +84,33 @@ def accuracy(certified: np.ndarray, correct: np.ndarray) -> list[float]:
     return [float(v) for v in (certified & correct[:, None]).mean(0)]
 
 
+def replay_all(store: CacheStore, indices: list[int], radii: list[float] | None, settings: SequentialSettings) -> list:
+    """Sequential CERTIFY (n_max = the run's n) of every image, replayed from the run's stored predictions."""
+    key = store.key
+    n, alpha, sigma = int(key["n"]), float(key["alpha"]), float(key["sigma"])
+    return [
+        replay_sequential(store.entry(i).predictions, store.entry(i).c_a, n, alpha, sigma, radii, settings)
+        for i in indices
+    ]
+
+
+def fixed_n_lowers(store: CacheStore, indices: list[int], m: int) -> np.ndarray:
+    """pA_lower of fixed-n CERTIFY at n = m on every image (the first m of the run's estimation samples)."""
+    alpha = float(store.key["alpha"])
+    lowers = []
+    for i in indices:
+        entry = store.entry(i)
+        lowers.append(float(cp_lower(int((entry.predictions[:m].long() == entry.c_a).sum()), m, alpha)))
+    return np.array(lowers)
+
+
 def fixed_rows(
-    store: CacheStore, records: dict[int, dict], indices: list[int], radii: list[float], n_values: list[int], args
+    store: CacheStore,
+    records: dict[int, dict],
+    indices: list[int],
+    radii: list[float],
+    n_values: list[int],
+    settings: SequentialSettings,
 ) -> dict[str, Any]:
     """Fixed-n CERTIFY at each n (prefixes of the run's predictions) and sequential CERTIFY with n_max = the run's n."""
     key = store.key
@@ -90,21 +119,13 @@ def fixed_rows(
     correct = np.array([records[i]["c_a"] == records[i]["label"] for i in indices])
     out: dict[str, Any] = {}
     for m in n_values:
-        lowers = []
-        for i in indices:
-            entry = store.entry(i)
-            lowers.append(float(cp_lower(int((entry.predictions[:m].long() == entry.c_a).sum()), m, alpha)))
-        certified = np.array(lowers)[:, None] > thresholds[None, :]
+        certified = fixed_n_lowers(store, indices, m)[:, None] > thresholds[None, :]
         out[f"fixed-n {m}"] = {
             "certified_accuracy": accuracy(certified, correct),
             "samples": (n0 + m) * len(indices),
             "samples_per_image": n0 + m,
         }
-    settings = SequentialSettings(tolerance=args.tolerance)
-    seq = [
-        replay_sequential(store.entry(i).predictions, store.entry(i).c_a, n, alpha, sigma, radii, settings)
-        for i in indices
-    ]
+    seq = replay_all(store, indices, radii, settings)
     used = np.array([c.n_used for c in seq])
     certified = np.array([c.certified for c in seq])
     fixed = np.array([records[i]["pa_lower"] for i in indices])[:, None] > thresholds[None, :]
@@ -120,23 +141,9 @@ def fixed_rows(
         "decided_at_median": [float(np.median([c.decided_at[j] for c in seq])) for j in range(len(radii))],
     }
     out["sequential, one radius alone"] = {
-        f"{r:g}": float(
-            np.mean(
-                [
-                    n0
-                    + replay_sequential(
-                        store.entry(i).predictions, store.entry(i).c_a, n, alpha, sigma, [r], settings
-                    ).n_used
-                    for i in indices
-                ]
-            )
-        )
-        for r in radii
+        f"{r:g}": float(np.mean([n0 + c.n_used for c in replay_all(store, indices, [r], settings)])) for r in radii
     }
-    acr = [
-        replay_sequential(store.entry(i).predictions, store.entry(i).c_a, n, alpha, sigma, None, settings)
-        for i in indices
-    ]
+    acr = replay_all(store, indices, None, settings)
     acr_used = np.array([c.n_used for c in acr])
     radius_seq = np.array([c.radius if c.label == records[i]["label"] else 0.0 for c, i in zip(acr, indices)])
     radius_fix = np.array([records[i]["radius"] if records[i]["correct"] else 0.0 for i in indices])
@@ -150,23 +157,25 @@ def fixed_rows(
         full.append(radius_of(best, sigma) if best > 0.5 and entry.c_a == records[i]["label"] else 0.0)
     radius_full = np.array(full)
     out["sequential ACR mode"] = {
-        "tolerance": args.tolerance,
+        "tolerance": settings.tolerance,
         "acr": float(radius_seq.mean()),
         "fixed_n_acr": float(radius_fix.mean()),
         "samples": int((n0 + acr_used).sum()),
         "samples_per_image": float((n0 + acr_used).mean()),
         "largest_shortfall_vs_fixed_n": float((radius_fix - radius_seq).max()),
-        "images_short_by_more_than_tolerance": int(((radius_fix - radius_seq) > args.tolerance + 1e-12).sum()),
+        "images_short_by_more_than_tolerance": int(((radius_fix - radius_seq) > settings.tolerance + 1e-12).sum()),
         "acr_without_early_stops": float(radius_full.mean()),
         "largest_shortfall_vs_no_early_stop": float((radius_full - radius_seq).max()),
         "images_short_of_no_early_stop_by_more_than_tolerance": int(
-            ((radius_full - radius_seq) > args.tolerance + 1e-12).sum()
+            ((radius_full - radius_seq) > settings.tolerance + 1e-12).sum()
         ),
     }
     return out
 
 
-def check_and_time(model, images, store: CacheStore, indices: list[int], radii: list[float], args) -> dict[str, Any]:
+def check_and_time(
+    model, images, store: CacheStore, indices: list[int], radii: list[float], settings: SequentialSettings, args
+) -> dict[str, Any]:
     """Real sequential CERTIFY on the first --check-images images: same decisions as the replay? Seconds per image,
     interleaved with CERTIFY at --time-n."""
     key = store.key
@@ -177,7 +186,6 @@ def check_and_time(model, images, store: CacheStore, indices: list[int], radii: 
         int(key["n0"]),
         int(key["batch_size"]),
     )
-    settings = SequentialSettings(tolerance=args.tolerance)
     same, seq_s, fixed_s, samples = [], [], [], []
     for i in indices[: args.check_images]:
         seed = image_seed(int(key["seed"]), i)
@@ -202,71 +210,204 @@ def check_and_time(model, images, store: CacheStore, indices: list[int], radii: 
     }
 
 
-def irs_rows(
-    model, info, images, store: CacheStore, records: dict[int, dict], indices: list[int], radii: list[float], args
-) -> dict[str, Any]:
-    """Fixed-n IRS at n_p vs sequential IRS with n_p_max = n_p, for each policy, on the first --irs-images images."""
-    key = store.key
-    sigma, batch = float(key["sigma"]), int(key["batch_size"])
+def quantized_models(base: str, names: list[str]) -> dict[str, torch.nn.Module]:
+    """f' per policy name: the torch checkpoint ``base`` quantized as bench_irs does (noisy calibration, no
+    fine-tuning), in channels_last."""
+    model, info = load_checkpoint(resolve(base))
     layers = quantizable_layers(model, input_shape(info))
-    calib = noisy_calibration_batch(_train_images(info)[0], sigma, 256, seed=0)
-    thresholds = thresholds_of(radii, sigma)
+    calib = noisy_calibration_batch(_train_images(info)[0], float(info["sigma"]), 256, seed=0)
+    return {name: quantized(model, name, layers, calib)[0].to(memory_format=torch.channels_last) for name in names}
+
+
+def approx_predictions(qmodel, images, store: CacheStore, indices: list[int], n_p: int, folder: Path) -> dict:
+    """f''s class on the first n_p cached estimation samples of every image (resumable: one .npy per image)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sigma, batch = float(store.key["sigma"]), int(store.key["batch_size"])
+    out = {}
+    for i in indices:
+        entry, path = store.entry(i), folder / f"{i}.npy"
+        if not path.exists():
+            with _evaluating(qmodel):
+                _, preds = sample_counts(
+                    qmodel, images[i], sigma, entry.n, batch, entry.seed, ESTIMATION, keep_predictions=True, limit=n_p
+                )
+            tmp = folder / f"{i}.tmp.npy"
+            np.save(tmp, preds.numpy())
+            os.replace(tmp, path)
+        out[i] = torch.from_numpy(np.load(path))
+    return out
+
+
+def irs_decisions(
+    store: CacheStore,
+    preds: dict,
+    indices: list[int],
+    radii: list[float],
+    n_p: int,
+    num_classes: int,
+    settings: SequentialSettings,
+    n_p_max: int | None = None,
+) -> dict[str, Any]:
+    """Fixed-n IRS at n_p and sequential IRS with n_p_max (default n_p) from f''s stored predictions: certified
+    (images x radii) and quantized-model samples of each, and the sequential replays."""
+    n_p_max = n_p_max or n_p
+    thresholds = thresholds_of(radii, float(store.key["sigma"]))
+    fixed, fixed_cost, seq, seq_cost, replays = [], [], [], [], []
+    for i in indices:
+        entry, first = store.entry(i), preds[i][:n_p]
+        mask = samples_to_evaluate(entry, n_p, GAMMA, DISPARITY)
+        seen = first if mask is None else first[mask]
+        cert = incremental_certificate(entry, seen, num_classes, GAMMA, ALPHA_ZETA, DISPARITY, mask)
+        fixed.append(cert.pa_lower > thresholds if cert.label != -1 else np.zeros(len(radii), bool))
+        fixed_cost.append(cert.evaluated)
+        rep = replay_incremental_sequential(
+            entry, preds[i][:n_p_max], n_p_max, radii, GAMMA, ALPHA_ZETA, DISPARITY, settings
+        )
+        seq.append(rep.certified)
+        seq_cost.append(rep.evaluated)
+        replays.append(rep)
+    return {
+        "fixed": np.array(fixed),
+        "fixed_cost": int(sum(fixed_cost)),
+        "sequential": np.array(seq),
+        "sequential_cost": int(sum(seq_cost)),
+        "replays": replays,
+    }
+
+
+@dataclass(frozen=True)
+class IRSChoice:
+    """Sequential IRS's settings and its n_p_max (a multiple of fixed-n IRS's n_p)."""
+
+    settings: SequentialSettings
+    n_p_max: int
+
+
+def certify_grid(
+    store: CacheStore, records: dict[int, dict], indices: list[int], radii: list[float], args
+) -> tuple[SequentialSettings, list[dict[str, Any]]]:
+    """Sequential CERTIFY for every (growth, final_share) of the grid on the validation run: certified accuracy and
+    samples per image against fixed-n at the run's n. Chosen: the fewest samples among the settings whose certified
+    accuracy is at most --max-loss below fixed-n's at every radius (ties: the library default)."""
+    n, sigma, n0 = int(store.key["n"]), float(store.key["sigma"]), int(store.key["n0"])
+    correct = np.array([records[i]["c_a"] == records[i]["label"] for i in indices])
+    fixed = accuracy(fixed_n_lowers(store, indices, n)[:, None] > thresholds_of(radii, sigma)[None, :], correct)
+    rows, default = [], SequentialSettings(tolerance=args.tolerance)
+    for growth in args.growths:
+        for share in args.final_shares:
+            settings = replace(default, growth=growth, final_share=share)
+            seq = replay_all(store, indices, radii, settings)
+            acc = accuracy(np.array([c.certified for c in seq]), correct)
+            rows.append(
+                {
+                    "growth": growth,
+                    "final_share": share,
+                    "certified_accuracy": acc,
+                    "fixed_n_accuracy": fixed,
+                    "largest_loss": float(max(f - a for f, a in zip(fixed, acc))),
+                    "samples_per_image": float(np.mean([n0 + c.n_used for c in seq])),
+                }
+            )
+    ok = [r for r in rows if r["largest_loss"] <= args.max_loss + 1e-12]
+    best = min(ok or rows, key=lambda r: (r["samples_per_image"], (r["growth"], r["final_share"]) != (1.5, 0.5)))
+    for r in rows:
+        r["chosen"] = r is best
+    return replace(default, growth=best["growth"], final_share=best["final_share"]), rows
+
+
+def irs_grid(
+    qmodels: dict,
+    images,
+    store: CacheStore,
+    records: dict[int, dict],
+    indices: list[int],
+    radii: list[float],
+    growth: float,
+    args,
+) -> tuple[IRSChoice, list[dict[str, Any]]]:
+    """Sequential IRS for every (final_share, n_p_max multiple) of the grid on the validation run, against fixed-n IRS
+    at n_p, over all --policies. Chosen: the fewest quantized-model samples among the settings with equal certified
+    accuracy at every radius for every policy (none: the smallest largest loss, then the fewest samples)."""
+    correct = np.array([records[i]["c_a"] == records[i]["label"] for i in indices])
+    largest = int(args.np * max(args.np_max_multiples))
+    preds = {
+        name: approx_predictions(
+            qmodel, images, store, indices, largest, Path(args.work) / f"validation-{name}-predictions"
+        )
+        for name, qmodel in qmodels.items()
+    }
+    rows, default = [], SequentialSettings(tolerance=args.tolerance, growth=growth)
+    for share in args.final_shares:
+        for multiple in args.np_max_multiples:
+            settings, n_p_max = replace(default, final_share=share), int(args.np * multiple)
+            fixed_cost = seq_cost = 0
+            loss = 0.0
+            for name in qmodels:
+                got = irs_decisions(store, preds[name], indices, radii, args.np, args.num_classes, settings, n_p_max)
+                fixed_acc, seq_acc = accuracy(got["fixed"], correct), accuracy(got["sequential"], correct)
+                loss = max(loss, *(f - a for f, a in zip(fixed_acc, seq_acc)))
+                fixed_cost, seq_cost = fixed_cost + got["fixed_cost"], seq_cost + got["sequential_cost"]
+            rows.append(
+                {
+                    "final_share": share,
+                    "n_p_max": n_p_max,
+                    "largest_loss": float(loss),
+                    "fixed_n_quantized_samples": fixed_cost,
+                    "sequential_quantized_samples": seq_cost,
+                }
+            )
+    ok = [r for r in rows if r["largest_loss"] <= 1e-12]
+    best = min(ok or rows, key=lambda r: (r["largest_loss"], r["sequential_quantized_samples"]))
+    for r in rows:
+        r["chosen"] = r is best
+    return IRSChoice(replace(default, final_share=best["final_share"]), best["n_p_max"]), rows
+
+
+def irs_rows(
+    qmodels: dict,
+    images,
+    store: CacheStore,
+    records: dict[int, dict],
+    indices: list[int],
+    radii: list[float],
+    choice: IRSChoice,
+    args,
+) -> dict[str, Any]:
+    """Fixed-n IRS at n_p vs sequential IRS (the chosen settings and n_p_max), for each policy, on the first
+    --irs-images images; the real sequential IRS code on the first --check-images of them (same decisions? seconds,
+    interleaved with fixed-n)."""
+    sigma = float(store.key["sigma"])
     chosen = indices[: args.irs_images]
     correct = np.array([records[i]["c_a"] == records[i]["label"] for i in chosen])
-    settings = SequentialSettings(tolerance=args.tolerance)
     out: dict[str, Any] = {}
-    for name in args.policies:
-        qmodel, _ = quantized(model, name, layers, calib)
-        qmodel = qmodel.to(memory_format=torch.channels_last)
-        folder = Path(args.work) / Path(args.run).name / f"{name}-np{args.np}"
-        folder.mkdir(parents=True, exist_ok=True)
-        fixed, seq, fixed_cost, seq_cost, checks, seq_s, fixed_s = [], [], [], [], [], [], []
-        for k, i in enumerate(chosen):
-            entry, path = store.entry(i), folder / f"{i}.npy"
-            if not path.exists():  # f' on the first n_p estimation samples of image i (resumable, one file per image)
-                with _evaluating(qmodel):
-                    _, preds = sample_counts(
-                        qmodel,
-                        images[i],
-                        sigma,
-                        entry.n,
-                        batch,
-                        entry.seed,
-                        ESTIMATION,
-                        keep_predictions=True,
-                        limit=args.np,
-                    )
-                tmp = folder / f"{i}.tmp.npy"
-                np.save(tmp, preds.numpy())
-                os.replace(tmp, path)
-            preds = torch.from_numpy(np.load(path))
-            mask = samples_to_evaluate(entry, args.np, GAMMA, DISPARITY)
-            seen = preds if mask is None else preds[mask]
-            cert = incremental_certificate(entry, seen, int(info["num_classes"]), GAMMA, ALPHA_ZETA, DISPARITY, mask)
-            fixed.append(cert.pa_lower > thresholds if cert.label != -1 else np.zeros(len(radii), bool))
-            fixed_cost.append(cert.evaluated)
-            rep = replay_incremental_sequential(entry, preds, args.np, radii, GAMMA, ALPHA_ZETA, DISPARITY, settings)
-            seq.append(rep.certified)
-            seq_cost.append(rep.evaluated)
-            if k < args.check_images:
-                real = certify_incremental_sequential(
-                    qmodel, entry, images[i], sigma, args.np, radii, GAMMA, ALPHA_ZETA, DISPARITY, settings
-                )
-                checks.append((real.certified, real.n_used, real.n_d) == (rep.certified, rep.n_used, rep.n_d))
-                seq_s.append(real.seconds)
-                fixed_s.append(
-                    certify_incremental(qmodel, entry, images[i], sigma, args.np, GAMMA, ALPHA_ZETA, DISPARITY).seconds
-                )
-        fixed_a, seq_a = np.array(fixed), np.array(seq)
+    for name, qmodel in qmodels.items():
+        folder = Path(args.work) / Path(args.run).name / f"{name}-predictions"
+        preds = approx_predictions(qmodel, images, store, chosen, choice.n_p_max, folder)
+        got = irs_decisions(store, preds, chosen, radii, args.np, args.num_classes, choice.settings, choice.n_p_max)
+        checks, seq_s, fixed_s = [], [], []
+        for i, rep in list(zip(chosen, got["replays"]))[: args.check_images]:
+            entry = store.entry(i)
+            real = certify_incremental_sequential(
+                qmodel, entry, images[i], sigma, choice.n_p_max, radii, GAMMA, ALPHA_ZETA, DISPARITY, choice.settings
+            )
+            checks.append((real.certified, real.n_used, real.n_d) == (rep.certified, rep.n_used, rep.n_d))
+            seq_s.append(real.seconds)
+            fixed_s.append(
+                certify_incremental(qmodel, entry, images[i], sigma, args.np, GAMMA, ALPHA_ZETA, DISPARITY).seconds
+            )
         out[name] = {
             "images": len(chosen),
             "n_p": args.np,
+            "n_p_max": choice.n_p_max,
             "fixed_n_irs": {
-                "certified_accuracy": accuracy(fixed_a, correct),
-                "quantized_samples": int(sum(fixed_cost)),
+                "certified_accuracy": accuracy(got["fixed"], correct),
+                "quantized_samples": got["fixed_cost"],
             },
-            "sequential_irs": {"certified_accuracy": accuracy(seq_a, correct), "quantized_samples": int(sum(seq_cost))},
-            "decisions_differing": [int(v) for v in (fixed_a != seq_a).sum(0)],
+            "sequential_irs": {
+                "certified_accuracy": accuracy(got["sequential"], correct),
+                "quantized_samples": got["sequential_cost"],
+            },
+            "decisions_differing": [int(v) for v in (got["fixed"] != got["sequential"]).sum(0)],
             "check": {
                 "images": len(checks),
                 "identical_decisions": all(checks),
@@ -278,6 +419,49 @@ def irs_rows(
     return out
 
 
+def tuning_markdown(data: dict) -> list[str]:
+    """The settings grid on the validation images, if the settings were chosen there."""
+    tuning = data.get("tuning") or {}
+    if not tuning:
+        return ["", "Settings: the library defaults (not chosen on validation images in this run)."]
+    head = " | ".join(f"r = {r:g}" for r in data["radii"])
+    lines = [
+        "",
+        f"## Settings chosen on {tuning['images']} held-out validation images (never the test images above)",
+        "",
+        f"Sequential CERTIFY: the fewest samples among the settings whose certified accuracy is at most "
+        f"{data['max_loss']:g} below fixed-n's at n = {data['n']} at every radius.",
+        "",
+        f"| growth | final share | {head} | largest loss | samples per image | chosen |",
+        "|---|---|" + "---|" * len(data["radii"]) + "---|---|---|",
+    ]
+    fixed = tuning["certify"][0]["fixed_n_accuracy"]
+    lines.append("| fixed-n | | " + " | ".join(f"{a:.3f}" for a in fixed) + f" | | {data['n0'] + data['n']} | |")
+    for r in tuning["certify"]:
+        accs = " | ".join(f"{a:.3f}" for a in r["certified_accuracy"])
+        lines.append(
+            f"| {r['growth']:g} | {r['final_share']:g} | {accs} | {r['largest_loss']:.3f} | "
+            f"{r['samples_per_image']:.0f} | {'yes' if r['chosen'] else ''} |"
+        )
+    if tuning.get("irs"):
+        lines += [
+            "",
+            f"Sequential IRS (growth {data['settings']['growth']:g}, policies {', '.join(data['irs'])}): the fewest "
+            f"quantized-model samples among the settings with the certified accuracy of fixed-n IRS at n_p = "
+            f"{data['irs_n_p']} at every radius for every policy.",
+            "",
+            "| final share | n_p_max | largest loss | quantized samples, sequential | fixed-n IRS | chosen |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in tuning["irs"]:
+            lines.append(
+                f"| {r['final_share']:g} | {r['n_p_max']} | {r['largest_loss']:.3f} | "
+                f"{r['sequential_quantized_samples']:,} | {r['fixed_n_quantized_samples']:,} | "
+                f"{'yes' if r['chosen'] else ''} |"
+            )
+    return lines
+
+
 def markdown(data: dict) -> str:
     radii = data["radii"]
     head = " | ".join(f"r = {r:g}" for r in radii)
@@ -286,7 +470,8 @@ def markdown(data: dict) -> str:
         "",
         f"{data['images']} test images (every {data['skip']}th, indices in the JSON), alpha {data['alpha']}, "
         f"n0 {data['n0']}, batch {data['batch_size']}, run seed {data['seed']}; sequential: Clopper-Pearson at "
-        f"the looks {data['looks']} with levels summing to alpha (half at n_max). Derived from the fixed-n run's "
+        f"the looks {data['looks']} (growth {data['settings']['growth']:g}) with levels summing to alpha "
+        f"({data['settings']['final_share']:g} of it at n_max). Derived from the fixed-n run's "
         f"stored predictions (`{data['run']}`); the real sequential code on the first "
         f"{data['check']['images']} images gave identical decisions: {data['check']['identical_decisions']}.",
         "",
@@ -328,6 +513,7 @@ def markdown(data: dict) -> str:
         f"{acr['acr_without_early_stops']:.4f}): largest shortfall {acr['largest_shortfall_vs_no_early_stop']:.3f}, "
         f"images short by more than the tolerance: {acr['images_short_of_no_early_stop_by_more_than_tolerance']}.",
     ]
+    lines += tuning_markdown(data)
     c = data["check"]
     if c["images"]:
         lines += [
@@ -350,11 +536,15 @@ def markdown(data: dict) -> str:
             "|---|---|" + "---|" * len(radii) + "---|---|",
         ]
         for name, row in data["irs"].items():
-            for label, key in (("fixed-n IRS", "fixed_n_irs"), ("sequential IRS", "sequential_irs")):
+            for label, key, n_p in (
+                ("fixed-n IRS", "fixed_n_irs", row["n_p"]),
+                ("sequential IRS", "sequential_irs", row.get("n_p_max", row["n_p"])),
+            ):
                 accs = " | ".join(f"{a:.3f}" for a in row[key]["certified_accuracy"])
                 ratio = row["fixed_n_irs"]["quantized_samples"] / max(1, row[key]["quantized_samples"])
                 lines.append(
-                    f"| {name} | {label} (n_p {row['n_p']}, {row['images']} images) | {accs} | "
+                    f"| {name} | {label} (n_p {'max ' if key == 'sequential_irs' else ''}{n_p}, "
+                    f"{row['images']} images) | {accs} | "
                     f"{row[key]['quantized_samples']:,} | {ratio:.1f}x fewer |"
                 )
             ch = row["check"]
@@ -368,10 +558,43 @@ def markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def validation_run(model, base_info: dict, key: dict, channels_last: bool, args) -> tuple[CacheStore, dict, list]:
+    """CERTIFY --validation held-out validation images of the base checkpoint (its seeded validation draw, never test
+    images) with the test run's n0, n, alpha, batch and seed and an IRS cache (resumable): the sequential settings are
+    chosen on these, so the test images only report."""
+    images, labels = load_dataset(base_info["dataset"], "train")
+    indices = validation_indices(base_info, args.validation, seed=0)
+    folder = Path(args.work) / f"validation-{Path(args.run).name}-{args.validation}"
+    certify_dataset(
+        model,
+        images,
+        labels,
+        indices,
+        folder,
+        float(key["sigma"]),
+        int(key["n0"]),
+        int(key["n"]),
+        float(key["alpha"]),
+        int(key["batch_size"]),
+        int(key["seed"]),
+        identity={"split": "validation", "base_checkpoint_sha256": base_info["sha256"]},
+        channels_last=channels_last,
+        keep_cache=True,
+        resume=True,
+    )
+    records = {int(r["index"]): r for r in read_jsonl(folder / "certificates.jsonl")}
+    return CacheStore.open(folder), records, images
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="fixed-n certify run folder with irs_cache (--keep-cache)")
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", required=True, help="the run's classifier (a checkpoint, zoo name or .onnx)")
+    parser.add_argument(
+        "--base-checkpoint",
+        default=None,
+        help="torch checkpoint it came from: validation split, IRS's f' (default: --checkpoint)",
+    )
     parser.add_argument("--radii", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
     parser.add_argument("--also-n", type=int, nargs="*", default=[10_000], help="fixed-n prefixes to compare")
     parser.add_argument("--tolerance", type=float, default=0.05, help="ACR mode tolerance")
@@ -381,10 +604,16 @@ def main() -> None:
     parser.add_argument("--policies", nargs="*", default=[])
     parser.add_argument("--np", type=int, default=10_000)
     parser.add_argument("--irs-images", type=int, default=100)
+    parser.add_argument("--validation", type=int, default=0, help="choose the settings on this many validation images")
+    parser.add_argument("--growths", type=float, nargs="+", default=[1.25, 1.5, 2.0])
+    parser.add_argument("--final-shares", type=float, nargs="+", default=[0.25, 0.5, 0.75, 0.9])
+    parser.add_argument("--np-max-multiples", type=float, nargs="+", default=[1.0, 1.5, 2.0])
+    parser.add_argument("--max-loss", type=float, default=0.01, help="largest certified-accuracy loss vs fixed-n")
     parser.add_argument("--work", default="runs/bench_sequential")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--name", default="sequential")
-    args = parser.parse_args()
+    parser.add_argument("--results", default=None, help="results folder (default benchmarks/results)")
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     run = Path(args.run)
     store = CacheStore.open(run)
@@ -394,18 +623,38 @@ def main() -> None:
     indices = [i for i in sorted(records) if i in cached][: args.max_images]
     key = store.key
     model, info = load_checkpoint(resolve(args.checkpoint))
-    if identity.get("channels_last"):
+    base_name = args.base_checkpoint or args.checkpoint
+    _, base_info = load_checkpoint(resolve(base_name))
+    args.num_classes = int(base_info["num_classes"])
+    channels_last = bool(identity.get("channels_last"))
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     images, _ = load_dataset(info["dataset"], "test")
     radii = sorted(args.radii)
     n = int(key["n"])
-    rows = fixed_rows(store, records, indices, radii, [n] + [m for m in args.also_n if m < n], args)
+    qmodels = quantized_models(base_name, args.policies) if args.policies else {}
+    settings, irs_choice = SequentialSettings(tolerance=args.tolerance), None
+    tuning: dict[str, Any] = {}
+    if args.validation:
+        val_store, val_records, val_images = validation_run(model, base_info, key, channels_last, args)
+        val_indices = sorted(val_records)
+        settings, tuning["certify"] = certify_grid(val_store, val_records, val_indices, radii, args)
+        print(json.dumps(tuning["certify"]), flush=True)
+        if qmodels:
+            irs_choice, tuning["irs"] = irs_grid(
+                qmodels, val_images, val_store, val_records, val_indices, radii, settings.growth, args
+            )
+            print(json.dumps(tuning["irs"]), flush=True)
+        tuning["images"] = len(val_indices)
+    irs_choice = irs_choice or IRSChoice(settings, args.np)
+    rows = fixed_rows(store, records, indices, radii, [n] + [m for m in args.also_n if m < n], settings)
     print(json.dumps(rows, indent=1), flush=True)
-    check = check_and_time(model, images, store, indices, radii, args)
+    check = check_and_time(model, images, store, indices, radii, settings, args)
     print(json.dumps(check), flush=True)
-    irs = irs_rows(model, info, images, store, records, indices, radii, args) if args.policies else {}
+    irs = irs_rows(qmodels, images, store, records, indices, radii, irs_choice, args) if qmodels else {}
     data = {
         "checkpoint": args.checkpoint,
+        "base_checkpoint": base_name,
         "run": str(run),
         "sigma": float(key["sigma"]),
         "alpha": float(key["alpha"]),
@@ -417,7 +666,12 @@ def main() -> None:
         "images": len(indices),
         "indices": indices,
         "radii": radii,
-        "looks": look_schedule(n, SequentialSettings()),
+        "settings": asdict(settings),
+        "irs_settings": {**asdict(irs_choice.settings), "n_p_max": irs_choice.n_p_max},
+        "tuning": tuning,
+        "max_loss": args.max_loss,
+        "irs_n_p": args.np,
+        "looks": look_schedule(n, settings),
         "rows": rows,
         "check": check,
         "irs": irs,
@@ -426,11 +680,12 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
         "command": "python benchmarks/bench_sequential.py "
-        + " ".join(a if " " not in a else repr(a) for a in __import__("sys").argv[1:]),
+        + " ".join(a if " " not in a else repr(a) for a in (sys.argv[1:] if argv is None else argv)),
         "software": software_versions(),
     }
-    write_results(args.name, data, markdown(data))
+    write_results(args.name, data, markdown(data), Path(args.results) if args.results else None)
     print(markdown(data))
+    return data
 
 
 if __name__ == "__main__":

@@ -101,3 +101,17 @@ def test_searched_policies_join_the_pool_first(tiny_config, tmp_path):
 def test_bad_input_is_one_line(tiny_config, tmp_path):
     with pytest.raises(SystemExit, match="^error: .*search history"):
         _run(tiny_config, tmp_path / "w", tmp_path / "r", "--search-dirs", str(tmp_path))
+
+
+def test_onnx_runtime_gives_the_same_certificates(tiny_config, tmp_path):
+    """--runtime onnx certifies the bit-exact export with ONNX Runtime: the same certificates as PyTorch's."""
+    pytest.importorskip("onnxruntime")
+    extra = ("--policies", "2", "--replicates", "1")
+    torch_run = _run(tiny_config, tmp_path / "torch", tmp_path / "r1", *extra)
+    onnx_run = _run(tiny_config, tmp_path / "onnx", tmp_path / "r2", *extra, "--runtime", "onnx")
+    assert (tmp_path / "onnx" / "policy-00" / "model-ft0.onnx").is_file()
+    for policy in ("policy-00", "policy-01"):
+        a = list(read_jsonl(tmp_path / "torch" / policy / "certify-ft0" / "certificates.jsonl"))
+        b = list(read_jsonl(tmp_path / "onnx" / policy / "certify-ft0" / "certificates.jsonl"))
+        assert [(r["c_a"], r["n_a"], r["pa_lower"]) for r in a] == [(r["c_a"], r["n_a"], r["pa_lower"]) for r in b]
+    assert [r["mean"] for r in torch_run["policies"]] == [r["mean"] for r in onnx_run["policies"]]

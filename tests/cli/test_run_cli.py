@@ -28,6 +28,7 @@ def test_budget_no_policy_can_meet_is_refused_before_certifying(tmp_path):
     tight.write_text("checkpoint: small-cnn-fmnist-s0.25\nsearch:\n  budgets: [0.001]\n")
     assert_one_line_error(runner.invoke(app, ["run", "--config", str(tight), "--out", str(tmp_path / "t")]), "budget")
     assert not (tmp_path / "t" / "fp32").exists()
+    assert not (tmp_path / "t" / "run.json").exists()  # nothing written: the corrected command can use --out
     negative = tmp_path / "negative.yaml"
     negative.write_text("search:\n  budgets: [-0.5]\n")
     assert_one_line_error(runner.invoke(app, ["run", "--config", str(negative)]), "budget -0.5")
