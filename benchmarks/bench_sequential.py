@@ -26,6 +26,7 @@ images (fixed-n time at n is extrapolated per sample from it, and the base run's
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -286,33 +287,33 @@ class IRSChoice:
 def certify_grid(
     store: CacheStore, records: dict[int, dict], indices: list[int], radii: list[float], args
 ) -> tuple[SequentialSettings, list[dict[str, Any]]]:
-    """Sequential CERTIFY for every (growth, final_share) of the grid on the validation run: certified accuracy and
-    samples per image against fixed-n at the run's n. Chosen: the fewest samples among the settings whose certified
-    accuracy is at most --max-loss below fixed-n's at every radius (ties: the library default)."""
+    """Sequential CERTIFY for every (growth, final_share, curtail) of the grid on the validation run: certified
+    accuracy and samples per image against fixed-n at the run's n. Chosen: the fewest samples among the settings whose
+    certified accuracy is at most --max-loss below fixed-n's at every radius (ties: the library default)."""
     n, sigma, n0 = int(store.key["n"]), float(store.key["sigma"]), int(store.key["n0"])
     correct = np.array([records[i]["c_a"] == records[i]["label"] for i in indices])
     fixed = accuracy(fixed_n_lowers(store, indices, n)[:, None] > thresholds_of(radii, sigma)[None, :], correct)
     rows, default = [], SequentialSettings(tolerance=args.tolerance)
-    for growth in args.growths:
-        for share in args.final_shares:
-            settings = replace(default, growth=growth, final_share=share)
-            seq = replay_all(store, indices, radii, settings)
-            acc = accuracy(np.array([c.certified for c in seq]), correct)
-            rows.append(
-                {
-                    "growth": growth,
-                    "final_share": share,
-                    "certified_accuracy": acc,
-                    "fixed_n_accuracy": fixed,
-                    "largest_loss": float(max(f - a for f, a in zip(fixed, acc))),
-                    "samples_per_image": float(np.mean([n0 + c.n_used for c in seq])),
-                }
-            )
+    for growth, share, curtail in itertools.product(args.growths, args.final_shares, args.curtails):
+        settings = replace(default, growth=growth, final_share=share, curtail=curtail)
+        seq = replay_all(store, indices, radii, settings)
+        acc = accuracy(np.array([c.certified for c in seq]), correct)
+        rows.append(
+            {
+                "growth": growth,
+                "final_share": share,
+                "curtail": curtail,
+                "certified_accuracy": acc,
+                "fixed_n_accuracy": fixed,
+                "largest_loss": float(max(f - a for f, a in zip(fixed, acc))),
+                "samples_per_image": float(np.mean([n0 + c.n_used for c in seq])),
+            }
+        )
     ok = [r for r in rows if r["largest_loss"] <= args.max_loss + 1e-12]
-    best = min(ok or rows, key=lambda r: (r["samples_per_image"], (r["growth"], r["final_share"]) != (1.5, 0.5)))
+    best = min(ok or rows, key=lambda r: (r["samples_per_image"], r["curtail"] is not None))
     for r in rows:
         r["chosen"] = r is best
-    return replace(default, growth=best["growth"], final_share=best["final_share"]), rows
+    return replace(default, growth=best["growth"], final_share=best["final_share"], curtail=best["curtail"]), rows
 
 
 def irs_grid(
@@ -337,30 +338,30 @@ def irs_grid(
         for name, qmodel in qmodels.items()
     }
     rows, default = [], SequentialSettings(tolerance=args.tolerance, growth=growth)
-    for share in args.final_shares:
-        for multiple in args.np_max_multiples:
-            settings, n_p_max = replace(default, final_share=share), int(args.np * multiple)
-            fixed_cost = seq_cost = 0
-            loss = 0.0
-            for name in qmodels:
-                got = irs_decisions(store, preds[name], indices, radii, args.np, args.num_classes, settings, n_p_max)
-                fixed_acc, seq_acc = accuracy(got["fixed"], correct), accuracy(got["sequential"], correct)
-                loss = max(loss, *(f - a for f, a in zip(fixed_acc, seq_acc)))
-                fixed_cost, seq_cost = fixed_cost + got["fixed_cost"], seq_cost + got["sequential_cost"]
-            rows.append(
-                {
-                    "final_share": share,
-                    "n_p_max": n_p_max,
-                    "largest_loss": float(loss),
-                    "fixed_n_quantized_samples": fixed_cost,
-                    "sequential_quantized_samples": seq_cost,
-                }
-            )
+    for share, multiple, curtail in itertools.product(args.final_shares, args.np_max_multiples, args.curtails):
+        settings, n_p_max = replace(default, final_share=share, curtail=curtail), int(args.np * multiple)
+        fixed_cost = seq_cost = 0
+        loss = 0.0
+        for name in qmodels:
+            got = irs_decisions(store, preds[name], indices, radii, args.np, args.num_classes, settings, n_p_max)
+            fixed_acc, seq_acc = accuracy(got["fixed"], correct), accuracy(got["sequential"], correct)
+            loss = max(loss, *(f - a for f, a in zip(fixed_acc, seq_acc)))
+            fixed_cost, seq_cost = fixed_cost + got["fixed_cost"], seq_cost + got["sequential_cost"]
+        rows.append(
+            {
+                "final_share": share,
+                "curtail": curtail,
+                "n_p_max": n_p_max,
+                "largest_loss": float(loss),
+                "fixed_n_quantized_samples": fixed_cost,
+                "sequential_quantized_samples": seq_cost,
+            }
+        )
     ok = [r for r in rows if r["largest_loss"] <= 1e-12]
     best = min(ok or rows, key=lambda r: (r["largest_loss"], r["sequential_quantized_samples"]))
     for r in rows:
         r["chosen"] = r is best
-    return IRSChoice(replace(default, final_share=best["final_share"]), best["n_p_max"]), rows
+    return IRSChoice(replace(default, final_share=best["final_share"], curtail=best["curtail"]), best["n_p_max"]), rows
 
 
 def irs_rows(
@@ -419,6 +420,10 @@ def irs_rows(
     return out
 
 
+def _eps(curtail: float | None) -> str:
+    return "off" if curtail is None else f"{curtail:g}"
+
+
 def tuning_markdown(data: dict) -> list[str]:
     """The settings grid on the validation images, if the settings were chosen there."""
     tuning = data.get("tuning") or {}
@@ -432,15 +437,15 @@ def tuning_markdown(data: dict) -> list[str]:
         f"Sequential CERTIFY: the fewest samples among the settings whose certified accuracy is at most "
         f"{data['max_loss']:g} below fixed-n's at n = {data['n']} at every radius.",
         "",
-        f"| growth | final share | {head} | largest loss | samples per image | chosen |",
-        "|---|---|" + "---|" * len(data["radii"]) + "---|---|---|",
+        f"| growth | final share | curtail | {head} | largest loss | samples per image | chosen |",
+        "|---|---|---|" + "---|" * len(data["radii"]) + "---|---|---|",
     ]
     fixed = tuning["certify"][0]["fixed_n_accuracy"]
-    lines.append("| fixed-n | | " + " | ".join(f"{a:.3f}" for a in fixed) + f" | | {data['n0'] + data['n']} | |")
+    lines.append("| fixed-n | | | " + " | ".join(f"{a:.3f}" for a in fixed) + f" | | {data['n0'] + data['n']} | |")
     for r in tuning["certify"]:
         accs = " | ".join(f"{a:.3f}" for a in r["certified_accuracy"])
         lines.append(
-            f"| {r['growth']:g} | {r['final_share']:g} | {accs} | {r['largest_loss']:.3f} | "
+            f"| {r['growth']:g} | {r['final_share']:g} | {_eps(r.get('curtail'))} | {accs} | {r['largest_loss']:.3f} | "
             f"{r['samples_per_image']:.0f} | {'yes' if r['chosen'] else ''} |"
         )
     if tuning.get("irs"):
@@ -450,12 +455,12 @@ def tuning_markdown(data: dict) -> list[str]:
             f"quantized-model samples among the settings with the certified accuracy of fixed-n IRS at n_p = "
             f"{data['irs_n_p']} at every radius for every policy.",
             "",
-            "| final share | n_p_max | largest loss | quantized samples, sequential | fixed-n IRS | chosen |",
-            "|---|---|---|---|---|---|",
+            "| final share | curtail | n_p_max | largest loss | quantized samples, sequential | fixed-n IRS | chosen |",
+            "|---|---|---|---|---|---|---|",
         ]
         for r in tuning["irs"]:
             lines.append(
-                f"| {r['final_share']:g} | {r['n_p_max']} | {r['largest_loss']:.3f} | "
+                f"| {r['final_share']:g} | {_eps(r.get('curtail'))} | {r['n_p_max']} | {r['largest_loss']:.3f} | "
                 f"{r['sequential_quantized_samples']:,} | {r['fixed_n_quantized_samples']:,} | "
                 f"{'yes' if r['chosen'] else ''} |"
             )
@@ -471,7 +476,8 @@ def markdown(data: dict) -> str:
         f"{data['images']} test images (every {data['skip']}th, indices in the JSON), alpha {data['alpha']}, "
         f"n0 {data['n0']}, batch {data['batch_size']}, run seed {data['seed']}; sequential: Clopper-Pearson at "
         f"the looks {data['looks']} (growth {data['settings']['growth']:g}) with levels summing to alpha "
-        f"({data['settings']['final_share']:g} of it at n_max). Derived from the fixed-n run's "
+        f"({data['settings']['final_share']:g} of it at n_max), curtailment "
+        f"{_eps(data['settings'].get('curtail'))}. Derived from the fixed-n run's "
         f"stored predictions (`{data['run']}`); the real sequential code on the first "
         f"{data['check']['images']} images gave identical decisions: {data['check']['identical_decisions']}.",
         "",
@@ -558,6 +564,10 @@ def markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _curtail(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
 def validation_run(model, base_info: dict, key: dict, channels_last: bool, args) -> tuple[CacheStore, dict, list]:
     """CERTIFY --validation held-out validation images of the base checkpoint (its seeded validation draw, never test
     images) with the test run's n0, n, alpha, batch and seed and an IRS cache (resumable): the sequential settings are
@@ -607,6 +617,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--validation", type=int, default=0, help="choose the settings on this many validation images")
     parser.add_argument("--growths", type=float, nargs="+", default=[1.25, 1.5, 2.0])
     parser.add_argument("--final-shares", type=float, nargs="+", default=[0.25, 0.5, 0.75, 0.9])
+    parser.add_argument(
+        "--curtails", type=_curtail, nargs="+", default=[None, 0.01, 0.05, 0.1, 0.2], help="curtailment eps; none: off"
+    )
     parser.add_argument("--np-max-multiples", type=float, nargs="+", default=[1.0, 1.5, 2.0])
     parser.add_argument("--max-loss", type=float, default=0.01, help="largest certified-accuracy loss vs fixed-n")
     parser.add_argument("--work", default="runs/bench_sequential")

@@ -26,6 +26,7 @@ def test_settings_chosen_on_validation_images(tiny_checkpoint, tmp_path):
         "--run", str(run), "--checkpoint", tiny_checkpoint, "--radii", "0.1", "0.25", "--also-n", "400",
         "--policies", "W8A8", "--np", "200", "--irs-images", "3", "--check-images", "2", "--time-n", "200",
         "--validation", "5", "--growths", "1.5", "2", "--final-shares", "0.5", "0.9", "--np-max-multiples", "1", "2",
+        "--curtails", "none", "0.1",
         "--max-loss", "0.2", "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results"),
         "--name", "seq-tiny",
     ]  # fmt: skip
@@ -37,11 +38,15 @@ def test_settings_chosen_on_validation_images(tiny_checkpoint, tmp_path):
     )
     assert validation == validation_indices(info, 5, 0)  # the checkpoint's held-out images, not the test run's
     grid = data["tuning"]["certify"]
-    assert len(grid) == 4 and sum(r["chosen"] for r in grid) == 1
+    assert len(grid) == 8 and sum(r["chosen"] for r in grid) == 1
     chosen = next(r for r in grid if r["chosen"])
     allowed = [r for r in grid if r["largest_loss"] <= 0.2 + 1e-12]
     assert chosen["samples_per_image"] == min(r["samples_per_image"] for r in allowed)
-    assert (data["settings"]["growth"], data["settings"]["final_share"]) == (chosen["growth"], chosen["final_share"])
+    assert [data["settings"][k] for k in ("growth", "final_share", "curtail")] == [
+        chosen["growth"],
+        chosen["final_share"],
+        chosen["curtail"],
+    ]
     irs = data["tuning"]["irs"]
     best = next(r for r in irs if r["chosen"])
     assert best["largest_loss"] == min(r["largest_loss"] for r in irs)

@@ -204,6 +204,26 @@ def test_sequential_certify_errors_are_one_line(checkpoint, tmp_path):
     assert_one_line_error(runner.invoke(app, [*base, "--radii", "a,b", "--n-max", "100"]), "--radii")
     assert_one_line_error(runner.invoke(app, [*base, "--radii", "-1", "--n-max", "100"]), "radii")
     assert_one_line_error(runner.invoke(app, [*base, "--n-max", "0"]), "n_max")
+    assert_one_line_error(
+        runner.invoke(app, [*base, "--radii", "0.25", "--n-max", "100", "--curtail", "0.7"]), "curtail"
+    )
+
+
+def test_curtail_option_reaches_the_test_and_the_run_identity(checkpoint, tmp_path):
+    """--curtail EPS sets the curtailment of the sequential test (recorded, so resuming with another is refused);
+    its decisions are the replay's with that setting; 0 turns it off."""
+    args = ["certify", "--checkpoint", checkpoint, *SEQ, "--radii", "0.1,0.25", "--n-max", "400"]
+    out = tmp_path / "curtailed"
+    assert runner.invoke(app, [*args, "--curtail", "0.2", "--out", str(out)]).exit_code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["arguments"]["curtail"] == 0.2
+    refused = runner.invoke(app, [*args, "--curtail", "0", "--resume", "--out", str(out)])
+    assert refused.exit_code == 2 and "curtail" in refused.output
+    plain = tmp_path / "plain"
+    assert runner.invoke(app, [*args, "--curtail", "0", "--out", str(plain)]).exit_code == 0
+    a, b = _records(out), _records(plain)
+    assert all(x["n_used"] <= y["n_used"] for x, y in zip(a, b))  # curtailment only stops earlier
+    assert all(not (x["certified"][k] and not y["certified"][k]) for x, y in zip(a, b) for k in range(2))
 
 
 def test_sequential_irs_cli(checkpoint, tmp_path):

@@ -237,6 +237,8 @@ def test_bad_settings_are_one_line_errors():
         {"final_share": 0.0},
         {"futility": 1.5},
         {"tolerance": -1.0},
+        {"curtail": 0.0},
+        {"curtail": 0.5},
     ):
         with pytest.raises(CertquantError):
             SequentialSettings(**kwargs)
@@ -249,3 +251,50 @@ def test_bad_settings_are_one_line_errors():
 
 def test_direct_level_is_irs_level():
     assert direct_level(0.001, 0.001) == 0.001  # as incremental_certificate's direct branch (level 1 - alpha)
+
+
+# -- curtailment: giving up a radius an optimistic projection cannot certify ----------------------------------------
+
+
+def _replay_paths(p: float, settings: SequentialSettings, radii: list[float], trials: int, n_max: int = N_MAX):
+    """Sequential replays of ``trials`` seeded Bernoulli(p) streams of c_A hits (class 0 = c_A)."""
+    rng = np.random.default_rng(11)
+    out = []
+    for _ in range(trials):
+        predictions = (rng.random(n_max) >= p).astype(np.uint8)  # 0 (= c_A) with probability p
+        out.append(replay_sequential(predictions, 0, n_max, ALPHA, SIGMA, radii, settings))
+    return out
+
+
+def test_curtailment_only_gives_up_so_it_keeps_the_level():
+    """With curtailment a path certifies a radius only where the same test without it certifies it too (the same
+    bounds at the same looks; curtailment only stops earlier or gives up), so the wrong-decision rate, checked here
+    by repeated trials with pA exactly at the threshold Phi(r / sigma), stays under alpha; and it saves samples."""
+    radius = 0.5
+    threshold = float(norm.cdf(radius / SIGMA))
+    plain, curtailed = (
+        _replay_paths(threshold, SequentialSettings(first=20, growth=1.5, step=10, curtail=eps), [radius], TRIALS)
+        for eps in (None, 0.1)
+    )
+    for a, b in zip(plain, curtailed):
+        assert not (b.certified[0] and not a.certified[0])
+        assert b.n_used <= a.n_used
+    wrong = sum(c.certified[0] for c in curtailed)
+    assert wrong <= binom.ppf(1 - 1e-4, TRIALS, ALPHA)
+    assert sum(c.n_used for c in curtailed) < sum(c.n_used for c in plain)
+
+
+def test_curtailment_rarely_gives_up_a_radius_well_inside():
+    """pA well above the threshold: the (1 - eps) upper bound of pA projects a certificate at n_max on nearly every
+    path, so curtailment at eps = 0.05 gives up on few paths that fixed-n at n_max certifies; pA just above the
+    threshold (where sequential testing is most expensive) is given up much more often: the trade the benchmark
+    measures on validation images."""
+    radius = 0.5
+    settings = SequentialSettings(first=20, growth=1.5, step=10, curtail=0.05)
+    inside = _replay_paths(0.985, settings, [radius], 200)  # threshold Phi(1) = 0.841
+    assert sum(c.certified[0] for c in inside) >= 196
+    near = _replay_paths(0.87, settings, [radius], 200)
+    plain = _replay_paths(0.87, SequentialSettings(first=20, growth=1.5, step=10), [radius], 200)
+    lost_near = sum(a.certified[0] and not b.certified[0] for a, b in zip(plain, near))
+    assert lost_near > 200 - sum(c.certified[0] for c in inside)
+    assert sum(c.n_used for c in near) < 0.9 * sum(c.n_used for c in plain)

@@ -15,7 +15,8 @@ from certquant.engine import Engine
 from certquant.models import load_checkpoint
 from certquant.smoothing import CacheStore, certify_dataset_incremental
 from certquant.smoothing.config import IRSConfig
-from certquant.smoothing.incremental_sequential import certify_dataset_incremental_sequential
+from certquant.smoothing.incremental_sequential import IRS_SEQUENTIAL, certify_dataset_incremental_sequential
+from certquant.smoothing.sequential import SequentialSettings
 from certquant.train import resolve_device
 from certquant.utils.errors import CertquantError
 
@@ -65,7 +66,12 @@ def _check_base(info: dict, store: CacheStore, base_run: Path) -> Optional[str]:
 
 
 def certify_incremental_cmd(
-    ctx: typer.Context, base_run: Path, irs: IRSConfig, radii: Optional[list[float]], engine: Engine
+    ctx: typer.Context,
+    base_run: Path,
+    irs: IRSConfig,
+    radii: Optional[list[float]],
+    engine: Engine,
+    sequential: SequentialSettings = IRS_SEQUENTIAL,
 ) -> dict:
     """Run IRS of the command's checkpoint on the base run's cached images (or the --skip/--max subset of them)."""
     p, n_p = ctx.params, irs.n_p
@@ -99,7 +105,7 @@ def certify_incremental_cmd(
     out, settings = p["out"], (irs.gamma, irs.alpha_zeta, irs.disparity)
     if radii is not None:  # sequential IRS: n_p is the most f' may use; stop when the radii are decided
         summary = certify_dataset_incremental_sequential(
-            model, images, labels, indices, out, store, n_p, radii, *settings, **options
+            model, images, labels, indices, out, store, n_p, radii, *settings, sequential, **options
         )
         seq = summary["incremental_sequential"]
         accs = ", ".join(f"{r}: {a:.3f}" for r, a in seq["certified_accuracy_at_radii"].items())

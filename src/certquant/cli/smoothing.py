@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,6 +16,7 @@ from certquant.models import load_checkpoint
 from certquant.report.certified import certified_accuracy_table, load_certify_run, plot_certified_accuracy
 from certquant.smoothing import certify_dataset, predict_dataset
 from certquant.smoothing.config import CertifyConfig, IRSConfig, check_sigma
+from certquant.smoothing.incremental_sequential import IRS_SEQUENTIAL
 from certquant.smoothing.sequential import SequentialSettings, certify_dataset_sequential, validate_radii
 from certquant.train import resolve_device
 from certquant.utils.config import field_docs
@@ -47,6 +49,13 @@ SHARED = {
     ),
     "progress": typer.Option(True, help="show a progress bar"),
 }
+
+
+def with_curtail(settings: SequentialSettings, curtail: float | None) -> SequentialSettings:
+    """``settings`` with the --curtail the user gave (None: keep the default; 0: curtailment off)."""
+    if curtail is None:
+        return settings
+    return dataclasses.replace(settings, curtail=None if curtail == 0 else curtail)
 
 
 def _prepare(ctx: typer.Context, **resolved: Any) -> tuple[Any, float, Any, Any, list[int], dict[str, Any]]:
@@ -115,6 +124,12 @@ def certify_cmd(
     tolerance: float = typer.Option(
         0.05, help="sequential ACR mode: stop when the radius cannot grow by more than this"
     ),
+    curtail: Optional[float] = typer.Option(
+        None,
+        help="sequential radii (CERTIFY and IRS): give up a radius that even a (1 - EPS) upper estimate of pA could "
+        "not certify by n_max; never a wrong certificate, may lose a few (default: the benchmark's choice, see "
+        "docs/sequential.md; 0: off)",
+    ),
     engine: str = typer.Option(ENGINE.engine, help=ENGINE_DOCS["engine"]),
     workers: Optional[int] = typer.Option(ENGINE.workers, help=ENGINE_DOCS["workers"]),
     gpus_per_worker: float = typer.Option(ENGINE.gpus_per_worker, help=ENGINE_DOCS["gpus_per_worker"]),
@@ -139,8 +154,9 @@ def certify_cmd(
                 "--incremental-from needs --np N_P (reused noise samples per image, e.g. 1000 = 10% of n)"
             )
         irs = IRSConfig(n_p=n_p, gamma=gamma, alpha_zeta=alpha_zeta, disparity=disparity)
+        irs_settings = with_curtail(IRS_SEQUENTIAL, curtail)
         with make_engine(engine_cfg) as eng:
-            certify_incremental_cmd(ctx, incremental_from, irs, validate_radii(parse_radii(radii)), eng)
+            certify_incremental_cmd(ctx, incremental_from, irs, validate_radii(parse_radii(radii)), eng, irs_settings)
         return
     if n_p is not None:
         raise CertquantError("--np is an IRS option: give --incremental-from BASE_RUN too")
@@ -149,7 +165,7 @@ def certify_cmd(
     if sequential and engine_cfg.engine != "local":
         raise CertquantError("sequential certification (--n-max) runs on the local engine: drop --engine")
     radii_list = validate_radii(parse_radii(radii))
-    settings = SequentialSettings(tolerance=tolerance)
+    settings = with_curtail(SequentialSettings(tolerance=tolerance), curtail)
     CertifyConfig(n0=n0, n=n, alpha=alpha, batch=batch, seed=seed)  # one-line errors before loading anything
     model, sigma, images, labels, indices, options = _prepare(ctx, radii=radii_list)
     if n_max is not None:

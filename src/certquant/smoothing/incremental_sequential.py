@@ -71,6 +71,12 @@ Piece = tuple[
 ]  # (start, classes, positions, num_classes): classified_samples
 
 
+# Sequential IRS's default settings: the look schedule and level split of sequential CERTIFY, without curtailment
+# (the IRS rows of benchmarks/results/sequential.md choose them on validation images: equal certified accuracy with
+# fixed-n IRS first, then the fewest quantized-model samples).
+IRS_SEQUENTIAL = SequentialSettings(curtail=None)
+
+
 def direct_level(alpha: float, alpha_zeta: float) -> float:
     """The level of the direct branch's bound: alpha, as fixed-n IRS (``incremental_certificate``) has it, so the
     mixture of the branches errs with probability <= alpha + alpha_zeta (``incremental.certify_incremental``). The one
@@ -124,11 +130,20 @@ def irs_test(
             settings.tolerance,
             kind=DISPARITY,
             base=cache.pa_lower,
+            curtail=settings.curtail,
         )
     level = direct_level(cache.alpha, alpha_zeta)
     futility = settings.futility if settings.futility is not None else level
     return SequentialTest(
-        looks, level, futility, cache.sigma, radii, settings.final_share, settings.tolerance, kind=PROPORTION
+        looks,
+        level,
+        futility,
+        cache.sigma,
+        radii,
+        settings.final_share,
+        settings.tolerance,
+        kind=PROPORTION,
+        curtail=settings.curtail,
     )
 
 
@@ -142,7 +157,7 @@ def certify_incremental_sequential(
     gamma: float = DEFAULT_GAMMA,
     alpha_zeta: float = DEFAULT_ALPHA_ZETA,
     disparity: str = DEFAULT_DISPARITY,
-    settings: SequentialSettings = SequentialSettings(),
+    settings: SequentialSettings = IRS_SEQUENTIAL,
     input_shape: Sequence[int] | None = None,
 ) -> SequentialIncrementalCertificate:
     """Sequential IRS of ``approx_model`` (f') at ``x`` from f's cache, on at most the first ``n_p_max`` cached noise
@@ -199,7 +214,7 @@ def replay_incremental_sequential(
     gamma: float = DEFAULT_GAMMA,
     alpha_zeta: float = DEFAULT_ALPHA_ZETA,
     disparity: str = DEFAULT_DISPARITY,
-    settings: SequentialSettings = SequentialSettings(),
+    settings: SequentialSettings = IRS_SEQUENTIAL,
 ) -> SequentialIncrementalCertificate:
     """What ``certify_incremental_sequential`` decides, from f''s stored predictions on the first (at least n_p_max)
     cached samples (the benchmark's shortcut); ``evaluated`` is then the samples the test needed, without the rest of
@@ -306,7 +321,7 @@ def certify_dataset_incremental_sequential(
     gamma: float = DEFAULT_GAMMA,
     alpha_zeta: float = DEFAULT_ALPHA_ZETA,
     disparity: str = DEFAULT_DISPARITY,
-    settings: SequentialSettings = SequentialSettings(),
+    settings: SequentialSettings = IRS_SEQUENTIAL,
     identity: dict[str, Any] | None = None,
     arguments: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
