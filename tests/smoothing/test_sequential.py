@@ -76,11 +76,13 @@ def crossing_probability(p: float, looks: list[int], levels: np.ndarray) -> floa
 
 
 def test_looks_and_levels():
-    looks = look_schedule(100_000, SequentialSettings())
+    looks = look_schedule(100_000, SequentialSettings(growth=1.5))
     assert looks[0] == 200 and looks[-1] == 100_000
     assert all(b > a for a, b in zip(looks, looks[1:]))
     assert all(n % 200 == 0 for n in looks)
     assert all(b >= 1.5 * a for a, b in zip(looks[:-2], looks[1:-1]))
+    default = look_schedule(100_000, SequentialSettings())  # growth 1.25
+    assert default[0] == 200 and all(b >= 1.25 * a for a, b in zip(default[:-2], default[1:-1]))
     levels = look_levels(len(looks), 0.001, 0.5)
     assert math.isclose(levels.sum(), 0.001, rel_tol=1e-12)  # the union bound's total
     assert levels[-1] == 0.0005 and np.allclose(levels[:-1], 0.0005 / (len(looks) - 1))
@@ -294,7 +296,7 @@ def test_curtailment_rarely_gives_up_a_radius_well_inside():
     inside = _replay_paths(0.985, settings, [radius], 200)  # threshold Phi(1) = 0.841
     assert sum(c.certified[0] for c in inside) >= 196
     near = _replay_paths(0.87, settings, [radius], 200)
-    plain = _replay_paths(0.87, SequentialSettings(first=20, growth=1.5, step=10), [radius], 200)
+    plain = _replay_paths(0.87, SequentialSettings(first=20, growth=1.5, step=10, curtail=None), [radius], 200)
     lost_near = sum(a.certified[0] and not b.certified[0] for a, b in zip(plain, near))
     assert lost_near > 200 - sum(c.certified[0] for c in inside)
     assert sum(c.n_used for c in near) < 0.9 * sum(c.n_used for c in plain)
