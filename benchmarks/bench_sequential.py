@@ -141,6 +141,14 @@ def fixed_rows(
         "certified_by_fixed_n_not_sequential": [int(v) for v in (fixed & ~certified).sum(0)],
         "decided_at_median": [float(np.median([c.decided_at[j] for c in seq])) for j in range(len(radii))],
     }
+    if settings.curtail is not None:  # what curtailment buys: the same test without it
+        plain = replay_all(store, indices, radii, replace(settings, curtail=None))
+        plain_used = np.array([c.n_used for c in plain])
+        out["sequential, no curtailment"] = {
+            "certified_accuracy": accuracy(np.array([c.certified for c in plain]), correct),
+            "samples": int((n0 + plain_used).sum()),
+            "samples_per_image": float((n0 + plain_used).mean()),
+        }
     out["sequential, one radius alone"] = {
         f"{r:g}": float(np.mean([n0 + c.n_used for c in replay_all(store, indices, [r], settings)])) for r in radii
     }

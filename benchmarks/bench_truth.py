@@ -231,7 +231,7 @@ class TruthPool:
     def classifier(self, path: Path) -> torch.nn.Module:
         """The fine-tuned model to certify: the PyTorch checkpoint, or (``runtime`` onnx) its bit-exact ONNX export
         run by ONNX Runtime (integer kernels; the same logits, so the same certificates, see
-        ``certquant.deploy.export``; 1.9x faster per sample on this CPU for the small CNN's mixed policies). The
+        ``certquant.deploy.export``; faster per sample than PyTorch on this CPU for the small CNN's policies). The
         certificates do not depend on it, so a pool can be resumed with either."""
         if self.runtime == "torch":
             return load_checkpoint(path, map_location=self.device)[0]
