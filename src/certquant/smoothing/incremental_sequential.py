@@ -118,32 +118,18 @@ def irs_test(
     settings: SequentialSettings,
 ) -> SequentialTest:
     """The branch's ``SequentialTest``: on disagreements (zeta branch) or on f''s c_A hits (direct branch)."""
-    looks = look_schedule(n_p_max, settings)
-    if cache.pa_lower < gamma:
-        futility = settings.futility if settings.futility is not None else alpha_zeta
-        return SequentialTest(
-            looks,
-            alpha_zeta,
-            futility,
-            cache.sigma,
-            radii,
-            settings.final_share,
-            settings.tolerance,
-            kind=DISPARITY,
-            base=cache.pa_lower,
-            curtail=settings.curtail,
-        )
-    level = direct_level(cache.alpha, alpha_zeta)
-    futility = settings.futility if settings.futility is not None else level
+    zeta = cache.pa_lower < gamma
+    level = alpha_zeta if zeta else direct_level(cache.alpha, alpha_zeta)
     return SequentialTest(
-        looks,
+        look_schedule(n_p_max, settings),
         level,
-        futility,
+        settings.futility if settings.futility is not None else level,
         cache.sigma,
         radii,
         settings.final_share,
         settings.tolerance,
-        kind=PROPORTION,
+        kind=DISPARITY if zeta else PROPORTION,
+        base=cache.pa_lower if zeta else 1.0,
         curtail=settings.curtail,
     )
 
