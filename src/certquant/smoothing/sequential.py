@@ -25,9 +25,9 @@ same split of beta = ``futility``) and a deterministic check:
 - U_k <= Phi(r / sigma): pA <= Phi(r / sigma) with probability >= 1 - beta (all looks together), so the radius r is
   missed only with probability <= beta; U_k <= 1/2 gives up every radius (pA cannot exceed 1/2: abstain);
 - unreachable: even if every remaining sample were c_A, no later look's L_j could exceed Phi(r / sigma);
-- curtailed (``curtail`` = eps, off by default): even if the remaining samples hit c_A at p~ = the (1 - eps) upper
-  Clopper-Pearson bound of pA from the samples so far (an optimistic rate: p~ >= pA with probability >= 1 - eps), no
-  later look's L_j would exceed Phi(r / sigma). This is where sequential testing spends most: an image whose pA sits
+- curtailed (``curtail`` = eps; 0.1 in the default settings): even if the remaining samples hit c_A at p~ = the
+  (1 - eps) upper Clopper-Pearson bound of pA from the samples so far (an optimistic rate: p~ >= pA with probability
+  >= 1 - eps), no later look's L_j would exceed Phi(r / sigma). This is where sequential testing spends most: an image whose pA sits
   just above a threshold needs tens of thousands of samples to be told apart from it. Giving up claims nothing, so
   soundness is untouched; what it costs is power: a radius fixed-n CERTIFY at n_max would certify may be given up
   (measured, not bounded: the benchmark chooses eps on validation images against the certified accuracy lost).
