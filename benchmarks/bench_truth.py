@@ -242,10 +242,14 @@ class TruthPool:
             export_checkpoint(path, onnx_path)
         return load_onnx(onnx_path)[0]
 
-    def run(self) -> dict[str, Any]:
+    def run(self, only: Sequence[int] | None = None) -> dict[str, Any]:
+        """Every policy's replicates (``only``: just these pool indices, e.g. one process each on part of the pool;
+        the rows of the others are left out)."""
         self.folder.claim(resume=True)
         rows = []
         for index, (source, policy) in enumerate(self.pool()):
+            if only is not None and index not in only:
+                continue
             reps = [self.replicate(index, policy, self.cfg.finetune.seed + r) for r in range(self.replicates)]
             mean = {
                 k: float(np.mean([r[k] for r in reps]))
@@ -365,6 +369,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument(
         "--runtime", choices=["torch", "onnx"], default="torch", help="certify the PyTorch model or its exact export"
     )
+    parser.add_argument(
+        "--only",
+        type=int,
+        nargs="+",
+        default=None,
+        help="work on these pool indices only and write no result file "
+        "(split a pool over processes; the command without --only then gathers every policy)",
+    )
     parser.add_argument("overrides", nargs="*", help="run-config overrides KEY=VALUE (certquant run --help)")
     args = parser.parse_args(argv)
     try:
@@ -382,9 +394,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
             args.top_k,
             progress=not args.no_progress,
             runtime=args.runtime,
-        ).run()
+        ).run(args.only)
     except CertquantError as exc:
         raise SystemExit(f"error: {exc}") from None
+    if args.only is not None:
+        print(f"done: policies {args.only} (no result file; run without --only to gather the pool)")
+        return data
     text = markdown(data)
     write_results(name, data, text, Path(args.results) if args.results else None)
     print(text)

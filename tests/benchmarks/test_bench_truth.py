@@ -115,3 +115,14 @@ def test_onnx_runtime_gives_the_same_certificates(tiny_config, tmp_path):
         b = list(read_jsonl(tmp_path / "onnx" / policy / "certify-ft0" / "certificates.jsonl"))
         assert [(r["c_a"], r["n_a"], r["pa_lower"]) for r in a] == [(r["c_a"], r["n_a"], r["pa_lower"]) for r in b]
     assert [r["mean"] for r in torch_run["policies"]] == [r["mean"] for r in onnx_run["policies"]]
+
+
+def test_only_splits_the_pool_and_the_full_command_gathers_it(tiny_config, tmp_path):
+    """--only works on part of the pool and writes no result file; the command without it resumes that work and
+    gives the numbers of a straight run."""
+    extra = ("--policies", "2", "--replicates", "1")
+    part = _run(tiny_config, tmp_path / "split", tmp_path / "r1", *extra, "--only", "1")
+    assert [r["id"] for r in part["policies"]] == [1] and not (tmp_path / "r1" / "truth-tiny.json").exists()
+    gathered = _run(tiny_config, tmp_path / "split", tmp_path / "r1", *extra)
+    straight = _run(tiny_config, tmp_path / "straight", tmp_path / "r2", *extra)
+    assert [r["mean"] for r in gathered["policies"]] == [r["mean"] for r in straight["policies"]]
