@@ -247,41 +247,34 @@ def approx_predictions(qmodel, images, store: CacheStore, indices: list[int], n_
     return out
 
 
-def irs_decisions(
-    store: CacheStore,
-    preds: dict,
-    indices: list[int],
-    radii: list[float],
-    n_p: int,
-    num_classes: int,
-    settings: SequentialSettings,
-    n_p_max: int | None = None,
-) -> dict[str, Any]:
-    """Fixed-n IRS at n_p and sequential IRS with n_p_max (default n_p) from f''s stored predictions: certified
-    (images x radii) and quantized-model samples of each, and the sequential replays."""
-    n_p_max = n_p_max or n_p
+def fixed_irs(
+    store: CacheStore, preds: dict, indices: list[int], radii: list[float], n_p: int, num_classes: int
+) -> tuple[np.ndarray, int]:
+    """Fixed-n IRS at n_p from f''s stored predictions: certified (images x radii) and quantized-model samples."""
     thresholds = thresholds_of(radii, float(store.key["sigma"]))
-    fixed, fixed_cost, seq, seq_cost, replays = [], [], [], [], []
+    certified, cost = [], 0
     for i in indices:
         entry, first = store.entry(i), preds[i][:n_p]
         mask = samples_to_evaluate(entry, n_p, GAMMA, DISPARITY)
         seen = first if mask is None else first[mask]
         cert = incremental_certificate(entry, seen, num_classes, GAMMA, ALPHA_ZETA, DISPARITY, mask)
-        fixed.append(cert.pa_lower > thresholds if cert.label != -1 else np.zeros(len(radii), bool))
-        fixed_cost.append(cert.evaluated)
-        rep = replay_incremental_sequential(
-            entry, preds[i][:n_p_max], n_p_max, radii, GAMMA, ALPHA_ZETA, DISPARITY, settings
+        certified.append(cert.pa_lower > thresholds if cert.label != -1 else np.zeros(len(radii), bool))
+        cost += cert.evaluated
+    return np.array(certified), int(cost)
+
+
+def sequential_irs(
+    store: CacheStore, preds: dict, indices: list[int], radii: list[float], n_p_max: int, settings: SequentialSettings
+) -> tuple[np.ndarray, int, list]:
+    """Sequential IRS with n_p_max replayed from f''s stored predictions: certified (images x radii), quantized-model
+    samples and the replays."""
+    replays = [
+        replay_incremental_sequential(
+            store.entry(i), preds[i][:n_p_max], n_p_max, radii, GAMMA, ALPHA_ZETA, DISPARITY, settings
         )
-        seq.append(rep.certified)
-        seq_cost.append(rep.evaluated)
-        replays.append(rep)
-    return {
-        "fixed": np.array(fixed),
-        "fixed_cost": int(sum(fixed_cost)),
-        "sequential": np.array(seq),
-        "sequential_cost": int(sum(seq_cost)),
-        "replays": replays,
-    }
+        for i in indices
+    ]
+    return np.array([r.certified for r in replays]), int(sum(r.evaluated for r in replays)), replays
 
 
 @dataclass(frozen=True)
@@ -297,7 +290,7 @@ def certify_grid(
 ) -> tuple[SequentialSettings, list[dict[str, Any]]]:
     """Sequential CERTIFY for every (growth, final_share, curtail) of the grid on the validation run: certified
     accuracy and samples per image against fixed-n at the run's n. Chosen: the fewest samples among the settings whose
-    certified accuracy is at most --max-loss below fixed-n's at every radius (ties: the library default)."""
+    certified accuracy is at most --max-loss below fixed-n's at every radius (ties: without curtailment)."""
     n, sigma, n0 = int(store.key["n"]), float(store.key["sigma"]), int(store.key["n0"])
     correct = np.array([records[i]["c_a"] == records[i]["label"] for i in indices])
     fixed = accuracy(fixed_n_lowers(store, indices, n)[:, None] > thresholds_of(radii, sigma)[None, :], correct)
@@ -334,8 +327,8 @@ def irs_grid(
     growth: float,
     args,
 ) -> tuple[IRSChoice, list[dict[str, Any]]]:
-    """Sequential IRS for every (final_share, n_p_max multiple) of the grid on the validation run, against fixed-n IRS
-    at n_p, over all --policies. Chosen: the fewest quantized-model samples among the settings with equal certified
+    """Sequential IRS for every (final_share, n_p_max multiple, curtail) of the grid on the validation run, against
+    fixed-n IRS at n_p (computed once per policy), over all --policies. Chosen: the fewest quantized-model samples among the settings with equal certified
     accuracy at every radius for every policy (none: the smallest largest loss, then the fewest samples)."""
     correct = np.array([records[i]["c_a"] == records[i]["label"] for i in indices])
     largest = int(args.np * max(args.np_max_multiples))
@@ -345,16 +338,17 @@ def irs_grid(
         )
         for name, qmodel in qmodels.items()
     }
+    fixed = {name: fixed_irs(store, preds[name], indices, radii, args.np, args.num_classes) for name in qmodels}
+    fixed_cost = sum(cost for _, cost in fixed.values())
     rows, default = [], SequentialSettings(tolerance=args.tolerance, growth=growth)
     for share, multiple, curtail in itertools.product(args.final_shares, args.np_max_multiples, args.curtails):
         settings, n_p_max = replace(default, final_share=share, curtail=curtail), int(args.np * multiple)
-        fixed_cost = seq_cost = 0
-        loss = 0.0
+        seq_cost, loss = 0, 0.0
         for name in qmodels:
-            got = irs_decisions(store, preds[name], indices, radii, args.np, args.num_classes, settings, n_p_max)
-            fixed_acc, seq_acc = accuracy(got["fixed"], correct), accuracy(got["sequential"], correct)
+            certified, cost, _ = sequential_irs(store, preds[name], indices, radii, n_p_max, settings)
+            fixed_acc, seq_acc = accuracy(fixed[name][0], correct), accuracy(certified, correct)
             loss = max(loss, *(f - a for f, a in zip(fixed_acc, seq_acc)))
-            fixed_cost, seq_cost = fixed_cost + got["fixed_cost"], seq_cost + got["sequential_cost"]
+            seq_cost += cost
         rows.append(
             {
                 "final_share": share,
@@ -392,9 +386,10 @@ def irs_rows(
     for name, qmodel in qmodels.items():
         folder = Path(args.work) / Path(args.run).name / f"{name}-predictions"
         preds = approx_predictions(qmodel, images, store, chosen, choice.n_p_max, folder)
-        got = irs_decisions(store, preds, chosen, radii, args.np, args.num_classes, choice.settings, choice.n_p_max)
+        fixed, fixed_cost = fixed_irs(store, preds, chosen, radii, args.np, args.num_classes)
+        seq, seq_cost, replays = sequential_irs(store, preds, chosen, radii, choice.n_p_max, choice.settings)
         checks, seq_s, fixed_s = [], [], []
-        for i, rep in list(zip(chosen, got["replays"]))[: args.check_images]:
+        for i, rep in list(zip(chosen, replays))[: args.check_images]:
             entry = store.entry(i)
             real = certify_incremental_sequential(
                 qmodel, entry, images[i], sigma, choice.n_p_max, radii, GAMMA, ALPHA_ZETA, DISPARITY, choice.settings
@@ -409,14 +404,14 @@ def irs_rows(
             "n_p": args.np,
             "n_p_max": choice.n_p_max,
             "fixed_n_irs": {
-                "certified_accuracy": accuracy(got["fixed"], correct),
-                "quantized_samples": got["fixed_cost"],
+                "certified_accuracy": accuracy(fixed, correct),
+                "quantized_samples": fixed_cost,
             },
             "sequential_irs": {
-                "certified_accuracy": accuracy(got["sequential"], correct),
-                "quantized_samples": got["sequential_cost"],
+                "certified_accuracy": accuracy(seq, correct),
+                "quantized_samples": seq_cost,
             },
-            "decisions_differing": [int(v) for v in (got["fixed"] != got["sequential"]).sum(0)],
+            "decisions_differing": [int(v) for v in (fixed != seq).sum(0)],
             "check": {
                 "images": len(checks),
                 "identical_decisions": all(checks),

@@ -206,30 +206,29 @@ class SequentialTest:
             return float(cp_lower(s, n, self.alphas[k])), float(cp_upper(s, n, self.betas[k]))
         return self.base - float(cp_upper(s, n, self.alphas[k])), self.base - float(cp_lower(s, n, self.betas[k]))
 
-    def _reachable(self, k: int, s: int) -> float:
-        """The largest lower bound on q any later look could give (every remaining sample a c_A hit, or, for a
-        disparity, an agreement)."""
+    def _best_later(self, k: int, s: int, rate: float) -> float:
+        """The largest lower bound on q a later look would give if the samples after look k succeeded at ``rate``
+        (c_A hits, or for a disparity disagreements); -inf after the last look."""
         later = np.asarray(self.looks[k + 1 :], dtype=float)
         if not len(later):
             return -math.inf
+        successes = s + rate * (later - self.looks[k])
         if self.kind == PROPORTION:
-            return float(cp_lower(s + later - self.looks[k], later, self.alphas[k + 1 :]).max())
-        return float((self.base - cp_upper(np.full(len(later), s), later, self.alphas[k + 1 :])).max())
+            return float(cp_lower(successes, later, self.alphas[k + 1 :]).max())
+        return float((self.base - cp_upper(successes, later, self.alphas[k + 1 :])).max())
+
+    def _reachable(self, k: int, s: int) -> float:
+        """The best any later look could give: every remaining sample a c_A hit (a disparity: an agreement)."""
+        return self._best_later(k, s, 1.0 if self.kind == PROPORTION else 0.0)
 
     def _projected(self, k: int, s: int) -> float:
-        """The largest lower bound on q a later look would give if the remaining samples came at the optimistic rate
-        (the (1 - curtail) upper bound of pA, or lower bound of the disparity D, from the samples so far)."""
+        """What a later look would give at the optimistic rate: the (1 - curtail) upper bound of pA (a disparity:
+        the lower bound of D) from the samples so far; inf without curtailment (never given up on a projection)."""
         if self.curtail is None:
-            return math.inf  # no curtailment: never given up on a projection
-        later = np.asarray(self.looks[k + 1 :], dtype=float)
-        if not len(later):
-            return -math.inf
+            return math.inf
         n = self.looks[k]
-        if self.kind == PROPORTION:
-            rate = float(cp_upper(s, n, self.curtail))
-            return float(cp_lower(s + rate * (later - n), later, self.alphas[k + 1 :]).max())
-        rate = float(cp_lower(s, n, self.curtail))
-        return float((self.base - cp_upper(s + rate * (later - n), later, self.alphas[k + 1 :])).max())
+        rate = cp_upper(s, n, self.curtail) if self.kind == PROPORTION else cp_lower(s, n, self.curtail)
+        return self._best_later(k, s, float(rate))
 
     def look(self, k: int, successes: int) -> bool:
         """Test the counts of look k (``successes`` of ``looks[k]`` samples); return True when the test is over."""
