@@ -24,6 +24,8 @@ policy): no reward computed before the final fine-tune can rank better than that
         [--results DIR] [KEY=VALUE ...]
 
 Resumable (one run folder per row, one JSONL line per scored policy). Writes ``<results>/<name>.json`` and ``.md``.
+``--truth`` may also be the truth pool's work folder while it is still being certified: the rewards are scored (and
+kept in the work folder) but nothing is written; the command with the finished result file then only measures.
 """
 
 from __future__ import annotations
@@ -141,6 +143,23 @@ class Row:
         return "haq" if self.reward == "haq" else "arq"
 
 
+def load_truth(path: Path) -> dict:
+    """A truth pool result file; or a truth pool's work folder (``bench_truth.py --work``, possibly unfinished): its
+    policies (pool.json) and held-out images (run.json) without truth metrics, enough to score the rewards while
+    the truth is still being certified."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    if not (path / "pool.json").is_file():
+        raise CertquantError(f"{path} is neither a truth result file nor a truth pool folder: run bench_truth.py first")
+    identity = json.loads((path / "run.json").read_text())["identity"]
+    pool = json.loads((path / "pool.json").read_text())
+    policies = [Policy.from_dict(p["policy"]) for p in pool]
+    return {
+        "provenance": identity,
+        "policies": [{"id": i, "w_bits": p.w_bits, "a_bits": p.a_bits} for i, p in enumerate(policies)],
+    }
+
+
 class Fidelity:
     """Scores a truth pool's policies with each row's evaluator, resumably, and measures fidelity."""
 
@@ -159,7 +178,7 @@ class Fidelity:
         prov = truth["provenance"]
         if self.info["sha256"] != prov["checkpoint_sha256"]:
             raise CertquantError(
-                f"the truth pool was made with another checkpoint ({prov['checkpoint']}) than the "
+                f"the truth pool was made with another checkpoint ({prov.get('checkpoint', 'sha256 ' + prov['checkpoint_sha256'][:12])}) than the "
                 f"config's ({cfg.checkpoint}): use the config the truth was made with"
             )
         self.sigma = float(cfg.sigma if cfg.sigma is not None else self.info["sigma"])
@@ -359,14 +378,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     try:
         truth_path = Path(args.truth)
-        if not truth_path.is_file():
-            raise CertquantError(f"{truth_path} does not exist: run benchmarks/bench_truth.py first")
-        truth = json.loads(truth_path.read_text())
+        truth = load_truth(truth_path)
         cfg = load_config(args.config, args.overrides)
         name = args.name or truth_path.stem.replace("truth-", "fidelity-", 1)
         work = Path(args.work) if args.work else ROOT / "runs" / "bench_fidelity" / name
         rows = [Row(r, steps) for steps in args.finetune_steps for r in args.rewards]
-        data = Fidelity(cfg, truth, work, rows, args.bootstrap, progress=not args.no_progress).run()
+        fid = Fidelity(cfg, truth, work, rows, args.bootstrap, progress=not args.no_progress)
+        if truth_path.is_dir():  # the pool's policies only: score them now, measure fidelity once the truth is done
+            for row in rows:
+                fid.score_row(row)
+            return {"scored": [row.name for row in rows]}
+        data = fid.run()
     except CertquantError as exc:
         raise SystemExit(f"error: {exc}") from None
     text = markdown(data)

@@ -14,7 +14,9 @@ The reward is chosen on this pool, so the test subset never sees that choice.
         [--name truth-<model>-<budget>] [--results DIR] [KEY=VALUE ...]
 
 Resumable: one run folder per policy (``WORK/policy-NN``: run.json, model-ftS.pt, certify-ftS/), the pool itself in
-``WORK/pool.json``; the same command continues where it stopped. Writes ``<results>/<name>.json`` and ``.md``: per
+``WORK/pool.json``; the same command continues where it stopped. A replicate whose certification finished is read
+back without its model, so the pool's state can be kept (and committed, as ``benchmarks/state/`` is, without the
+models) and resumed on another machine. Writes ``<results>/<name>.json`` and ``.md``: per
 policy and replicate the final ACR, clean smoothed accuracy and certified accuracy at r = 0.25 / 0.5.
 """
 
@@ -191,6 +193,10 @@ class TruthPool:
             {"w_bits": policy.w_bits, "a_bits": policy.a_bits, **self.identity},
         )
         folder.claim(resume=True)
+        out = folder / f"certify-ft{seed}"
+        if (out / "summary.json").exists():  # finished: its certificates suffice (the model may not be kept)
+            records = list(read_jsonl(out / "certificates.jsonl"))
+            return {"finetune_seed": seed, **policy_metrics(records), "seconds_this_session": 0.0}
         path = final_model(
             self.cfg,
             self.checkpoint,
@@ -204,7 +210,6 @@ class TruthPool:
         qmodel = self.classifier(path)
         images, labels = load_dataset(self.info["dataset"], "train")
         c = self.cfg.certify
-        out = folder / f"certify-ft{seed}"
         started = time.time()
         certify_dataset(
             qmodel,

@@ -98,3 +98,20 @@ def test_truth_of_another_checkpoint_is_refused(tiny_truth, tiny_config, tmp_pat
                 str(tmp_path),
             ]
         )
+
+
+def test_rewards_are_scored_from_the_pool_folder_before_the_truth_is_done(tiny_truth, tiny_config, tmp_path):
+    """--truth WORK (the truth pool's folder) scores every row and writes no result file; the command with the finished
+    truth then re-scores nothing and gives the rewards of a straight run."""
+    common = ["--config", str(tiny_config), "--rewards", "haq", "scratch", "--finetune-steps", "0", "--bootstrap"]
+    common += ["20", "--results", str(tmp_path), "--name", "fid", "--no-progress"]
+    early = bench_fidelity.main(["--truth", str(tiny_truth.parent / "work"), "--work", str(tmp_path / "w"), *common])
+    assert early == {"scored": ["haq", "scratch"]} and not (tmp_path / "fid.json").exists()
+    assert len(list(read_jsonl(tmp_path / "w" / "scratch" / "scores.jsonl"))) == 4
+    stamp = (tmp_path / "w" / "scratch" / "scores.jsonl").stat().st_mtime_ns
+    done = bench_fidelity.main(["--truth", str(tiny_truth), "--work", str(tmp_path / "w"), *common])
+    assert (tmp_path / "w" / "scratch" / "scores.jsonl").stat().st_mtime_ns == stamp
+    straight = bench_fidelity.main(["--truth", str(tiny_truth), "--work", str(tmp_path / "w2"), *common])
+    assert [r["rewards"] for r in done["rows"]] == [r["rewards"] for r in straight["rows"]]
+    with pytest.raises(SystemExit, match="^error: .*neither a truth result file nor a truth pool folder"):
+        bench_fidelity.main(["--truth", str(tmp_path), "--work", str(tmp_path / "w3"), *common])

@@ -126,3 +126,15 @@ def test_only_splits_the_pool_and_the_full_command_gathers_it(tiny_config, tmp_p
     gathered = _run(tiny_config, tmp_path / "split", tmp_path / "r1", *extra)
     straight = _run(tiny_config, tmp_path / "straight", tmp_path / "r2", *extra)
     assert [r["mean"] for r in gathered["policies"]] == [r["mean"] for r in straight["policies"]]
+
+
+def test_finished_replicates_resume_without_their_models(tiny_config, tmp_path):
+    """The pool's state without its models (as committed under benchmarks/state/) resumes to the same numbers: a
+    replicate whose certification finished is read back, not fine-tuned again."""
+    extra = ("--policies", "2", "--replicates", "1")
+    first = _run(tiny_config, tmp_path / "work", tmp_path / "r", *extra)
+    for model in [*(tmp_path / "work").rglob("*.pt"), *(tmp_path / "work").rglob("*.onnx")]:
+        model.unlink()
+    again = _run(tiny_config, tmp_path / "work", tmp_path / "r", *extra)
+    assert not list((tmp_path / "work").rglob("*.pt"))  # nothing was fine-tuned again
+    assert [r["mean"] for r in again["policies"]] == [r["mean"] for r in first["policies"]]
