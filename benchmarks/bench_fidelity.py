@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -56,6 +57,7 @@ from common import ROOT, device_name, write_results
 
 REWARDS = ("haq", "scratch", "irs", "irs-one-sided", "paired", "paired-margin")
 SCORES_FILE = "scores.jsonl"
+ROW_SPEC = re.compile(r"([a-z][a-z-]*)(?:@(\d+))?(?:\+ft(\d+))?(?:\+race([0-9.]+))?")
 
 
 # -- statistics over the pool ---------------------------------------------------------------------------------------
@@ -124,19 +126,44 @@ def fidelity(
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One reward configuration: ``reward`` (haq or an ACR estimator of ARQ's reward), fine-tuning steps."""
+    """One reward configuration: ``reward`` (haq or an ACR estimator of ARQ's reward), fine-tuning steps per
+    candidate, and optionally its own ``n_p`` (samples per search image) and racing confidence ``race_delta``."""
 
     reward: str
-    finetune_steps: int
+    finetune_steps: int = 0
+    n_p: int | None = None
+    race_delta: float = 0.0
 
     @property
     def name(self) -> str:
-        return self.reward + (f"+ft{self.finetune_steps}" if self.finetune_steps else "")
+        """The row's spec, ``REWARD[@N_P][+ftSTEPS][+raceDELTA]`` (``parse`` reads it back)."""
+        return (
+            self.reward
+            + (f"@{self.n_p}" if self.n_p else "")
+            + (f"+ft{self.finetune_steps}" if self.finetune_steps else "")
+            + (f"+race{self.race_delta:g}" if self.race_delta else "")
+        )
+
+    @classmethod
+    def parse(cls, spec: str) -> Row:
+        """A row from its spec, e.g. ``paired@64+ft50+race0.05``."""
+        match = ROW_SPEC.fullmatch(spec)
+        if not match:
+            raise CertquantError(f"row '{spec}' is not REWARD[@N_P][+ftSTEPS][+raceDELTA], e.g. paired@64+race0.05")
+        reward, n_p, steps, delta = match.groups()
+        return cls(reward, int(steps or 0), int(n_p) if n_p else None, float(delta or 0.0))
 
     def settings(self, cfg: RunConfig):
-        """The search settings this row scores with: the config's, with its estimator and fine-tuning steps."""
+        """The search settings this row scores with: the config's, with its estimator, fine-tuning steps, n_p and
+        racing confidence."""
         estimator = cfg.search.estimator if self.reward == "haq" else self.reward
-        return dataclasses.replace(cfg.search, estimator=estimator, finetune_steps=self.finetune_steps)
+        return dataclasses.replace(
+            cfg.search,
+            estimator=estimator,
+            finetune_steps=self.finetune_steps,
+            n_p=self.n_p or cfg.search.n_p,
+            race_delta=self.race_delta,
+        )
 
     @property
     def method(self) -> str:
@@ -212,7 +239,9 @@ class Fidelity:
                 reference = dict(evaluator.reference())
                 folder.write_json("reference.json", reference)
             policy = Policy.from_lists(evaluator.layers, p["w_bits"], p["a_bits"], arch=self.info["arch"])
-            terms = evaluator(policy)
+            # racing (the row's race_delta): against the best reward so far, in pool order, as a search would
+            incumbent = max((r["reward"] for r in done.values()), default=None)
+            terms = evaluator(policy, incumbent=incumbent) if evaluator.races else evaluator(policy)
             record = {
                 "id": p["id"],
                 "reward": terms["reward"],
@@ -225,6 +254,8 @@ class Fidelity:
                         "forward_samples",
                         "seconds_quantize",
                         "seconds_score",
+                        "images_scored",
+                        "raced_out",
                     )
                 },
                 "seconds": terms["seconds_quantize"] + terms["seconds_score"],
@@ -253,7 +284,9 @@ class Fidelity:
                     "name": row.name,
                     "reward": row.reward,
                     "finetune_steps": row.finetune_steps,
-                    "n_p": self.cfg.search.n_p,
+                    "n_p": row.settings(self.cfg).n_p,
+                    "race_delta": row.race_delta,
+                    "raced_out_share": float(np.mean([bool(s.get("raced_out")) for s in scores])),
                     **fidelity(rewards, acr, clean, self.rounds),
                     "seconds_per_candidate": float(np.median([s["seconds"] for s in scores])),
                     "forward_samples_per_candidate": float(np.mean([s["forward_samples"] for s in scores])),
@@ -318,7 +351,9 @@ def markdown(data: dict) -> str:
         f"{len(t['validation_indices'])} held-out validation images); rewards on the {s['search_images']} search "
         f"images of seed {s['seed']}, n_p = {s['n_p']}, n_fp = {s['n_fp']}, HAQ noise copies {s['noise_copies']}, "
         f"n0 = {p['certify']['n0']}. Intervals: bootstrap 95% over the pool ({p['bootstrap_rounds']} rounds). "
-        f"Device: {p['device']}."
+        f"Device: {p['device']}. Rows: REWARD[@N_P][+ftS][+raceD] = the reward with n_p = N_P samples per image "
+        f"(default above), S noisy fine-tuning steps per candidate, racing against the best reward so far (pool "
+        f"order) at confidence 1 - D."
     )
     headers = [
         "reward",
@@ -330,6 +365,7 @@ def markdown(data: dict) -> str:
         "fwd samples / cand.",
         "FT samples / cand.",
         "FP32 once s",
+        "raced out %",
     ]
     rows = [
         [
@@ -342,6 +378,7 @@ def markdown(data: dict) -> str:
             f"{r['forward_samples_per_candidate']:.0f}",
             r["finetune_samples_per_candidate"],
             "-" if r["seconds_fp32_once"] is None else f"{r['seconds_fp32_once']:.1f}",
+            f"{100 * r['raced_out_share']:.0f}" if r.get("race_delta") else "-",
         ]
         for r in data["rows"]
     ]
@@ -358,6 +395,7 @@ def markdown(data: dict) -> str:
                 "-",
                 "-",
                 "-",
+                "-",
             ]
         )
     return f"# Reward fidelity\n\n{head}\n\n{markdown_table(headers, rows)}\n"
@@ -369,6 +407,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--config", default=str(ROOT / "configs" / "bench-search.yaml"))
     parser.add_argument("--rewards", nargs="*", default=list(REWARDS))
     parser.add_argument("--finetune-steps", type=int, nargs="*", default=[0, 50])
+    parser.add_argument(
+        "--rows",
+        nargs="*",
+        default=[],
+        help="more rows REWARD[@N_P][+ftSTEPS][+raceDELTA], e.g. paired@16 scratch@64+race0.05 (after the grid)",
+    )
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap rounds over the pool")
     parser.add_argument("--work", default=None, help="default: runs/bench_fidelity/<name>")
     parser.add_argument("--name", default=None, help="results stem (default: the truth's, truth- -> fidelity-)")
@@ -383,6 +427,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         name = args.name or truth_path.stem.replace("truth-", "fidelity-", 1)
         work = Path(args.work) if args.work else ROOT / "runs" / "bench_fidelity" / name
         rows = [Row(r, steps) for steps in args.finetune_steps for r in args.rewards]
+        rows += [Row.parse(spec) for spec in args.rows]
         fid = Fidelity(cfg, truth, work, rows, args.bootstrap, progress=not args.no_progress)
         if truth_path.is_dir():  # the pool's policies only: score them now, measure fidelity once the truth is done
             for row in rows:

@@ -115,3 +115,33 @@ def test_rewards_are_scored_from_the_pool_folder_before_the_truth_is_done(tiny_t
     assert [r["rewards"] for r in done["rows"]] == [r["rewards"] for r in straight["rows"]]
     with pytest.raises(SystemExit, match="^error: .*neither a truth result file nor a truth pool folder"):
         bench_fidelity.main(["--truth", str(tmp_path), "--work", str(tmp_path / "w3"), *common])
+
+
+def test_row_specs_round_trip_and_bad_specs_are_refused():
+    for spec in ("haq", "paired@16", "scratch+ft50", "irs-one-sided@64+ft5+race0.05"):
+        assert bench_fidelity.Row.parse(spec).name == spec
+    assert bench_fidelity.Row.parse("paired@16+race0.1") == bench_fidelity.Row("paired", 0, 16, 0.1)
+    with pytest.raises(bench_fidelity.CertquantError, match="is not REWARD"):
+        bench_fidelity.Row.parse("paired@x")
+
+
+RACE_SETTINGS = ("search.race_batch=1", "search.search_images=8")  # still disjoint from the truth images
+
+
+def test_rows_with_their_own_n_p_and_racing(tiny_truth, tiny_config, tmp_path):
+    """A row's n_p sets its samples per image; a racing row scores fewer images of a candidate that cannot beat the
+    best reward so far, and never reports a raced-out reward above it."""
+    args = ["--truth", str(tiny_truth), "--config", str(tiny_config), "--rewards", "--rows", "scratch@20"]
+    args += ["scratch+race0.9", "--bootstrap", "20", "--work", str(tmp_path / "w"), "--results", str(tmp_path)]
+    data = bench_fidelity.main([*args, "--name", "fid", "--no-progress", *RACE_SETTINGS])
+    rows = {r["name"]: r for r in data["rows"]}
+    assert rows["scratch@20"]["n_p"] == 20
+    assert rows["scratch@20"]["forward_samples_per_candidate"] == 8 * (10 + 20)
+    scores = list(read_jsonl(tmp_path / "w" / "scratch+race0.9" / "scores.jsonl"))
+    best = scores[0]["reward"]
+    for s in scores[1:]:
+        if s["raced_out"]:
+            assert s["images_scored"] < 8 and s["reward"] <= best
+        best = max(best, s["reward"])
+    assert any(s["raced_out"] for s in scores)  # the race did stop a candidate here
+    assert rows["scratch+race0.9"]["raced_out_share"] == np.mean([bool(s["raced_out"]) for s in scores])
