@@ -104,11 +104,11 @@ def test_bad_input_is_one_line(tiny_config, tmp_path):
 
 
 def test_onnx_runtime_gives_the_same_certificates(tiny_config, tmp_path):
-    """--runtime onnx certifies the bit-exact export with ONNX Runtime: the same certificates as PyTorch's."""
+    """certify.runtime=onnx certifies the bit-exact export with ONNX Runtime: the same certificates as PyTorch's."""
     pytest.importorskip("onnxruntime")
     extra = ("--policies", "2", "--replicates", "1")
     torch_run = _run(tiny_config, tmp_path / "torch", tmp_path / "r1", *extra)
-    onnx_run = _run(tiny_config, tmp_path / "onnx", tmp_path / "r2", *extra, "--runtime", "onnx")
+    onnx_run = _run(tiny_config, tmp_path / "onnx", tmp_path / "r2", *extra, "certify.runtime=onnx")
     assert (tmp_path / "onnx" / "policy-00" / "model-ft0.onnx").is_file()
     for policy in ("policy-00", "policy-01"):
         a = list(read_jsonl(tmp_path / "torch" / policy / "certify-ft0" / "certificates.jsonl"))

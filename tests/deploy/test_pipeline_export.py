@@ -29,13 +29,13 @@ def checkpoint(tmp_path_factory) -> str:
     return str(train(cfg, tmp_path_factory.mktemp("ckpt")))
 
 
-def config(checkpoint: str, export):
+def config(checkpoint: str, export, runtime: str = "torch"):
     return config_from_dict(
         {
             "dataset": "synthetic",
             "checkpoint": checkpoint,
             "device": "cpu",
-            "certify": {"n0": 10, "n": 100, "skip": 100, "max_images": 3, "batch": 50},
+            "certify": {"n0": 10, "n": 100, "skip": 100, "max_images": 3, "batch": 50, "runtime": runtime},
             "search": {
                 "budgets": [0.015625],
                 "methods": ["uniform"],
@@ -86,3 +86,28 @@ def test_run_exports_certifies_and_reports_side_by_side(checkpoint, tmp_path):
         config(checkpoint, {"format": "onnx", "agreement_samples": 300}), out, resume=True, progress=False
     )
     assert again["exported"] == results["exported"]
+
+
+def test_certify_runtime_onnx_certifies_the_exported_files(checkpoint, tmp_path):
+    """certify.runtime onnx: FP32 and each final model are certified as their ONNX exports (onnxruntime), with the
+    quantized model's certificates identical to PyTorch's (integer kernels are bit-exact); with export on, the card
+    is that certification and the report shows no PyTorch certification beside it."""
+    torch.set_num_threads(1)
+    torch_run = run_pipeline(config(checkpoint, {}), tmp_path / "torch", progress=False)
+    onnx_run = run_pipeline(config(checkpoint, "onnx", runtime="onnx"), tmp_path / "onnx", progress=False)
+    folder = tmp_path / "onnx" / "budget-0.015625" / "uniform"
+    assert (tmp_path / "onnx" / "fp32" / "model.onnx").is_file() and (folder / "model.onnx").is_file()
+    assert not (folder / "onnx-certify").exists()  # certified once, as the file
+    quantized = [json.loads(line) for line in (folder / "certify" / "certificates.jsonl").read_text().splitlines()]
+    reference = tmp_path / "torch" / "budget-0.015625" / "uniform" / "certify" / "certificates.jsonl"
+    expected = [json.loads(line) for line in reference.read_text().splitlines()]
+    assert [(r["c_a"], r["n_a"], r["pa_lower"]) for r in quantized] == [
+        (r["c_a"], r["n_a"], r["pa_lower"]) for r in expected
+    ]
+    assert onnx_run["rows"][1]["acr"] == torch_run["rows"][1]["acr"]
+    card, _, matches = check_card(folder / "model.onnx")
+    assert matches and card["acr"] == onnx_run["rows"][1]["acr"]
+    (row,) = onnx_run["exported"]
+    assert row["acr"] is None and row["onnx_acr"] == onnx_run["rows"][1]["acr"]
+    with pytest.raises(CertquantError, match="certify.runtime must be one of torch, onnx"):
+        config(checkpoint, {}, runtime="tflite")

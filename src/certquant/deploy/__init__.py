@@ -7,7 +7,7 @@ onnx and onnxruntime are the optional extra ``certquant[deploy]``; they are impo
 
 from certquant.deploy.agreement import prediction_agreement
 from certquant.deploy.card import check_card, format_card, graph_sha256, write_card
-from certquant.deploy.export import ExportConfig, ExportResult, export_checkpoint, export_onnx
+from certquant.deploy.export import ExportConfig, ExportResult, export_checkpoint, export_onnx, exported_classifier
 from certquant.deploy.importers import import_cohen, import_torch
 from certquant.deploy.runtime import OnnxClassifier, integer_kernels, load_onnx
 
@@ -18,6 +18,7 @@ __all__ = [
     "check_card",
     "export_checkpoint",
     "export_onnx",
+    "exported_classifier",
     "format_card",
     "graph_sha256",
     "import_cohen",

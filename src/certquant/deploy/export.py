@@ -708,3 +708,15 @@ def export_checkpoint(
     meta = {k: info[k] for k in keep if k in info}
     meta["source"] = {"path": str(info.get("path", "")), "sha256": info.get("sha256", "")}
     return export_onnx(model, input_shape(info), out, opset, meta, integer_kernels)
+
+
+def exported_classifier(
+    checkpoint: str | os.PathLike, onnx_path: str | os.PathLike, opset: int = INT4_OPSET, integer_kernels: bool = True
+) -> Any:
+    """The export of ``checkpoint`` at ``onnx_path`` (made when missing, else reused) loaded for onnxruntime: what
+    ``certify.runtime: onnx`` certifies (with integer kernels, the quantized model's logits bit for bit)."""
+    from certquant.deploy.runtime import load_onnx
+
+    if not Path(onnx_path).exists():
+        export_checkpoint(checkpoint, onnx_path, opset, integer_kernels)
+    return load_onnx(onnx_path)[0]

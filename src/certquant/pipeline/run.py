@@ -6,6 +6,8 @@ Run folder (every stage keeps its output, so ``resume`` continues at the stage a
     run.json                          the resolved config, the checkpoint's hash, the test indices and the stages
                                       (budget, method, folder): the run's identity (resume must match)
     fp32/certify/                     CERTIFY of the full-precision model on the test subset
+    fp32/model.onnx                   with ``certify.runtime: onnx``: the file certified in fp32/certify/ (and in
+                                      budget-<F>/<method>/certify/ the stage's model.onnx is the one certified)
     budget-<F>/<method>/search/       the search run folder (history.jsonl, best_policy.json, state.pt, summary.json)
     budget-<F>/<method>/model.pt      the best policy, calibrated on noisy images and fine-tuned with noise
     budget-<F>/<method>/certify/      CERTIFY of that quantized model on the same test subset
@@ -106,6 +108,10 @@ class Pipeline:
         self.stages = [(float(b), m) for b in cfg.search.budgets for m in cfg.search.methods]
         for budget in cfg.search.budgets:  # a budget no policy can meet fails here, before anything is written
             BitWidthEnv(self.search_layers(), cfg.search.env(budget), arch=self.info["arch"])
+        if cfg.certify.runtime == "onnx":  # refused before anything is written when the deploy extra is missing
+            from certquant.deploy.deps import require
+
+            require("onnx"), require("onnxruntime")
         self.folder = RunFolder(self.out, "run", self.identity())
         self.job = SearchJob(self.model, self.info, self.sigma, cfg.search, cfg.certify, self.device)
 
@@ -147,12 +153,21 @@ class Pipeline:
             c.batch,
             c.seed,
             identity={"name": name},
-            provenance={"model": name},
+            provenance={"model": name, "runtime": self.cfg.certify.runtime},
             input_shape=input_shape(self.info),
             progress=self.progress,
             channels_last=self.device.type == "cpu",
             resume=True,
         )
+
+    def _runnable(self, model: Any, checkpoint: str | Path, onnx_path: Path) -> Any:
+        """What CERTIFY runs: ``model`` itself, or with ``certify.runtime: onnx`` the export of ``checkpoint`` to
+        ``onnx_path`` (made once; the export settings of ``export``) run by onnxruntime."""
+        if self.cfg.certify.runtime == "torch":
+            return model
+        from certquant.deploy import exported_classifier
+
+        return exported_classifier(checkpoint, onnx_path, self.cfg.export.opset, self.cfg.export.integer_kernels)
 
     def search(self, budget: float, method: str) -> Policy:
         """The search's best policy or, with ``search.final_top_k`` > 1, the best of its top k on fresh images."""
@@ -210,7 +225,9 @@ class Pipeline:
                 c.batch,
             )
             atomic_write_json(folder / "agreement.json", agreement)
-        if e.certify:
+        if e.certify and self.cfg.certify.runtime == "onnx":  # certify/ is already the file's certification
+            write_card(path, folder / "certify")
+        elif e.certify:
             write_card(path, self._certify(onnx_model, folder / "onnx-certify", f"{name} (onnx)"))
 
     def search_only(self) -> dict[tuple[float, str], Policy]:
@@ -224,7 +241,8 @@ class Pipeline:
         """Run (or skip, when done) one stage: ``certify-fp32``; ``search`` -> Policy; ``quantize`` (of ``previous``,
         the search's policy) -> model path; ``certify`` (of ``previous``, that path)."""
         if stage == "certify-fp32":
-            self._certify(self.model, self.out / "fp32" / "certify", "fp32")
+            fp32 = self._runnable(self.model, self.checkpoint, self.out / "fp32" / "model.onnx")
+            self._certify(fp32, self.out / "fp32" / "certify", "fp32")
             return None
         if budget is None or method is None:
             raise CertquantError(f"pipeline stage '{stage}' needs a budget and a method")
@@ -238,7 +256,8 @@ class Pipeline:
             return str(self._quantize(previous, folder))
         if stage == "certify":
             qmodel, _ = load_checkpoint(previous, map_location=self.device)
-            self._certify(qmodel, folder / "certify", f"{method}@{budget:g}")
+            runnable = self._runnable(qmodel, previous, folder / "model.onnx")
+            self._certify(runnable, folder / "certify", f"{method}@{budget:g}")
             if self.cfg.export.enabled:
                 self._deploy(qmodel, folder, f"{method}@{budget:g}")
             return None

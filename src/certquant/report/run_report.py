@@ -270,20 +270,22 @@ def _exported_rows(out: Path, identity: dict[str, Any], rows: list[dict[str, Any
     """With ``export: onnx``: per method, the fake-quantized model's and the exported file's certified figures and the
     share of noisy samples on which their predictions agree."""
     by_name = {row["name"]: row for row in rows}
+    # certify.runtime onnx: the run's own certification is the file's, and the PyTorch model is not certified
+    onnx_only = identity.get("config", {}).get("certify", {}).get("runtime") == "onnx"
     exported = []
     for budget, method, folder in _method_folders(out, identity):
         name = f"{method}@{budget:g}"
-        run_dir = folder / "onnx-certify"
-        if name not in by_name or not (run_dir / "summary.json").is_file():
+        run_dir = folder / ("certify" if onnx_only else "onnx-certify")
+        if name not in by_name or not (run_dir / "summary.json").is_file() or not (folder / "model.onnx").is_file():
             continue
         summary = json.loads((run_dir / "summary.json").read_text())
         agreement = json.loads((folder / "agreement.json").read_text()) if (folder / "agreement.json").is_file() else {}
         exported.append(
             {
                 "name": name,
-                "acr": by_name[name]["acr"],
+                "acr": None if onnx_only else by_name[name]["acr"],
                 "onnx_acr": summary["acr"],
-                "clean_accuracy": by_name[name]["clean_accuracy"],
+                "clean_accuracy": None if onnx_only else by_name[name]["clean_accuracy"],
                 "onnx_clean_accuracy": summary["clean_accuracy"],
                 "agreement": agreement.get("share"),
                 "agreement_samples": agreement.get("total"),
@@ -307,9 +309,9 @@ def _exported_table(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]
     rows = [
         [
             r["name"],
-            f"{r['acr']:.3f}",
+            "-" if r["acr"] is None else f"{r['acr']:.3f}",
             f"{r['onnx_acr']:.3f}",
-            f"{r['clean_accuracy']:.3f}",
+            "-" if r["clean_accuracy"] is None else f"{r['clean_accuracy']:.3f}",
             f"{r['onnx_clean_accuracy']:.3f}",
             f"{r['agreement']:.4f}" if r["agreement"] is not None else "-",
             r["agreement_samples"] or "-",

@@ -601,7 +601,8 @@ class PolicyEvaluator:
         return {
             **asdict(self.config),
             "reward": self.reward_kind.name,
-            "certify": asdict(self.certify_config),
+            # certify.runtime is left out: it is what the final certification runs, never a search's scoring
+            "certify": {k: v for k, v in asdict(self.certify_config).items() if k != "runtime"},
             "seed": self.seed,
             "sigma": self.sigma,
             "search_indices": self.indices,
