@@ -84,16 +84,16 @@ def regret(reward: np.ndarray, truth: np.ndarray) -> float:
     return float(truth.max() - truth[top].mean())
 
 
-def bootstrap(
-    stat: Callable[[np.ndarray, np.ndarray], float], reward: np.ndarray, truth: np.ndarray, rounds: int, seed: int
-) -> list[float] | None:
-    """Percentile 95% interval of ``stat(reward, truth)`` over the pool resampled with replacement (rounds whose
-    statistic is undefined, e.g. a constant resample, are left out); None when none is defined."""
+def bootstrap(stat: Callable[..., float], arrays: Sequence[np.ndarray], rounds: int, seed: int) -> list[float] | None:
+    """Percentile 95% interval of ``stat(*arrays)`` over the pool resampled with replacement (the same resample of
+    every array: paired; rounds whose statistic is undefined, e.g. a constant resample, are left out); None when
+    none is defined."""
     rng = np.random.default_rng(seed)
+    size = len(arrays[0])
     values = []
     for _ in range(rounds):
-        idx = rng.integers(0, len(reward), len(reward))
-        value = stat(reward[idx], truth[idx])
+        idx = rng.integers(0, size, size)
+        value = stat(*(a[idx] for a in arrays))
         if np.isfinite(value):
             values.append(value)
     if not values:
@@ -117,8 +117,33 @@ def fidelity(
     ):
         value = stat(r, truth)
         out[name] = value if np.isfinite(value) else None  # e.g. a constant reward: no ranking
-        out[f"{name}_ci95"] = bootstrap(stat, r, truth, rounds, seed)
+        out[f"{name}_ci95"] = bootstrap(stat, (r, truth), rounds, seed)
     return out
+
+
+def tau_gap(
+    reward: Sequence[float], best: Sequence[float], truth: Sequence[float], rounds: int = 2000, seed: int = 0
+) -> list[float] | None:
+    """Paired bootstrap 95% interval of tau(reward, truth) - tau(best, truth) over the same resampled pools: a row
+    whose interval includes 0 is tied with ``best`` (the pool cannot tell them apart)."""
+    arrays = tuple(np.asarray(v, dtype=float) for v in (reward, best, truth))
+    return bootstrap(lambda r, b, t: _tau(r, t) - _tau(b, t), arrays, rounds, seed)
+
+
+def cost_fidelity_front(rows: Sequence[dict]) -> set[str]:
+    """Names of the rows no other row dominates: none is as cheap or cheaper (seconds per candidate) with a Kendall
+    tau with the truth's ACR as high or higher, one of the two strictly."""
+    scored = [r for r in rows if r["kendall_tau_acr"] is not None]
+
+    def dominated(r: dict) -> bool:
+        return any(
+            o["seconds_per_candidate"] <= r["seconds_per_candidate"]
+            and o["kendall_tau_acr"] >= r["kendall_tau_acr"]
+            and (o["seconds_per_candidate"], o["kendall_tau_acr"]) != (r["seconds_per_candidate"], r["kendall_tau_acr"])
+            for o in scored
+        )
+
+    return {r["name"] for r in scored if not dominated(r)}
 
 
 # -- scoring the pool -----------------------------------------------------------------------------------------------
@@ -295,6 +320,14 @@ class Fidelity:
                     "rewards": rewards,
                 }
             )
+        front = cost_fidelity_front(out_rows)
+        ranked = [r for r in out_rows if r["kendall_tau_acr"] is not None]
+        best = max(ranked, key=lambda r: r["kendall_tau_acr"]) if ranked else None
+        for r in out_rows:
+            r["on_front"] = r["name"] in front
+            r["tau_minus_best_ci95"] = (
+                None if best is None else tau_gap(r["rewards"], best["rewards"], acr, self.rounds)
+            )
         ceiling = None
         if all(len(p["replicates"]) >= 2 for p in pool):
             first = [p["replicates"][0]["acr"] for p in pool]
@@ -336,6 +369,10 @@ def _with_ci(value: float | None, ci: list[float] | None) -> str:
     return f"{value:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else f"{value:+.2f}"
 
 
+def _interval(ci: list[float] | None) -> str:
+    return "-" if not ci else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
 def _regret(value: float | None, ci: list[float] | None) -> str:
     if value is None:
         return "-"
@@ -353,11 +390,14 @@ def markdown(data: dict) -> str:
         f"n0 = {p['certify']['n0']}. Intervals: bootstrap 95% over the pool ({p['bootstrap_rounds']} rounds). "
         f"Device: {p['device']}. Rows: REWARD[@N_P][+ftS][+raceD] = the reward with n_p = N_P samples per image "
         f"(default above), S noisy fine-tuning steps per candidate, racing against the best reward so far (pool "
-        f"order) at confidence 1 - D."
+        f"order) at confidence 1 - D. tau - best: paired bootstrap 95% interval of the row's tau minus the "
+        f"highest tau's (0 inside: tied with it); front: no row is as cheap (s / candidate) with a tau as high."
     )
     headers = [
         "reward",
         "tau ACR",
+        "tau - best",
+        "front",
         "rho ACR",
         "tau clean",
         "regret ACR",
@@ -371,6 +411,8 @@ def markdown(data: dict) -> str:
         [
             r["name"],
             _with_ci(r["kendall_tau_acr"], r["kendall_tau_acr_ci95"]),
+            _interval(r.get("tau_minus_best_ci95")),
+            "yes" if r.get("on_front") else "",
             _with_ci(r["spearman_acr"], r["spearman_acr_ci95"]),
             _with_ci(r["kendall_tau_clean"], r["kendall_tau_clean_ci95"]),
             _regret(r["regret_acr"], r["regret_acr_ci95"]),
@@ -388,6 +430,8 @@ def markdown(data: dict) -> str:
             [
                 c["name"],
                 _with_ci(c["kendall_tau_acr"], c["kendall_tau_acr_ci95"]),
+                "-",
+                "-",
                 _with_ci(c["spearman_acr"], c["spearman_acr_ci95"]),
                 _with_ci(c["kendall_tau_clean"], c["kendall_tau_clean_ci95"]),
                 f"{c['regret_acr']:.4f}",

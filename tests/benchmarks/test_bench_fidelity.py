@@ -145,3 +145,18 @@ def test_rows_with_their_own_n_p_and_racing(tiny_truth, tiny_config, tmp_path):
         best = max(best, s["reward"])
     assert any(s["raced_out"] for s in scores)  # the race did stop a candidate here
     assert rows["scratch+race0.9"]["raced_out_share"] == np.mean([bool(s["raced_out"]) for s in scores])
+
+
+def test_cost_fidelity_front_and_the_tau_gap_to_the_best():
+    rows = [
+        {"name": "cheap", "seconds_per_candidate": 1.0, "kendall_tau_acr": 0.2},
+        {"name": "dominated", "seconds_per_candidate": 2.0, "kendall_tau_acr": 0.1},
+        {"name": "good", "seconds_per_candidate": 5.0, "kendall_tau_acr": 0.6},
+        {"name": "costly-equal", "seconds_per_candidate": 9.0, "kendall_tau_acr": 0.6},
+        {"name": "unranked", "seconds_per_candidate": 0.1, "kendall_tau_acr": None},
+    ]
+    assert bench_fidelity.cost_fidelity_front(rows) == {"cheap", "good"}
+    truth = np.arange(20.0)
+    assert bench_fidelity.tau_gap(truth, truth, truth, rounds=100) == [0.0, 0.0]  # a row against itself
+    low, high = bench_fidelity.tau_gap(-truth, truth, truth, rounds=100)
+    assert low == pytest.approx(-2.0) and high == pytest.approx(-2.0)  # reversed against perfect: always 2 below
