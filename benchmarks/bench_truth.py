@@ -234,8 +234,8 @@ class TruthPool:
 
     def classifier(self, path: Path) -> torch.nn.Module:
         """The fine-tuned model to certify: the PyTorch checkpoint, or (``certify.runtime: onnx``) its bit-exact ONNX
-        export run by ONNX Runtime (the same logits, so the same certificates; 1.75x less CPU time for the small
-        CNN's policies). The certificates do not depend on it, so a pool can be resumed with either."""
+        export run by ONNX Runtime (the same logits, so the same certificates; faster on a CPU for the small CNN's
+        policies). The certificates do not depend on it, so a pool can be resumed with either."""
         if self.cfg.certify.runtime == "torch":
             return load_checkpoint(path, map_location=self.device)[0]
         from certquant.deploy import exported_classifier

@@ -103,6 +103,36 @@ def test_killed_run_resumes_to_the_same_results(checkpoint, tmp_path, monkeypatc
     assert strip_timing(saved) == strip_timing(json.loads(json.dumps(straight)))
 
 
+def test_a_run_resumes_without_its_models_and_search_states(checkpoint, tmp_path, monkeypatch):
+    """What benchmarks/state/ commits (a run folder without *.pt, *.onnx and fine-tuning states) resumes to the same
+    results: models are re-made deterministically, and a search left unfinished without its state.pt restarts from
+    its first episode."""
+    cfg = tiny_config(checkpoint)
+    straight = run_pipeline(cfg, tmp_path / "straight", progress=False)
+    import certquant.smoothing.runner as runner
+
+    original, calls = runner.certify, []
+
+    def killed_mid_stage(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # the second image of the arq model's certification
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "certify", killed_mid_stage)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, tmp_path / "kept", progress=False)
+    monkeypatch.setattr(runner, "certify", original)
+    run = tmp_path / "kept"
+    for path in [*run.rglob("*.pt"), *run.rglob("*.onnx")]:
+        path.unlink()
+    for path in run.rglob("*.finetune"):
+        shutil.rmtree(path)
+    (run / "budget-0.015625" / "arq" / "search" / "summary.json").unlink()  # the search, as if left unfinished
+    resumed = run_pipeline(cfg, run, resume=True, progress=False)
+    assert strip_timing(resumed) == strip_timing(straight)
+
+
 @pytest.fixture(scope="module")
 def uniform_run(checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("uniform") / "run"

@@ -32,8 +32,8 @@ class CertifyConfig:
     """Run seed: image i's noise is seeded by image_seed(seed, i)."""
     runtime: str = "torch"
     """What ``certquant run`` certifies: torch (the PyTorch model) or onnx (its ONNX export, integer kernels, run by
-    onnxruntime on the CPU: the same certificates for quantized models, 1.75x less CPU time for the small CNN's; the
-    deploy extra)."""
+    onnxruntime on the CPU: the same certificates for quantized models, and on a CPU faster than PyTorch's fake
+    quantization for small models (README, Deploy: speed); the deploy extra)."""
 
     def __post_init__(self) -> None:
         check(self.n0 >= 1 and self.n >= 1, f"certify needs n0 >= 1 and n >= 1 noise samples, got {self.n0}, {self.n}")
