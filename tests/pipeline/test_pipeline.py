@@ -72,6 +72,24 @@ def strip_timing(value):
     return without(value, TIMING_KEYS, PATH_KEYS)
 
 
+def interrupt_run(cfg, out: Path, monkeypatch) -> None:
+    """Run the pipeline into ``out`` and interrupt it at the second image of the arq model's certification."""
+    import certquant.smoothing.runner as runner
+
+    original, calls = runner.certify, []
+
+    def killed_mid_stage(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # FP32's three images, then the arq model's first
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "certify", killed_mid_stage)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, out, progress=False)
+    monkeypatch.setattr(runner, "certify", original)
+
+
 def test_killed_run_resumes_to_the_same_results(checkpoint, tmp_path, monkeypatch):
     cfg = tiny_config(checkpoint)
     straight = run_pipeline(cfg, tmp_path / "straight", progress=False)
@@ -80,20 +98,7 @@ def test_killed_run_resumes_to_the_same_results(checkpoint, tmp_path, monkeypatc
     assert [row["name"] for row in straight["rows"]] == ["FP32", "arq@0.015625", "uniform@0.015625"]
     assert all(row["bitops_fraction"] <= 0.015625 for row in straight["rows"][1:])
 
-    import certquant.smoothing.runner as runner
-
-    original, calls = runner.certify, []
-
-    def killed_mid_stage(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:  # the second image of the arq model's certification
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "certify", killed_mid_stage)
-    with pytest.raises(KeyboardInterrupt):
-        run_pipeline(cfg, tmp_path / "killed", progress=False)
-    monkeypatch.setattr(runner, "certify", original)
+    interrupt_run(cfg, tmp_path / "killed", monkeypatch)
     assert not (tmp_path / "killed" / "results.json").exists()
     with pytest.raises(CertquantError, match="--resume"):
         run_pipeline(cfg, tmp_path / "killed", progress=False)
@@ -109,20 +114,7 @@ def test_a_run_resumes_without_its_models_and_search_states(checkpoint, tmp_path
     its first episode."""
     cfg = tiny_config(checkpoint)
     straight = run_pipeline(cfg, tmp_path / "straight", progress=False)
-    import certquant.smoothing.runner as runner
-
-    original, calls = runner.certify, []
-
-    def killed_mid_stage(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:  # the second image of the arq model's certification
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(runner, "certify", killed_mid_stage)
-    with pytest.raises(KeyboardInterrupt):
-        run_pipeline(cfg, tmp_path / "kept", progress=False)
-    monkeypatch.setattr(runner, "certify", original)
+    interrupt_run(cfg, tmp_path / "kept", monkeypatch)
     run = tmp_path / "kept"
     for path in [*run.rglob("*.pt"), *run.rglob("*.onnx")]:
         path.unlink()
