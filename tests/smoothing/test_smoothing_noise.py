@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from certquant.smoothing.noise import ESTIMATION, SELECTION, batch_counts, batch_seed, image_seed, noisy_batches
+from certquant.smoothing.noise import (
+    ESTIMATION,
+    SELECTION,
+    batch_counts,
+    batch_seed,
+    image_seed,
+    noisy_batches,
+    prefix_draw_is_exact,
+)
 from certquant.utils.errors import CertquantError
 
 
@@ -33,6 +41,27 @@ def test_prefix_is_bit_identical(limit):
     full = _all(x, 9)
     part = _all(x, 9, limit=limit)
     assert torch.equal(part, full[: min(limit, 250)])
+
+
+@pytest.mark.parametrize(
+    ("shape", "batch", "limit"), [((1, 28, 28), 5000, 16), ((1, 28, 28), 5000, 5001), ((3, 32, 32), 1000, 3)]
+)
+def test_short_prefixes_are_drawn_short_and_equal_the_full_draw(shape, batch, limit):
+    """On the CPU, a sample of a multiple of 16 elements lets a prefix be drawn at its own size (the module
+    docstring): the same numbers as the whole batch drawn and sliced, at the search's real batch sizes."""
+    x = torch.rand(shape)
+    assert prefix_draw_is_exact(x)
+    part = _all(x, 5, total=10_000, batch=batch, limit=limit)
+    generator = torch.Generator().manual_seed(batch_seed(5, ESTIMATION, (limit - 1) // batch))
+    whole = torch.randn((batch, *shape), generator=generator).mul_(0.5).add_(x)
+    assert torch.equal(part[-(limit - (limit - 1) // batch * batch) :], whole[: limit - (limit - 1) // batch * batch])
+
+
+def test_other_shapes_draw_whole_batches_and_slice():
+    x = torch.rand(1, 3, 5)  # 15 elements: torch's 16-wide normal blocks would straddle samples
+    assert not prefix_draw_is_exact(x) and not prefix_draw_is_exact(torch.rand(4, 4).to(torch.float16))
+    full = _all(x, 2, total=300, batch=200)
+    assert torch.equal(_all(x, 2, total=300, batch=200, limit=17), full[:17])
 
 
 def test_batches_are_independent_streams():

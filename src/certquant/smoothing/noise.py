@@ -24,8 +24,13 @@ Seed scheme
 
 Regenerating sample ``j`` of a stage therefore needs (s, t, batch_size, the stage's total, the device type): batch
 ``j // batch_size`` is regenerated at its original size and sliced, because ``torch.randn`` does not promise that a
-shorter draw is a prefix of a longer one. CPU and CUDA generators give different numbers for the same seed, so
-regenerate on the same device type (and torch version) that certified. ``noisy_batches`` is the single generator
+shorter draw is a prefix of a longer one. One exception makes short prefixes cheap (IRS and the paired search
+estimators read the first n_p of n samples): on the CPU, torch fills a float tensor of >= 16 elements with uniforms
+in order and turns them into normals 16 at a time (Box-Muller, ``normal_fill`` in ATen), so when a sample holds a
+multiple of 16 elements (28x28 = 49 x 16, 3x32x32 = 192 x 16) a draw of k samples IS the first k of the longer draw;
+``noisy_batches`` then draws only the prefix, after checking that property once per sample shape
+(``prefix_draw_is_exact``; a test checks it at full batch sizes). CPU and CUDA generators give different numbers
+for the same seed, so regenerate on the same device type (and torch version) that certified. ``noisy_batches`` is the single generator
 used both by certification and by any later regeneration, which is what makes them bit-identical.
 """
 
@@ -83,7 +88,8 @@ def noisy_batches(
     """Yield ``x + N(0, sigma^2 I)`` for the first ``limit`` (default: all ``total``) samples of ``stage``, batch by batch.
 
     Noise is drawn on ``x.device`` with one seeded generator per batch (see the module docstring); the batch holding
-    sample ``limit - 1`` is drawn at full size and sliced, so any prefix is bit-identical to the full draw.
+    sample ``limit - 1`` is drawn only up to it where that gives the same numbers (``prefix_draw_is_exact``), else at
+    full size and sliced, so any prefix is bit-identical to the full draw.
     """
     limit = total if limit is None else min(limit, total)
     device = x.device
@@ -93,7 +99,31 @@ def noisy_batches(
         if start >= limit:
             return
         generator.manual_seed(batch_seed(seed, stage, b))
-        batch = torch.randn((count, *x.shape), generator=generator, device=device, dtype=x.dtype)
+        drawn = count
+        if start + count > limit and prefix_draw_is_exact(x):
+            drawn = limit - start  # the same numbers as the full draw's first rows, at a fraction of the cost
+        batch = torch.randn((drawn, *x.shape), generator=generator, device=device, dtype=x.dtype)
         batch.mul_(sigma).add_(x)  # in place: one allocation per batch
-        yield batch[: limit - start] if start + count > limit else batch
+        yield batch[: limit - start] if start + drawn > limit else batch
         start += count
+
+
+_PREFIX_EXACT: dict[tuple, bool] = {}
+
+
+def prefix_draw_is_exact(x: torch.Tensor) -> bool:
+    """Whether a seeded ``torch.randn`` of k samples shaped like ``x`` equals the first k samples of a longer draw
+    (module docstring): CPU, float32 / float64, a multiple of 16 elements per sample, and checked once per shape on
+    this torch; anything else (CUDA's Philox offsets, odd shapes) draws whole batches."""
+    key = (tuple(x.shape), x.dtype, x.device.type)
+    if key not in _PREFIX_EXACT:
+        exact = x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.numel() % 16 == 0
+        if exact:
+            generator = torch.Generator(device=x.device)
+            generator.manual_seed(batch_seed(0, ESTIMATION, 0))
+            longer = torch.randn((7, *x.shape), generator=generator, dtype=x.dtype)
+            generator.manual_seed(batch_seed(0, ESTIMATION, 0))
+            shorter = torch.randn((2, *x.shape), generator=generator, dtype=x.dtype)
+            exact = torch.equal(longer[:2], shorter)
+        _PREFIX_EXACT[key] = exact
+    return _PREFIX_EXACT[key]
