@@ -53,7 +53,7 @@ from certquant.train import resolve_device
 from certquant.utils.errors import CertquantError
 from certquant.utils.run_folder import RunFolder
 from certquant.utils.tables import markdown_table
-from common import ROOT, device_name, write_results
+from common import RESULTS, ROOT, device_name, save_figure, write_results
 
 REWARDS = ("haq", "scratch", "irs", "irs-one-sided", "paired", "paired-margin")
 SCORES_FILE = "scores.jsonl"
@@ -451,6 +451,36 @@ def markdown(data: dict) -> str:
     return f"# Reward fidelity\n\n{head}\n\n{markdown_table(headers, rows)}\n"
 
 
+def plot(data: dict, path: Path) -> Path:
+    """The cost-fidelity plane: each row's Kendall tau with the truth's ACR (bootstrap 95% interval) against its
+    seconds per candidate; front rows filled, the replicate ceiling as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for r in data["rows"]:
+        if r["kendall_tau_acr"] is None:
+            continue
+        low, high = r["kendall_tau_acr_ci95"] or (r["kendall_tau_acr"], r["kendall_tau_acr"])
+        x, y = r["seconds_per_candidate"], r["kendall_tau_acr"]
+        color = "tab:gray" if r["reward"] == "haq" else "tab:red" if r["on_front"] else "tab:blue"
+        ax.errorbar(x, y, yerr=[[y - low], [high - y]], fmt="o", color=color, alpha=0.7, ms=5, lw=0.8)
+        ax.annotate(r["name"], (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    if data.get("ceiling") and data["ceiling"]["kendall_tau_acr"] is not None:
+        ax.axhline(data["ceiling"]["kendall_tau_acr"], color="black", ls="--", lw=0.8, label="replicate ceiling")
+        ax.legend(fontsize=8)
+    ax.axhline(0, color="black", lw=0.4)
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per candidate (log)")
+    ax.set_ylabel("Kendall tau with the truth's final ACR")
+    ax.set_title("reward fidelity against cost (red: front, gray: HAQ's reward)", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--truth", required=True, help="a truth pool result file (benchmarks/bench_truth.py)")
@@ -486,8 +516,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         data = fid.run()
     except CertquantError as exc:
         raise SystemExit(f"error: {exc}") from None
-    text = markdown(data)
-    write_results(name, data, text, Path(args.results) if args.results else None)
+    results = Path(args.results) if args.results else RESULTS
+    text = markdown(data) + f"\n![cost-fidelity]({plot(data, results / f'{name}.png').name})\n"
+    write_results(name, data, text, results)
     print(text)
     return data
 

@@ -27,3 +27,15 @@ def write_results(name: str, data: Any, markdown: str, results: Path | None = No
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / f"{name}.json", data)
     atomic_write_text(folder / f"{name}.md", markdown)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Save a matplotlib figure to ``path`` atomically (a temporary file, then a rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

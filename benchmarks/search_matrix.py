@@ -27,6 +27,7 @@ from typing import Any
 from certquant.pipeline.run import budget_dir
 from certquant.smoothing.metrics import mean_ci
 from certquant.utils.tables import markdown_table
+from common import save_figure
 
 METRICS = ("acr", "clean_accuracy", "cert_acc_0.25", "cert_acc_0.5", "bitops_fraction", "search_seconds")
 ORDER = ("arq", "haq", "random", "uniform")
@@ -285,9 +286,4 @@ def plot(data: dict[str, Any], path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)

@@ -73,6 +73,7 @@ def test_fidelity_end_to_end(tiny_truth, tiny_config, tmp_path):
     saved = json.loads((tmp_path / "fidelity-tiny.json").read_text())
     assert [r["name"] for r in saved["rows"]] == [r["name"] for r in data["rows"]]
     assert "| reward |" in (tmp_path / "fidelity-tiny.md").read_text()
+    assert (tmp_path / "fidelity-tiny.png").stat().st_size > 0
     # resumed: nothing re-scored, the same rewards
     lines = len(list(read_jsonl(tmp_path / "work" / "scratch" / "scores.jsonl")))
     again = bench_fidelity.main(args)
