@@ -57,7 +57,7 @@ from common import RESULTS, ROOT, device_name, save_figure, write_results
 
 REWARDS = ("haq", "scratch", "irs", "irs-one-sided", "paired", "paired-margin")
 SCORES_FILE = "scores.jsonl"
-ROW_SPEC = re.compile(r"([a-z][a-z-]*)(?:@(\d+))?(?:/(\d+))?(?:\+ft(\d+))?(?:\+race([0-9.]+))?")
+ROW_SPEC = re.compile(r"([a-z][a-z-]*)(?:@(\d+))?(?:\+fp(\d+))?(?:\+ft(\d+))?(?:\+race([0-9.]+))?")
 
 
 # -- statistics over the pool ---------------------------------------------------------------------------------------
@@ -162,22 +162,23 @@ class Row:
 
     @property
     def name(self) -> str:
-        """The row's spec, ``REWARD[@N_P][/N_FP][+ftSTEPS][+raceDELTA]`` (``parse`` reads it back)."""
+        """The row's spec, ``REWARD[@N_P][+fpN_FP][+ftSTEPS][+raceDELTA]`` (``parse`` reads it back; also
+        the row's folder name)."""
         return (
             self.reward
             + (f"@{self.n_p}" if self.n_p else "")
-            + (f"/{self.n_fp}" if self.n_fp else "")
+            + (f"+fp{self.n_fp}" if self.n_fp else "")
             + (f"+ft{self.finetune_steps}" if self.finetune_steps else "")
             + (f"+race{self.race_delta:g}" if self.race_delta else "")
         )
 
     @classmethod
     def parse(cls, spec: str) -> Row:
-        """A row from its spec, e.g. ``paired@64/1000+ft50+race0.05``."""
+        """A row from its spec, e.g. ``paired@64+fp1000+ft50+race0.05``."""
         match = ROW_SPEC.fullmatch(spec)
         if not match:
             raise CertquantError(
-                f"row '{spec}' is not REWARD[@N_P][/N_FP][+ftSTEPS][+raceDELTA], e.g. paired@64/1000+race0.05"
+                f"row '{spec}' is not REWARD[@N_P][+fpN_FP][+ftSTEPS][+raceDELTA], e.g. paired@64+fp1000+race0.05"
             )
         reward, n_p, n_fp, steps, delta = match.groups()
         return cls(reward, int(steps or 0), int(n_p) if n_p else None, float(delta or 0.0), int(n_fp) if n_fp else None)
@@ -394,7 +395,7 @@ def markdown(data: dict) -> str:
         f"{len(t['validation_indices'])} held-out validation images); rewards on the {s['search_images']} search "
         f"images of seed {s['seed']}, n_p = {s['n_p']}, n_fp = {s['n_fp']}, HAQ noise copies {s['noise_copies']}, "
         f"n0 = {p['certify']['n0']}. Intervals: bootstrap 95% over the pool ({p['bootstrap_rounds']} rounds). "
-        f"Device: {p['device']}. Rows: REWARD[@N_P][/N_FP][+ftS][+raceD] = the reward with n_p = N_P samples per "
+        f"Device: {p['device']}. Rows: REWARD[@N_P][+fpN_FP][+ftS][+raceD] = the reward with n_p = N_P samples per "
         f"image and n_fp = N_FP cached FP32 samples (defaults above), S noisy fine-tuning steps per candidate, racing against the best reward so far (pool "
         f"order) at confidence 1 - D. tau - best: paired bootstrap 95% interval of the row's tau minus the "
         f"highest tau's (0 inside: tied with it); front: no row is as cheap (s / candidate) with a tau as high."
@@ -491,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "--rows",
         nargs="*",
         default=[],
-        help="more rows REWARD[@N_P][/N_FP][+ftSTEPS][+raceDELTA], e.g. paired@16/1000 scratch@64+race0.05",
+        help="more rows REWARD[@N_P][+fpN_FP][+ftSTEPS][+raceDELTA], e.g. paired@16+fp1000 scratch@64+race0.05",
     )
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap rounds over the pool")
     parser.add_argument("--work", default=None, help="default: runs/bench_fidelity/<name>")

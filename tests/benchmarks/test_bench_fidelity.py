@@ -119,7 +119,7 @@ def test_rewards_are_scored_from_the_pool_folder_before_the_truth_is_done(tiny_t
 
 
 def test_row_specs_round_trip_and_bad_specs_are_refused():
-    for spec in ("haq", "paired@16", "paired@16/1000", "scratch+ft50", "irs-one-sided@64/800+ft5+race0.05"):
+    for spec in ("haq", "paired@16", "paired@16+fp1000", "scratch+ft50", "irs-one-sided@64+fp800+ft5+race0.05"):
         assert bench_fidelity.Row.parse(spec).name == spec
     assert bench_fidelity.Row.parse("paired@16+race0.1") == bench_fidelity.Row("paired", 0, 16, 0.1)
     with pytest.raises(bench_fidelity.CertquantError, match="is not REWARD"):
