@@ -350,7 +350,7 @@ def markdown(data: dict) -> str:
 
 
 def default_name(cfg: RunConfig, budget: float) -> str:
-    ref = Path(cfg.checkpoint).stem if Path(cfg.checkpoint).suffix else cfg.checkpoint
+    ref = Path(cfg.checkpoint).stem if Path(cfg.checkpoint).suffix == ".pt" else cfg.checkpoint  # a zoo name: as is
     return f"truth-{ref}-{budget:g}"
 
 

@@ -285,6 +285,19 @@ SOURCES: dict[tuple[tuple[str, ...], int], Callable[[Table], None] | None] = {
     (DEPLOY_SPEED, 0): _digest_of("deploy-speed.md", unchecked=("BitOPs % of FP32",)),
     (("work", "local engine (default)", "Ray engine"), 0): None,  # what runs where: no figures
     (SCALE, 0): _rows_in("scale-quiet-long.md"),
+    (
+        (
+            "reward",
+            "tau ACR",
+            "tau - best",
+            "front",
+            "tau clean",
+            "regret ACR",
+            "s / candidate",
+            "fwd samples / cand.",
+        ),
+        0,
+    ): _digest_of("fidelity-small-cnn-fmnist-s0.25-0.0125.md", keys=1),
     (SCALE_CPU, 0): _rows_in("scale-quiet.md"),
 }
 
