@@ -108,7 +108,7 @@ def noisy_batches(
         start += count
 
 
-_PREFIX_EXACT: dict[tuple, bool] = {}
+_PREFIX_EXACT: dict[tuple[tuple[int, ...], torch.dtype, str], bool] = {}
 
 
 def prefix_draw_is_exact(x: torch.Tensor) -> bool:
