@@ -235,8 +235,9 @@ class Fidelity:
         )
         prov = truth["provenance"]
         if self.info["sha256"] != prov["checkpoint_sha256"]:
+            made_with = prov.get("checkpoint") or f"sha256 {prov['checkpoint_sha256'][:12]}"  # a pool folder: no path
             raise CertquantError(
-                f"the truth pool was made with another checkpoint ({prov.get('checkpoint', 'sha256 ' + prov['checkpoint_sha256'][:12])}) than the "
+                f"the truth pool was made with another checkpoint ({made_with}) than the "
                 f"config's ({cfg.checkpoint}): use the config the truth was made with"
             )
         self.sigma = float(cfg.sigma if cfg.sigma is not None else self.info["sigma"])
@@ -310,13 +311,14 @@ class Fidelity:
         for row in self.rows:
             scores, reference = self.score_row(row)
             rewards = [s["reward"] for s in scores]
+            settings = row.settings(self.cfg)
             out_rows.append(
                 {
                     "name": row.name,
                     "reward": row.reward,
                     "finetune_steps": row.finetune_steps,
-                    "n_p": row.settings(self.cfg).n_p,
-                    "n_fp": row.settings(self.cfg).n_fp,
+                    "n_p": settings.n_p,
+                    "n_fp": settings.n_fp,
                     "race_delta": row.race_delta,
                     "raced_out_share": float(np.mean([bool(s.get("raced_out")) for s in scores])),
                     **fidelity(rewards, acr, clean, self.rounds),
@@ -396,8 +398,8 @@ def markdown(data: dict) -> str:
         f"images of seed {s['seed']}, n_p = {s['n_p']}, n_fp = {s['n_fp']}, HAQ noise copies {s['noise_copies']}, "
         f"n0 = {p['certify']['n0']}. Intervals: bootstrap 95% over the pool ({p['bootstrap_rounds']} rounds). "
         f"Device: {p['device']}. Rows: REWARD[@N_P][+fpN_FP][+ftS][+raceD] = the reward with n_p = N_P samples per "
-        f"image and n_fp = N_FP cached FP32 samples (defaults above), S noisy fine-tuning steps per candidate, racing against the best reward so far (pool "
-        f"order) at confidence 1 - D. tau - best: paired bootstrap 95% interval of the row's tau minus the "
+        f"image and n_fp = N_FP cached FP32 samples (defaults above), S noisy fine-tuning steps per candidate, "
+        f"racing against the best reward so far (pool order) at confidence 1 - D. tau - best: paired bootstrap 95% interval of the row's tau minus the "
         f"highest tau's (0 inside: tied with it); front: no row is as cheap (s / candidate) with a tau as high."
     )
     headers = [

@@ -111,7 +111,8 @@ class Pipeline:
         if cfg.certify.runtime == "onnx":  # refused before anything is written when the deploy extra is missing
             from certquant.deploy.deps import require
 
-            require("onnx"), require("onnxruntime")
+            for module in ("onnx", "onnxruntime"):
+                require(module)
         self.folder = RunFolder(self.out, "run", self.identity())
         self.job = SearchJob(self.model, self.info, self.sigma, cfg.search, cfg.certify, self.device)
 

@@ -30,8 +30,9 @@ in order and turns them into normals 16 at a time (Box-Muller, ``normal_fill`` i
 multiple of 16 elements (28x28 = 49 x 16, 3x32x32 = 192 x 16) a draw of k samples IS the first k of the longer draw;
 ``noisy_batches`` then draws only the prefix, after checking that property once per sample shape
 (``prefix_draw_is_exact``; a test checks it at full batch sizes). CPU and CUDA generators give different numbers
-for the same seed, so regenerate on the same device type (and torch version) that certified. ``noisy_batches`` is the single generator
-used both by certification and by any later regeneration, which is what makes them bit-identical.
+for the same seed, so regenerate on the same device type (and torch version) that certified. ``noisy_batches`` is
+the single generator used both by certification and by any later regeneration, which is what makes them
+bit-identical.
 """
 
 from __future__ import annotations
