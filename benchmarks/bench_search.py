@@ -298,6 +298,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args.report_only:
         for seed in args.seeds or [None]:
             seeded = [] if seed is None else search_matrix.seed_overrides(seed)
+            if seed is not None:
+                shared = search_matrix.share_fp32_certificates(work, seed, run_folder(work, budgets, args.methods).name)
+                if shared is not None:
+                    print(f"seed {seed}: FP32's certificates copied from {shared} (same model, images and noise)")
             run_grid(
                 args.config,
                 budgets,

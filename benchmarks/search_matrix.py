@@ -12,13 +12,16 @@ executes the grid (processes or Ray tasks):
   difference, then the mean over seeds with a Student-t 95% interval over seeds (the seed is the unit that varies
   the search and the fine-tune; an interval over images alone would ignore that). "ARQ better" / "ARQ worse" only
   when the interval excludes 0, else "tied";
-- ARQ's search wall time over HAQ's per budget (same machine, same run);
+- ARQ's search wall time over HAQ's per budget (same machine, same run), each the sum of its episodes, its one-time
+  FP32 reference (ARQ's paired and IRS estimators: the FP32 certification cache; a process that already holds the
+  cache of the same search set reuses it) and its final selection;
 - an ACR-versus-BitOPs plot, one panel per budget, every seed's point and each method's mean.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +32,18 @@ from certquant.smoothing.metrics import mean_ci
 from certquant.utils.tables import markdown_table
 from common import save_figure
 
-METRICS = ("acr", "clean_accuracy", "cert_acc_0.25", "cert_acc_0.5", "bitops_fraction", "search_seconds")
+METRICS = (
+    "acr",
+    "clean_accuracy",
+    "cert_acc_0.25",
+    "cert_acc_0.5",
+    "bitops_fraction",
+    "search_seconds",
+    "reference_seconds",
+    "selection_seconds",
+    "search_cost_seconds",
+)
+TIME_PARTS = ("search_seconds", "reference_seconds", "selection_seconds")  # episodes, FP32 reference, final selection
 ORDER = ("arq", "haq", "random", "uniform")
 
 
@@ -43,6 +57,25 @@ def seed_work(work: Path, seed: int) -> Path:
     return Path(work) / f"seed-{seed}"
 
 
+def share_fp32_certificates(work: Path, seed: int, run_name: str) -> Path | None:
+    """Copy another seed's FP32 certification of the same grid (``WORK/seed-*/<run_name>/fp32/certify``) into seed
+    ``seed``'s run before it starts, and return where it came from. The seeds share the FP32 model, the test subset
+    and its certification noise, so certifying it again gives the same certificates (13 CPU-minutes per seed on the
+    small CNN at 200 images); the certification resumes from the copy, and its identity check refuses one made with
+    other settings."""
+    target = seed_work(work, seed) / run_name / "fp32" / "certify"
+    if target.exists():
+        return None
+    for source in sorted(Path(work).glob(f"seed-*/{run_name}/fp32/certify")):
+        if (source / "certificates.jsonl").is_file():
+            partial = target.with_name("certify.copying")
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(source, partial)
+            partial.rename(target)  # whole or not at all
+            return source
+    return None
+
+
 def _metrics(row: dict) -> dict[str, Any]:
     cert = row.get("certified_accuracy", {})
     return {
@@ -52,6 +85,12 @@ def _metrics(row: dict) -> dict[str, Any]:
         "cert_acc_0.5": cert.get("0.5", 0.0),
         "bitops_fraction": row["bitops_fraction"],
         "search_seconds": row.get("search_seconds"),
+        "reference_seconds": row.get("reference_seconds"),
+        "selection_seconds": row.get("selection_seconds"),
+        # what a search costs end to end: its episodes, its one-time FP32 reference, its final selection
+        "search_cost_seconds": (
+            None if row.get("search_seconds") is None else sum(row.get(k) or 0.0 for k in TIME_PARTS)
+        ),
     }
 
 
@@ -144,11 +183,16 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                         }
                     )
         if "arq" in by_method and "haq" in by_method:
-            t_arq = interval([r["search_seconds"] for r in by_method["arq"]])["mean"]
-            t_haq = interval([r["search_seconds"] for r in by_method["haq"]])["mean"]
+            mean = {
+                (m, k): interval([r[k] for r in by_method[m]])["mean"]
+                for m in ("arq", "haq")
+                for k in (*TIME_PARTS, "search_cost_seconds")
+            }
+            t_arq, t_haq = mean["arq", "search_cost_seconds"], mean["haq", "search_cost_seconds"]
             times.append(
                 {
                     "budget": budget,
+                    **{f"{m}_{k}": mean[m, k] for m in ("arq", "haq") for k in TIME_PARTS},
                     "arq_seconds": t_arq,
                     "haq_seconds": t_haq,
                     "ratio": t_arq / t_haq if t_arq is not None and t_haq else None,
@@ -186,6 +230,10 @@ def _fmt(stat: dict[str, Any], digits: int = 4, scale: float = 1.0) -> str:
     return text
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def markdown(data: dict[str, Any], plot: str | None = None) -> str:
     p = data.get("provenance") or {}
     c, s, f = p.get("certify", {}), p.get("search", {}), p.get("finetune", {})
@@ -212,7 +260,7 @@ def markdown(data: dict[str, Any], plot: str | None = None) -> str:
                 _fmt(r["cert_acc_0.25"], 3),
                 _fmt(r["cert_acc_0.5"], 3),
                 _fmt(r["bitops_fraction"], 3, 100),
-                _fmt(r["search_seconds"], 0),
+                _fmt(r["search_cost_seconds"], 0),
             ]
             for r in data["rows"]
         ],
@@ -232,13 +280,13 @@ def markdown(data: dict[str, Any], plot: str | None = None) -> str:
             for d in data["differences"]
         ],
     )
+    parts = ("episodes", "FP32 reference", "final selection", "total")
     times = markdown_table(
-        ["budget", "ARQ search s", "HAQ search s", "ARQ / HAQ"],
+        ["budget", *(f"{m} {part} s" for m in ("ARQ", "HAQ") for part in parts), "ARQ / HAQ (total)"],
         [
             [
                 f"{t['budget']:g}",
-                "-" if t["arq_seconds"] is None else f"{t['arq_seconds']:.0f}",
-                "-" if t["haq_seconds"] is None else f"{t['haq_seconds']:.0f}",
+                *(_seconds(t.get(f"{m}_{k}")) for m in ("arq", "haq") for k in (*TIME_PARTS, "seconds")),
                 "-" if t["ratio"] is None else f"{t['ratio']:.2f}",
             ]
             for t in data["search_time"]
@@ -248,7 +296,8 @@ def markdown(data: dict[str, Any], plot: str | None = None) -> str:
     figure = f"\n\n![ACR vs BitOPs]({plot})\n" if plot else "\n"
     return (
         f"# Search benchmark across seeds\n\n{head}\n\n{fp_line}{table}\n\n## ARQ minus each baseline (paired over "
-        f"test images within a seed, interval over seeds)\n\n{diffs}\n\n## Search wall time\n\n{times}{figure}"
+        f"test images within a seed, interval over seeds)\n\n{diffs}\n\n## Search wall time\n\nMean over seeds; search s above = episodes + FP32 "
+        f"reference + final selection.\n\n{times}{figure}"
     )
 
 

@@ -35,7 +35,7 @@ def test_seed_overrides_vary_search_calibration_and_finetune_only():
     assert search_matrix.seed_overrides(2) == ["search.seed=2", "quantize.seed=2", "finetune.seed=2"]
 
 
-def test_matrix_end_to_end(tiny_config, tmp_path):
+def test_matrix_end_to_end(tiny_config, tmp_path, capsys):
     bench_search.main(
         [
             "--config",
@@ -56,6 +56,12 @@ def test_matrix_end_to_end(tiny_config, tmp_path):
         ]
     )
     data = json.loads((tmp_path / "search-tiny.json").read_text())
+    # FP32 is certified once: seed 1 resumes from seed 0's certificates (the same model, test images and noise)
+    assert "seed 1: FP32's certificates copied from" in capsys.readouterr().out
+    fp32 = [
+        tmp_path / "work" / f"seed-{s}" / "budgets-0.0125" / "fp32" / "certify" / "certificates.jsonl" for s in (0, 1)
+    ]
+    assert fp32[0].read_text() == fp32[1].read_text()
     assert (tmp_path / "search-tiny.png").stat().st_size > 0
     assert "![ACR vs BitOPs](search-tiny.png)" in (tmp_path / "search-tiny.md").read_text()
     rows = {r["method"]: r for r in data["rows"]}

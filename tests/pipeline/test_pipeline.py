@@ -17,6 +17,7 @@ from certquant.quant import Policy
 from certquant.quant.quantize import quantized_policy
 from certquant.train import TrainConfig, train
 from certquant.utils.errors import CertquantError
+from certquant.utils.io import read_jsonl
 from run_results import without
 
 REPO = Path(__file__).resolve().parents[2]
@@ -194,6 +195,30 @@ def test_final_selection_rescores_the_top_policies_on_fresh_images(checkpoint, t
     assert Policy.from_dict(selection["policy"]).w_bits == best["w_bits"] and arq["bitops_fraction"] <= 0.015625
     with pytest.raises(CertquantError, match="final_top_k"):
         tiny_config(checkpoint, final_top_k=0)
+
+
+def test_final_selection_can_score_each_candidate_after_fine_tuning(checkpoint, tmp_path):
+    """search.final_finetune_steps: the same search, its top k scored after noisy fine-tuning steps (recorded)."""
+    runs = {}
+    for steps in (None, 2):
+        out = tmp_path / f"run-{steps}"
+        run_pipeline(
+            tiny_config(checkpoint, methods=["arq"], final_top_k=2, final_images=5, final_finetune_steps=steps),
+            out,
+            progress=False,
+        )
+        search = out / "budget-0.015625" / "arq" / "search"
+        runs[steps] = (
+            [line["reward"] for line in read_jsonl(search / "history.jsonl")],
+            json.loads((search / "final_selection.json").read_text()),
+        )
+    (plain_history, plain), (tuned_history, tuned) = runs[None], runs[2]
+    assert plain_history == tuned_history  # the search itself is untouched
+    assert plain["finetune_steps"] == 0 and tuned["finetune_steps"] == 2
+    assert [c["episode"] for c in plain["candidates"]] == [c["episode"] for c in tuned["candidates"]]
+    assert [c["final_reward"] for c in plain["candidates"]] != [c["final_reward"] for c in tuned["candidates"]]
+    with pytest.raises(CertquantError, match="final_finetune_steps"):
+        tiny_config(checkpoint, final_finetune_steps=-1)
 
 
 def test_run_sigma_other_than_the_checkpoints_holds_for_the_final_models(checkpoint, tmp_path):

@@ -52,8 +52,11 @@ def test_reselect_keeps_the_best_on_fresh_images_and_reads_it_back(tmp_path):
     assert saved["chosen_episode"] == 2 and [c["episode"] for c in saved["candidates"]] == [1, 3, 2]
     again = reselect(tmp_path, NAMES, evaluator, 3)  # resume: read back, nothing re-scored
     assert again == chosen and len(scored) == 3
-    with pytest.raises(CertquantError, match="top 3, not 2"):
+    assert saved["finetune_steps"] == 0
+    with pytest.raises(CertquantError, match="top 3 after 0 fine-tuning step"):
         reselect(tmp_path, NAMES, evaluator, 2)
+    with pytest.raises(CertquantError, match="not the top 3 after 50"):  # other fine-tuning: refused, not reused
+        reselect(tmp_path, NAMES, evaluator, 3, finetune_steps=50)
 
 
 def test_reselect_without_history_is_a_clear_error(tmp_path):

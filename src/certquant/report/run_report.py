@@ -22,7 +22,7 @@ from certquant.models.checkpoint import build_from_info, read_payload
 from certquant.quant import Policy, quantizable_layers
 from certquant.quant.checkpoint import input_shape
 from certquant.report.certified import CertifyRun, load_certify_run, plot_certified_accuracy
-from certquant.search.selection import SCORES_FILE
+from certquant.search.selection import SCORES_FILE, SELECTION_FILE
 from certquant.smoothing.metrics import certified_accuracy, certify_metrics, counted_radius, mean_ci
 from certquant.utils.errors import CertquantError
 from certquant.utils.io import atomic_write_json, atomic_write_text, file_sha256, read_jsonl
@@ -47,6 +47,7 @@ def _row(
     search: dict[str, Any] | None,
     finetune: dict[str, Any] | None,
     sha256: str,
+    selection: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     metrics = certify_metrics(run.records)
     summary = run.summary or {}
@@ -64,6 +65,9 @@ def _row(
         "certified_accuracy": {f"{r:g}": certified_accuracy(run.records, r) for r in RADII},
         "num_images": metrics["num_images"],
         "search_seconds": search.get("seconds") if search else None,
+        # the search's one-time FP32 reference (ARQ's estimators: its certification cache) and the final selection
+        "reference_seconds": (search.get("reference") or {}).get("seconds") if search else None,
+        "selection_seconds": sum(c["seconds"] for c in selection["candidates"]) if selection else None,
         "search_episodes": search.get("episodes") if search else None,
         "finetune_seconds": (finetune or {}).get("seconds"),
         "certify_seconds": summary.get("total_seconds") or summary.get("seconds"),
@@ -218,6 +222,8 @@ def collect_results(out: str | Path) -> dict[str, Any]:
         payload = read_payload(folder / "model.pt")
         search_summary_path = folder / "search" / "summary.json"
         search = json.loads(search_summary_path.read_text()) if search_summary_path.is_file() else None
+        selection_path = folder / "search" / SELECTION_FILE
+        selection = json.loads(selection_path.read_text()) if selection_path.is_file() else None
         run = load_certify_run(folder / "certify", name)
         row = _row(
             name,
@@ -228,6 +234,7 @@ def collect_results(out: str | Path) -> dict[str, Any]:
             search,
             payload.get("finetune"),
             file_sha256(folder / "model.pt"),
+            selection,
         )
         rows.append(row)
         if fp_cost["model_size_bits"] is None:

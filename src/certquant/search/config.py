@@ -47,6 +47,10 @@ class SearchSettings(EvalConfig):
     best there (the winner's curse of a noisy reward); 1: the search's best."""
     final_images: int = 200
     """Fresh held-out validation images of the final selection (the seeded draw right after the search set's)."""
+    final_finetune_steps: int | None = None
+    """Noisy fine-tuning steps of each top-k policy before the final selection scores it (the deployed model is
+    fine-tuned, and scores after fine-tuning rank the final certificates best: README, reward fidelity); None: the
+    search's finetune_steps."""
     seed: int = 0
     """Seed of the agent, the search-set draw, the scoring noise, the calibration and the random policies."""
     agent: DDPGConfig = field(default_factory=_default_agent)
@@ -71,6 +75,10 @@ class SearchSettings(EvalConfig):
             self.final_top_k >= 1 and self.final_images >= 1,
             "final_top_k and final_images must be >= 1 (final_top_k 1: no re-selection)",
         )
+        check(
+            self.final_finetune_steps is None or self.final_finetune_steps >= 0,
+            f"final_finetune_steps must be >= 0 (or null: the search's finetune_steps), got {self.final_finetune_steps}",
+        )
         self.env(float(self.budgets[0]))  # bit range and pin bits checked once, here
 
     def env(self, budget: float) -> EnvConfig:
@@ -83,6 +91,10 @@ class SearchSettings(EvalConfig):
             pin_bits=self.pin_bits,
             tie_weight_activation=self.tie,
         )
+
+    def selection_finetune_steps(self) -> int:
+        """Fine-tuning steps of each policy the final selection re-scores."""
+        return self.finetune_steps if self.final_finetune_steps is None else self.final_finetune_steps
 
     def reward_of(self, method: str) -> str:
         """The reward a method's candidates are scored with: its own for arq / haq, baseline_reward otherwise."""

@@ -53,10 +53,12 @@ class SearchJob:
     certify_config: CertifyConfig
     device: torch.device
 
-    def evaluator(self, method: str, indices: list[int], finetune_pool: bool = False) -> PolicyEvaluator:
+    def evaluator(
+        self, method: str, indices: list[int], finetune_pool: bool = False, finetune_steps: int | None = None
+    ) -> PolicyEvaluator:
         """The candidate evaluator of ``method`` on the validation images ``indices`` (with ``finetune_pool``:
-        candidate fine-tuning draws from the other training images)."""
-        s = self.settings
+        candidate fine-tuning draws from the other training images; ``finetune_steps`` replaces the settings')."""
+        s = self.settings if finetune_steps is None else replace(self.settings, finetune_steps=finetune_steps)
         images, labels = load_dataset(self.info["dataset"], "train")
         ft_images = ft_labels = None
         if finetune_pool and s.finetune_steps > 0:
@@ -95,11 +97,15 @@ class SearchJob:
     def final_selection(self, search_dir: str | Path, method: str) -> Policy:
         """``selection.reselect`` of the finished search in ``search_dir``: its top ``final_top_k`` policies
         re-scored with the search's scoring on ``final_images`` fresh held-out validation images, the ones the seeded
-        draw gives right after the search set's (so never the same)."""
+        draw gives right after the search set's (so never the same), each after ``selection_finetune_steps()`` noisy
+        fine-tuning steps on other training images."""
         s = self.settings
         indices = validation_indices(self.info, s.final_images, s.seed, offset=s.search_images)
-        evaluator = self.evaluator(method, indices)
-        return reselect(search_dir, evaluator.layers, evaluator, s.final_top_k, arch=self.info["arch"])
+        steps = s.selection_finetune_steps()
+        evaluator = self.evaluator(method, indices, finetune_pool=True, finetune_steps=steps)
+        return reselect(
+            search_dir, evaluator.layers, evaluator, s.final_top_k, arch=self.info["arch"], finetune_steps=steps
+        )
 
     def score_policies(self, search_dir: str | Path, progress: bool = False) -> list[dict]:
         """``selection.score_history`` of the finished search in ``search_dir`` with ARQ's scoring on the search's

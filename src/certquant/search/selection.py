@@ -41,17 +41,24 @@ def top_policies(history: Sequence[dict], k: int) -> list[dict]:
 
 
 def reselect(
-    search_dir: str | Path, layers: Sequence[LayerInfo], evaluator: Evaluator, k: int, arch: str | None = None
+    search_dir: str | Path,
+    layers: Sequence[LayerInfo],
+    evaluator: Evaluator,
+    k: int,
+    arch: str | None = None,
+    finetune_steps: int = 0,
 ) -> Policy:
     """Re-score the top-``k`` policies of the finished search in ``search_dir`` with ``evaluator`` (built on fresh
-    images) and return the best; writes ``final_selection.json`` there (read back instead of re-scoring on resume)."""
+    images; ``finetune_steps``: the fine-tuning steps it gives each policy, recorded) and return the best; writes
+    ``final_selection.json`` there (read back instead of re-scoring on resume)."""
     path = Path(search_dir) / SELECTION_FILE
     if path.exists():
         saved = _read(path)
-        if saved.get("k") != k:
+        was = (saved.get("k"), saved.get("finetune_steps", finetune_steps))
+        if was != (k, finetune_steps):
             raise CertquantError(
-                f"{path} holds a final selection of the top {saved.get('k')}, not {k}: delete it to "
-                "redo the selection with the new k"
+                f"{path} holds a final selection of the top {was[0]} after {was[1]} fine-tuning step(s), not the top "
+                f"{k} after {finetune_steps}: delete it to redo the selection with the new settings"
             )
         return Policy.from_dict(saved["policy"])
     history = list(read_jsonl(Path(search_dir) / "history.jsonl"))
@@ -76,7 +83,14 @@ def reselect(
     chosen = max(candidates, key=lambda c: c["final_reward"])  # first maximum: the better search reward among ties
     policy = Policy.from_lists(layers, chosen["w_bits"], chosen["a_bits"], arch=arch)
     atomic_write_json(
-        path, {"k": k, "chosen_episode": chosen["episode"], "candidates": candidates, "policy": policy.to_dict()}
+        path,
+        {
+            "k": k,
+            "finetune_steps": finetune_steps,
+            "chosen_episode": chosen["episode"],
+            "candidates": candidates,
+            "policy": policy.to_dict(),
+        },
     )
     return policy
 
