@@ -11,9 +11,10 @@ over the pool, with a bootstrap 95% interval (policies resampled with replacemen
   with its clean smoothed accuracy;
 - top-1 regret: the truth ACR of the truth's best policy minus that of the policy the reward ranks first (ties in the
   reward: the mean over the tied ones);
-- cost per candidate: seconds (quantization, fine-tuning steps, scoring) and forward samples (scoring; fine-tuning
-  adds steps x batch forward-backward samples), measured in this run on this machine; the one-off FP32 cost
-  (IRS / paired caches) apart (computed once per run and shared by those rows: later ones show ~0).
+- cost per candidate in forward-sample equivalents, the same on any machine and under any load (``candidate_cost``:
+  scoring samples, 3 per fine-tuning sample, the one-time FP32 reference amortized over the search's episodes),
+  which decides the cost-fidelity front; and the seconds as measured (quantization, fine-tuning steps, scoring),
+  comparable only between rows scored under the same load.
 
 The ceiling: the truth's first replicate used as a reward, against its second (another fine-tune seed of the same
 policy): no reward computed before the final fine-tune can rank better than that on average.
@@ -130,16 +131,34 @@ def tau_gap(
     return bootstrap(lambda r, b, t: _tau(r, t) - _tau(b, t), arrays, rounds, seed)
 
 
+BACKWARD_FACTOR = 3  # a training sample costs about a forward pass and a backward pass of twice its cost
+
+
+def fp32_forward_samples(reward: str, settings: Any, n0: int, images: int) -> int:
+    """Forward samples of a search's one-time FP32 reference on ``images`` search images: HAQ's noisy copies, a
+    from-scratch certificate (n0 + n_p), or the IRS / paired certification cache (n0 + n_fp)."""
+    if reward == "haq":
+        return images * settings.noise_copies
+    return images * (n0 + (settings.n_p if reward == "scratch" else settings.n_fp))
+
+
+def candidate_cost(forward: float, finetune: float, fp32_once: float, episodes: int) -> float:
+    """What a candidate costs in forward-sample equivalents, independent of the machine and its load: its scoring
+    samples, ``BACKWARD_FACTOR`` per fine-tuning sample, and its share of the one-time FP32 reference over a search
+    of ``episodes`` candidates."""
+    return forward + BACKWARD_FACTOR * finetune + fp32_once / episodes
+
+
 def cost_fidelity_front(rows: Sequence[dict]) -> set[str]:
-    """Names of the rows no other row dominates: none is as cheap or cheaper (seconds per candidate) with a Kendall
+    """Names of the rows no other row dominates: none is as cheap or cheaper (``cost_per_candidate``) with a Kendall
     tau with the truth's ACR as high or higher, one of the two strictly."""
     scored = [r for r in rows if r["kendall_tau_acr"] is not None]
 
     def dominated(r: dict) -> bool:
         return any(
-            o["seconds_per_candidate"] <= r["seconds_per_candidate"]
+            o["cost_per_candidate"] <= r["cost_per_candidate"]
             and o["kendall_tau_acr"] >= r["kendall_tau_acr"]
-            and (o["seconds_per_candidate"], o["kendall_tau_acr"]) != (r["seconds_per_candidate"], r["kendall_tau_acr"])
+            and (o["cost_per_candidate"], o["kendall_tau_acr"]) != (r["cost_per_candidate"], r["kendall_tau_acr"])
             for o in scored
         )
 
@@ -312,6 +331,9 @@ class Fidelity:
             scores, reference = self.score_row(row)
             rewards = [s["reward"] for s in scores]
             settings = row.settings(self.cfg)
+            forward = float(np.mean([s["forward_samples"] for s in scores]))
+            finetune = scores[0]["finetune_samples"]
+            fp32_once = fp32_forward_samples(row.reward, settings, self.cfg.certify.n0, settings.search_images)
             out_rows.append(
                 {
                     "name": row.name,
@@ -323,8 +345,10 @@ class Fidelity:
                     "raced_out_share": float(np.mean([bool(s.get("raced_out")) for s in scores])),
                     **fidelity(rewards, acr, clean, self.rounds),
                     "seconds_per_candidate": float(np.median([s["seconds"] for s in scores])),
-                    "forward_samples_per_candidate": float(np.mean([s["forward_samples"] for s in scores])),
-                    "finetune_samples_per_candidate": scores[0]["finetune_samples"],
+                    "forward_samples_per_candidate": forward,
+                    "finetune_samples_per_candidate": finetune,
+                    "fp32_forward_samples_once": fp32_once,
+                    "cost_per_candidate": candidate_cost(forward, finetune, fp32_once, settings.episodes),
                     "seconds_fp32_once": reference.get("seconds"),
                     "rewards": rewards,
                 }
@@ -352,6 +376,7 @@ class Fidelity:
                     k: getattr(s, k)
                     for k in (
                         "search_images",
+                        "episodes",
                         "seed",
                         "n_p",
                         "n_fp",
@@ -400,7 +425,10 @@ def markdown(data: dict) -> str:
         f"Device: {p['device']}. Rows: REWARD[@N_P][+fpN_FP][+ftS][+raceD] = the reward with n_p = N_P samples per "
         f"image and n_fp = N_FP cached FP32 samples (defaults above), S noisy fine-tuning steps per candidate, "
         f"racing against the best reward so far (pool order) at confidence 1 - D. tau - best: paired bootstrap 95% interval of the row's tau minus the "
-        f"highest tau's (0 inside: tied with it); front: no row is as cheap (s / candidate) with a tau as high."
+        f"highest tau's (0 inside: tied with it); cost: forward-sample equivalents per candidate (scoring samples + "
+        f"{BACKWARD_FACTOR} x fine-tuning samples + the one-time FP32 reference's samples / {s['episodes']} episodes), "
+        "the same on any machine; front: no row is as cheap with a tau as high. Seconds: median per candidate as "
+        "measured, rows scored at different times and loads (compare costs, not seconds)."
     )
     headers = [
         "reward",
@@ -410,10 +438,11 @@ def markdown(data: dict) -> str:
         "rho ACR",
         "tau clean",
         "regret ACR",
+        "cost / cand.",
         "s / candidate",
         "fwd samples / cand.",
         "FT samples / cand.",
-        "FP32 once s",
+        "FP32 once samples",
         "raced out %",
     ]
     rows = [
@@ -425,10 +454,11 @@ def markdown(data: dict) -> str:
             _with_ci(r["spearman_acr"], r["spearman_acr_ci95"]),
             _with_ci(r["kendall_tau_clean"], r["kendall_tau_clean_ci95"]),
             _regret(r["regret_acr"], r["regret_acr_ci95"]),
+            f"{r['cost_per_candidate']:.0f}",
             f"{r['seconds_per_candidate']:.2f}",
             f"{r['forward_samples_per_candidate']:.0f}",
             r["finetune_samples_per_candidate"],
-            "-" if r["seconds_fp32_once"] is None else f"{r['seconds_fp32_once']:.1f}",
+            r["fp32_forward_samples_once"],
             f"{100 * r['raced_out_share']:.0f}" if r.get("race_delta") else "-",
         ]
         for r in data["rows"]
@@ -449,6 +479,7 @@ def markdown(data: dict) -> str:
                 "-",
                 "-",
                 "-",
+                "-",
             ]
         )
     return f"# Reward fidelity\n\n{head}\n\n{markdown_table(headers, rows)}\n"
@@ -456,7 +487,7 @@ def markdown(data: dict) -> str:
 
 def plot(data: dict, path: Path) -> Path:
     """The cost-fidelity plane: each row's Kendall tau with the truth's ACR (bootstrap 95% interval) against its
-    seconds per candidate; front rows filled, the replicate ceiling as a dashed line."""
+    cost per candidate (forward-sample equivalents); front rows red, the replicate ceiling as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -467,7 +498,7 @@ def plot(data: dict, path: Path) -> Path:
         if r["kendall_tau_acr"] is None:
             continue
         low, high = r["kendall_tau_acr_ci95"] or (r["kendall_tau_acr"], r["kendall_tau_acr"])
-        x, y = r["seconds_per_candidate"], r["kendall_tau_acr"]
+        x, y = r["cost_per_candidate"], r["kendall_tau_acr"]
         color = "tab:gray" if r["reward"] == "haq" else "tab:red" if r["on_front"] else "tab:blue"
         ax.errorbar(x, y, yerr=[[y - low], [high - y]], fmt="o", color=color, alpha=0.7, ms=5, lw=0.8)
         ax.annotate(r["name"], (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
@@ -476,7 +507,7 @@ def plot(data: dict, path: Path) -> Path:
         ax.legend(fontsize=8)
     ax.axhline(0, color="black", lw=0.4)
     ax.set_xscale("log")
-    ax.set_xlabel("seconds per candidate (log)")
+    ax.set_xlabel("cost per candidate: forward-sample equivalents (log)")
     ax.set_ylabel("Kendall tau with the truth's final ACR")
     ax.set_title("reward fidelity against cost (red: front, gray: HAQ's reward)", fontsize=9)
     ax.grid(alpha=0.3)

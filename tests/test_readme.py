@@ -293,7 +293,7 @@ SOURCES: dict[tuple[tuple[str, ...], int], Callable[[Table], None] | None] = {
             "front",
             "tau clean",
             "regret ACR",
-            "s / candidate",
+            "cost / cand.",
             "fwd samples / cand.",
         ),
         0,

@@ -4,6 +4,7 @@ by the search's own evaluator, resumed without re-scoring, the replicate ceiling
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -150,13 +151,19 @@ def test_rows_with_their_own_n_p_and_racing(tiny_truth, tiny_config, tmp_path):
 
 def test_cost_fidelity_front_and_the_tau_gap_to_the_best():
     rows = [
-        {"name": "cheap", "seconds_per_candidate": 1.0, "kendall_tau_acr": 0.2},
-        {"name": "dominated", "seconds_per_candidate": 2.0, "kendall_tau_acr": 0.1},
-        {"name": "good", "seconds_per_candidate": 5.0, "kendall_tau_acr": 0.6},
-        {"name": "costly-equal", "seconds_per_candidate": 9.0, "kendall_tau_acr": 0.6},
-        {"name": "unranked", "seconds_per_candidate": 0.1, "kendall_tau_acr": None},
+        {"name": "cheap", "cost_per_candidate": 1.0, "kendall_tau_acr": 0.2},
+        {"name": "dominated", "cost_per_candidate": 2.0, "kendall_tau_acr": 0.1},
+        {"name": "good", "cost_per_candidate": 5.0, "kendall_tau_acr": 0.6},
+        {"name": "costly-equal", "cost_per_candidate": 9.0, "kendall_tau_acr": 0.6},
+        {"name": "unranked", "cost_per_candidate": 0.1, "kendall_tau_acr": None},
     ]
     assert bench_fidelity.cost_fidelity_front(rows) == {"cheap", "good"}
+    # cost: scoring samples + 3 per fine-tuning sample + the one-time FP32 reference over the search's episodes
+    assert bench_fidelity.candidate_cost(1600, 3200, 20_000, 150) == pytest.approx(1600 + 9600 + 20_000 / 150)
+    settings = SimpleNamespace(noise_copies=16, n_p=400, n_fp=100)
+    assert bench_fidelity.fp32_forward_samples("haq", settings, 100, 10) == 160
+    assert bench_fidelity.fp32_forward_samples("scratch", settings, 100, 10) == 5000
+    assert bench_fidelity.fp32_forward_samples("paired-margin", settings, 100, 10) == 2000
     truth = np.arange(20.0)
     assert bench_fidelity.tau_gap(truth, truth, truth, rounds=100) == [0.0, 0.0]  # a row against itself
     low, high = bench_fidelity.tau_gap(-truth, truth, truth, rounds=100)

@@ -89,16 +89,16 @@ def test_help_is_readable_at_80_columns(command):
 def test_config_show_resolves_defaults_file_and_overrides(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("certify:\n  n: 1000\nsearch:\n  episodes: 7\n")
-    result = runner.invoke(app, ["config", "show", "--config", str(config), "search.n_p=123", "search.methods=[arq]"])
+    result = runner.invoke(app, ["config", "show", "--config", str(config), "search.n_p=77", "search.methods=[arq]"])
     assert result.exit_code == 0, result.output
     shown = yaml.safe_load(result.output)
-    assert shown["certify"]["n"] == 1000 and shown["search"]["episodes"] == 7 and shown["search"]["n_p"] == 123
+    assert shown["certify"]["n"] == 1000 and shown["search"]["episodes"] == 7 and shown["search"]["n_p"] == 77
     assert shown["search"]["methods"] == ["arq"] and shown["certify"]["n0"] == CertifyConfig().n0
-    assert load_config(None, ["search.n_p=123"]).search.n_p == 123
+    assert load_config(None, ["search.n_p=77"]).search.n_p == 77
     # what config show prints is a config file that gives the same config back
     again = tmp_path / "again.yaml"
     again.write_text(result.output)
-    assert load_config(again) == load_config(config, ["search.n_p=123", "search.methods=[arq]"])
+    assert load_config(again) == load_config(config, ["search.n_p=77", "search.methods=[arq]"])
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from certquant.utils.errors import CertquantError
 
 SIGMA = 0.25  # the noise the search fixtures' CNN was trained with (tests/search/conftest.py)
 
-TINY = dict(n_p=100, calib_images=64)
+TINY = dict(estimator="scratch", n_p=100, calib_images=64)  # scratch: this file tests it (paired: test_paired.py)
 CERTIFY = CertifyConfig(n0=20, batch=120)
 
 
