@@ -281,7 +281,7 @@ class Pipeline:
         with make_engine(self.cfg.engine) as engine:
             engine.check_device(self.device.type)  # e.g. more GPUs than the cluster has: refused before anything
             self.folder.claim(self.resume)
-            started = time.time()
+            started = time.perf_counter()  # a duration: immune to wall-clock jumps
             _PIPELINES[_spec_key((self.cfg.to_dict(), str(self.out)))] = self
             try:
                 engine.run_graph(
@@ -289,7 +289,7 @@ class Pipeline:
                 )
             finally:
                 _PIPELINES.clear()
-        _say(f"all stages done in {time.time() - started:.0f}s (this session); writing the report")
+        _say(f"all stages done in {time.perf_counter() - started:.0f}s (this session); writing the report")
         return write_report(self.out)
 
 
