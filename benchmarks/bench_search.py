@@ -31,7 +31,7 @@ from typing import Any
 import search_matrix
 from certquant.engine import EngineConfig
 from certquant.pipeline import load_config
-from certquant.pipeline.run import budget_dir, run_pipeline
+from certquant.pipeline.run import Pipeline, budget_dir
 from certquant.search.selection import SELECTION_FILE
 from certquant.smoothing.metrics import counted_radius, mean_ci
 from certquant.train import resolve_device
@@ -40,6 +40,7 @@ from certquant.utils.tables import markdown_table
 from common import RESULTS, ROOT, device_name, write_results
 
 W4A4 = 16 / 1024
+BENCH_FILE = "bench.json"  # a grid run's device, engine and wall time, written when the whole run is done
 ACR_MARGIN, CLEAN_MARGIN = 0.02, 0.015  # issue 6: ARQ within 0.02 ACR and 1.5 points of clean accuracy of FP32
 
 
@@ -65,10 +66,15 @@ def run_grid(
     cfg = dataclasses.replace(cfg, search=search, engine=engine or cfg.engine)
     out = run_folder(work, budgets, methods)
     device = resolve_device(cfg.device)
+    pipeline = Pipeline(cfg, out, resume=True)
+    if (out / BENCH_FILE).is_file():  # finished (bench.json is written last): not resumed, so no model is re-made
+        pipeline.folder.claim(resume=True)  # ... but a finished run of other settings is still refused
+        print(f"{out}: finished, not run again")
+        return out
     started = time.time()
-    run_pipeline(cfg, out, resume=True)
+    pipeline.run()
     atomic_write_json(
-        out / "bench.json",
+        out / BENCH_FILE,
         {
             "device": device_name(device),
             "engine": dataclasses.asdict(cfg.engine),
@@ -88,7 +94,7 @@ def collect(work: Path) -> dict[str, Any]:
     fp32, rows, runs_info, radii = None, [], [], {}
     for run in runs:
         results = json.loads((run / "results.json").read_text())
-        bench = json.loads((run / "bench.json").read_text()) if (run / "bench.json").exists() else {}
+        bench = json.loads((run / BENCH_FILE).read_text()) if (run / BENCH_FILE).exists() else {}
         runs_info.append({"folder": run.name, **bench})
         for row in results["rows"]:
             if row["method"] == "fp32":

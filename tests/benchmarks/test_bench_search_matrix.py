@@ -10,6 +10,7 @@ from scipy.stats import t as student_t
 
 import bench_search
 import search_matrix
+from certquant.utils.errors import CertquantError
 
 
 def test_paired_difference_is_the_mean_over_seeds_of_per_image_means():
@@ -79,6 +80,16 @@ def test_matrix_end_to_end(tiny_config, tmp_path, capsys):
     assert [i["config"]["search"]["seed"] for i in ids] == [0, 1]
     assert [i["config"]["finetune"]["seed"] for i in ids] == [0, 1]
     assert ids[0]["test_indices"] == ids[1]["test_indices"] and len(ids[0]["test_indices"]) == 2  # --set applied
+    # a finished seed is not resumed (its models, not committed with benchmarks/state, are not re-made) ...
+    finished = tmp_path / "work" / "seed-0" / "budgets-0.0125"
+    (finished / "budget-0.0125" / "arq" / "model.pt").unlink()
+    again = ["--config", str(tiny_config), "--budgets", "0.0125", "--work", str(tmp_path / "work"), "--run-only"]
+    bench_search.main([*again, "--seeds", "0", "--set", "certify.max_images=2"])
+    assert not (finished / "budget-0.0125" / "arq" / "model.pt").exists()
+    assert "finished, not run again" in capsys.readouterr().out
+    # ... and one made with other settings is still refused
+    with pytest.raises(CertquantError, match="other settings"):
+        bench_search.main([*again, "--seeds", "0", "--set", "certify.max_images=3"])
     # the report alone, from the finished runs, is the same
     bench_search.main(
         [
