@@ -16,7 +16,7 @@ from certquant.utils.errors import CertquantError
 T = TypeVar("T")
 
 CONFIG_HELP = "YAML config: overrides of the built-in defaults (see configs/)"
-OVERRIDES_HELP = "dotted overrides of config fields, e.g. search.n_p=400 certify.n=10000 (applied after --config)"
+OVERRIDES_HELP = "dotted overrides of config fields, e.g. search.n_p=64 certify.n=10000 (applied after --config)"
 
 
 class CertquantGroup(TyperGroup):
@@ -53,7 +53,7 @@ def build(schema: type[T], config: Optional[Path], overrides: list[str] | None) 
     """``schema`` from its defaults, ``--config`` and the ``KEY=VALUE`` arguments; one line for a malformed one."""
     bad = [o for o in overrides or [] if "=" not in o or o.startswith("=")]
     if bad:
-        raise CertquantError(f"'{bad[0]}' is not a KEY=VALUE override (e.g. search.n_p=400); see --help for the keys")
+        raise CertquantError(f"'{bad[0]}' is not a KEY=VALUE override (e.g. search.n_p=64); see --help for the keys")
     return typed.load_config(schema, config, list(overrides or []))
 
 
