@@ -7,8 +7,27 @@ import time
 from pathlib import Path
 
 
+def parent_pid(pid: int) -> int:
+    """The parent of ``pid`` (0 when it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def descends_from(pid: int, ancestor: int) -> bool:
+    """Whether ``ancestor`` is among ``pid``'s parents (a Ray cluster started by these tests runs under pytest)."""
+    while pid > 1:
+        pid = parent_pid(pid)
+        if pid == ancestor:
+            return True
+    return False
+
+
 def ray_worker_pids(prefix: str = "ray::_") -> set[int]:
-    """Processes titled by Ray after certquant's worker actor or task (``ray::_Worker``, ``ray::_graph_task``)."""
+    """Processes titled by Ray after certquant's worker actor or task (``ray::_Worker``, ``ray::_graph_task``) that
+    belong to this test session's cluster: another Ray cluster on the machine (a benchmark running beside the tests)
+    is none of the tests' business."""
     pids = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -17,7 +36,7 @@ def ray_worker_pids(prefix: str = "ray::_") -> set[int]:
                     pids.add(int(entry.name))
             except OSError:
                 continue
-    return pids
+    return {pid for pid in pids if descends_from(pid, os.getpid())}
 
 
 def wait_until(condition, timeout: float = 30.0, step: float = 0.05) -> bool:
