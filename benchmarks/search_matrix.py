@@ -154,6 +154,12 @@ def paired_difference(arq: dict[int, dict[int, float]], base: dict[int, dict[int
     }
 
 
+def seed_ratios(top: list[dict[str, Any]], bottom: list[dict[str, Any]], key: str) -> dict[int, float]:
+    """top[key] / bottom[key] per seed where both ran (a search's time over another's of the same seed and grid)."""
+    below = {r["seed"]: r[key] for r in bottom if r[key]}
+    return {r["seed"]: r[key] / below[r["seed"]] for r in top if r[key] is not None and r["seed"] in below}
+
+
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Per (budget, method) statistics over seeds, ARQ minus each baseline, ARQ / HAQ search time."""
     fp32 = [r for r in records if r["method"] == "fp32"]
@@ -189,6 +195,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                 for k in (*TIME_PARTS, "search_cost_seconds")
             }
             t_arq, t_haq = mean["arq", "search_cost_seconds"], mean["haq", "search_cost_seconds"]
+            per_seed = seed_ratios(by_method["arq"], by_method["haq"], "search_cost_seconds")
             times.append(
                 {
                     "budget": budget,
@@ -196,6 +203,8 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
                     "arq_seconds": t_arq,
                     "haq_seconds": t_haq,
                     "ratio": t_arq / t_haq if t_arq is not None and t_haq else None,
+                    "ratio_per_seed": per_seed,
+                    "ratio_ci95": interval(list(per_seed.values()))["ci95"],
                 }
             )
     fp = interval([r["acr"] for r in fp32]) if fp32 else None
@@ -282,12 +291,20 @@ def markdown(data: dict[str, Any], plot: str | None = None) -> str:
     )
     parts = ("episodes", "FP32 reference", "final selection", "total")
     times = markdown_table(
-        ["budget", *(f"{m} {part} s" for m in ("ARQ", "HAQ") for part in parts), "ARQ / HAQ (total)"],
+        [
+            "budget",
+            *(f"{m} {part} s" for m in ("ARQ", "HAQ") for part in parts),
+            "ARQ / HAQ (total)",
+            "per seed",
+            "95% CI over seeds",
+        ],
         [
             [
                 f"{t['budget']:g}",
                 *(_seconds(t.get(f"{m}_{k}")) for m in ("arq", "haq") for k in (*TIME_PARTS, "seconds")),
                 "-" if t["ratio"] is None else f"{t['ratio']:.2f}",
+                ", ".join(f"{v:.2f}" for v in t.get("ratio_per_seed", {}).values()) or "-",
+                "-" if not t.get("ratio_ci95") else f"[{t['ratio_ci95'][0]:.2f}, {t['ratio_ci95'][1]:.2f}]",
             ]
             for t in data["search_time"]
         ],
@@ -297,7 +314,7 @@ def markdown(data: dict[str, Any], plot: str | None = None) -> str:
     return (
         f"# Search benchmark across seeds\n\n{head}\n\n{fp_line}{table}\n\n## ARQ minus each baseline (paired over "
         f"test images within a seed, interval over seeds)\n\n{diffs}\n\n## Search wall time\n\nMean over seeds; search s above = episodes + FP32 "
-        f"reference + final selection.\n\n{times}{figure}"
+        f"reference + final selection; the ratio of the mean totals, each seed's ratio and their interval.\n\n{times}{figure}"
     )
 
 

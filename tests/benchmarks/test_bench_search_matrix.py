@@ -32,6 +32,18 @@ def test_verdicts():
     assert search_matrix.verdict(None) == "one seed: no interval"
 
 
+def test_search_time_ratio_is_per_seed_with_an_interval_over_seeds():
+    def run(seed, method, seconds):
+        return {"seed": seed, "method": method, "search_cost_seconds": seconds}
+
+    arq = [run(0, "arq", 90.0), run(1, "arq", 120.0), run(2, "arq", 50.0)]
+    haq = [run(0, "haq", 100.0), run(1, "haq", 100.0), run(3, "haq", 70.0)]  # seed 2 / 3 ran one method only
+    assert search_matrix.seed_ratios(arq, haq, "search_cost_seconds") == pytest.approx({0: 0.9, 1: 1.2})
+    ratios = [0.9, 1.2]
+    half = student_t.ppf(0.975, 1) * (sum((r - 1.05) ** 2 for r in ratios) ** 0.5) / 2**0.5
+    assert search_matrix.interval(ratios)["ci95"] == pytest.approx([1.05 - half, 1.05 + half])
+
+
 def test_seed_overrides_vary_search_calibration_and_finetune_only():
     assert search_matrix.seed_overrides(2) == ["search.seed=2", "quantize.seed=2", "finetune.seed=2"]
 
@@ -71,6 +83,8 @@ def test_matrix_end_to_end(tiny_config, tmp_path, capsys):
     assert sorted(d["baseline"] for d in data["differences"]) == ["haq", "random", "uniform"]
     assert all(d["seeds"] == 2 for d in data["differences"])
     assert data["search_time"][0]["ratio"] > 0
+    assert sorted(data["search_time"][0]["ratio_per_seed"]) == ["0", "1"]  # JSON keys
+    assert data["search_time"][0]["ratio_ci95"] is not None
     assert len(data["points"]) == 8
     # each seed is its own run with its own search seed; the test subset is the same
     ids = [
