@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import search_matrix
+from certquant.data import index_count
 from certquant.engine import EngineConfig
 from certquant.pipeline import load_config
 from certquant.pipeline.run import Pipeline, budget_dir
@@ -207,7 +208,7 @@ def markdown(data: dict) -> str:
     )
     head = (
         f"{p['arch']} on {p['dataset']}, sigma = {p['sigma']}; CERTIFY n0 = {c['n0']}, n = {c['n']}, alpha = "
-        f"{c['alpha']} on {len(p['test_indices'])} test images (every {c['skip']}th). Search: {s['episodes']} "
+        f"{c['alpha']} on {index_count(p['test_indices'])} test images (every {c['skip']}th). Search: {s['episodes']} "
         f"episodes ({warmup} warm-up) on {s['search_images']} held-out validation images, n_p = {s['n_p']} "
         f"({s['estimator']}), ARQ reward 0.1 * (dACR + {s['clean_weight']} * d clean accuracy), bits in "
         f"{bits}, pin first/last: {s['pin_first_last']}; random: the same number of evaluations.{selection} "

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from certquant.data import index_count
 from certquant.pipeline.run import budget_dir
 from certquant.smoothing.metrics import mean_ci
 from certquant.utils.tables import markdown_table
@@ -250,7 +251,7 @@ def markdown(data: dict[str, Any], plot: str | None = None) -> str:
     head = (
         f"{p.get('arch', '?')} on {p.get('dataset', '?')}, sigma = {p.get('sigma', '?')}; search seeds "
         f"{seeds} (search, calibration and fine-tune seeded alike for every method); CERTIFY n0 = {c.get('n0')}, "
-        f"n = {c.get('n')}, alpha = {c.get('alpha')} on {len(p.get('test_indices', []))} test images. Search: "
+        f"n = {c.get('n')}, alpha = {c.get('alpha')} on {index_count(p.get('test_indices', []))} test images. Search: "
         f"{s.get('episodes')} episodes on {s.get('search_images')} validation images, n_p = {s.get('n_p')} "
         f"({s.get('estimator')}), pin first/last: {s.get('pin_first_last')}, final top-k {s.get('final_top_k')}; "
         f"fine-tune {f.get('epochs')} epoch(s) on {f.get('images')} noisy images. Intervals: Student-t 95% over "

@@ -76,7 +76,9 @@ def test_matrix_end_to_end(tiny_config, tmp_path, capsys):
     ]
     assert fp32[0].read_text() == fp32[1].read_text()
     assert (tmp_path / "search-tiny.png").stat().st_size > 0
-    assert "![ACR vs BitOPs](search-tiny.png)" in (tmp_path / "search-tiny.md").read_text()
+    report = (tmp_path / "search-tiny.md").read_text()
+    assert "![ACR vs BitOPs](search-tiny.png)" in report
+    assert "on 2 test images" in report  # counted from the compact index set
     rows = {r["method"]: r for r in data["rows"]}
     assert sorted(rows) == ["arq", "haq", "random", "uniform"]
     assert all(r["seeds"] == [0, 1] and r["acr"]["n"] == 2 and r["acr"]["ci95"] is not None for r in rows.values())

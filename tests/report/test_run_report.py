@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from certquant.data import compact_indices, describe_indices, expand_indices
+from certquant.data import compact_indices, describe_indices, expand_indices, index_count
 from certquant.pipeline.config import config_from_dict
 from certquant.pipeline.run import run_pipeline
 from certquant.report.run_report import pareto_series
@@ -99,6 +99,7 @@ def test_results_hold_hashes_every_policy_layers_and_meaning(run):
 def test_index_sets_round_trip():
     for indices in ([], [7], [3, 4], list(range(0, 10_000, 100)), [1, 3, 4, 10, 20, 30, 31], [0, 1, 2, 9, 11, 13]):
         assert expand_indices(compact_indices(indices)) == indices
+        assert index_count(compact_indices(indices)) == index_count(indices) == len(indices)  # compact or a list
     assert compact_indices(list(range(0, 10_000, 100))) == {"count": 100, "ranges": [[0, 10_000, 100]]}
     assert describe_indices([0, 1, 2, 9, 11, 13]) == "0-2; 9 to 13 in steps of 2"
 

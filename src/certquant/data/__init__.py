@@ -18,7 +18,14 @@ from certquant.data.registry import (
     load_dataset,
     register_dataset,
 )
-from certquant.data.subsets import compact_indices, describe_indices, every_kth, expand_indices, train_val_split
+from certquant.data.subsets import (
+    compact_indices,
+    describe_indices,
+    every_kth,
+    expand_indices,
+    index_count,
+    train_val_split,
+)
 
 __all__ = [
     "DatasetInfo",
@@ -28,6 +35,7 @@ __all__ = [
     "every_kth",
     "expand_indices",
     "fetch_dataset",
+    "index_count",
     "list_datasets",
     "load_dataset",
     "register_dataset",

@@ -52,6 +52,11 @@ def expand_indices(compact: dict) -> list[int]:
     return [i for start, stop, step in compact["ranges"] for i in range(start, stop, step)]
 
 
+def index_count(indices: list[int] | dict) -> int:
+    """How many indices a provenance index set holds, written as a list (older runs) or compactly."""
+    return int(indices["count"]) if isinstance(indices, dict) else len(indices)
+
+
 def describe_indices(indices: list[int]) -> str:
     """A short human reading of an index set, e.g. '0 to 9900 in steps of 100' (every 100th of 10,000 images)."""
     compact = compact_indices(indices)
