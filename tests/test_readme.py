@@ -60,23 +60,28 @@ def _numbers(cell: str) -> list[tuple[float, int]]:
 
 
 def _digest_of(name: str, keys: int = 2, unchecked: tuple[str, ...] = ()) -> Callable[[Table], None]:
-    """A README digest of a result table: each README row matches the row of benchmarks/results/<name> with the same
-    first ``keys`` cells, and every number in it is a number of that row, rounded as the README shows it (but the
-    ``unchecked`` columns, which the result file does not repeat: e.g. a policy's BitOPs fraction)."""
+    """A README digest of a result table: each README row matches a row of benchmarks/results/<name> with the same
+    first ``keys`` cells (of any of its tables) such that every number in the README row is a number of that row,
+    rounded as the README shows it (but the ``unchecked`` columns, which the result file does not repeat: e.g. a
+    policy's BitOPs fraction)."""
+
+    def covers(row: list[str], header: list[str], source_row: list[str]) -> bool:
+        values = [v for cell in source_row for v, _ in _numbers(cell)]
+        return all(
+            any(round(v, places) == value for v in values)
+            for column, cell in zip(header[keys:], row[keys:])
+            if column not in unchecked
+            for value, places in _numbers(cell)
+        )
 
     def check(table: Table) -> None:
-        source = {tuple(row[:keys]): row for t in markdown_tables((RESULTS / name).read_text()) for row in t["rows"]}
+        source = [row for t in markdown_tables((RESULTS / name).read_text()) for row in t["rows"]]
         for row in table["rows"]:
-            match = source.get(tuple(row[:keys]))
-            assert match is not None, f"README line {table['line']}: no row {row[:keys]} in benchmarks/results/{name}"
-            values = [v for cell in match for v, _ in _numbers(cell)]
-            for header, cell in zip(table["header"][keys:], row[keys:]):
-                if header in unchecked:
-                    continue
-                for value, places in _numbers(cell):
-                    assert any(round(v, places) == value for v in values), (
-                        f"README line {table['line']}: {cell!r} of {row[:keys]} is not in benchmarks/results/{name}"
-                    )
+            candidates = [s for s in source if s[:keys] == row[:keys]]
+            assert candidates, f"README line {table['line']}: no row {row[:keys]} in benchmarks/results/{name}"
+            assert any(covers(row, table["header"], s) for s in candidates), (
+                f"README line {table['line']}: a number of {row} is not in its row of benchmarks/results/{name}"
+            )
 
     return check
 
@@ -299,6 +304,27 @@ SOURCES: dict[tuple[tuple[str, ...], int], Callable[[Table], None] | None] = {
         0,
     ): _digest_of("fidelity-small-cnn-fmnist-s0.25-0.0125.md", keys=1),
     (SCALE_CPU, 0): _rows_in("scale-quiet.md"),
+    (
+        ("budget", "method", "ACR [95% over seeds]", "clean acc", "cert acc r=0.5", "BitOPs %", "search s"),
+        0,
+    ): _digest_of("search-matrix-small-cnn.md"),
+    (
+        ("budget", "ARQ minus", "seeds", "mean dACR", "95% CI over seeds", "per seed", "verdict"),
+        0,
+    ): _rows_in("search-matrix-small-cnn.md"),
+    (
+        (
+            "budget",
+            "ARQ total s",
+            "ARQ FP32 reference s",
+            "ARQ final selection s",
+            "HAQ total s",
+            "ARQ / HAQ (total)",
+            "per seed",
+            "95% CI over seeds",
+        ),
+        0,
+    ): _digest_of("search-matrix-small-cnn.md", keys=1),
 }
 
 
@@ -329,3 +355,14 @@ def test_readme_table_matches_its_result_file(key, table):
 def test_markdown_tables_parse_escaped_pipes():
     text = "| a | b |\n|---|---|\n| `x \\| y` | 1 |\n\n| c |\n|---|\n| 2 |\n"
     assert [t["rows"] for t in markdown_tables(text)] == [[["`x \\| y`", "1"]], [["2"]]]
+
+
+def test_digest_rejects_a_number_not_in_its_row(tmp_path, monkeypatch):
+    """A digest row passes only when each of its numbers is in one source row with the same keys (not scattered)."""
+    (tmp_path / "r.md").write_text("| k | a | b |\n|---|---|---|\n| x | 1.25 | 7 |\n| x | 3.50 | 9 |\n")
+    monkeypatch.setitem(globals(), "RESULTS", tmp_path)
+    header = ["k", "a", "b"]
+    _digest_of("r.md", keys=1)({"line": 1, "header": header, "rows": [["x", "1.2", "7"], ["x", "3.5", "9"]]})
+    for wrong in (["x", "1.25", "9"], ["y", "1.25", "7"], ["x", "2.0", "7"]):
+        with pytest.raises(AssertionError):
+            _digest_of("r.md", keys=1)({"line": 1, "header": header, "rows": [wrong]})
