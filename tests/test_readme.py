@@ -315,9 +315,11 @@ SOURCES: dict[tuple[tuple[str, ...], int], Callable[[Table], None] | None] = {
     (
         (
             "budget",
-            "ARQ total s",
+            "ARQ episodes s",
             "ARQ FP32 reference s",
             "ARQ final selection s",
+            "ARQ total s",
+            "HAQ episodes s",
             "HAQ total s",
             "ARQ / HAQ (total)",
             "per seed",
