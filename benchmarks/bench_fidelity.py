@@ -64,7 +64,7 @@ ROW_SPEC = re.compile(r"([a-z][a-z-]*)(?:@(\d+))?(?:\+fp(\d+))?(?:\+ft(\d+))?(?:
 # -- statistics over the pool ---------------------------------------------------------------------------------------
 
 
-def _tau(x: np.ndarray, y: np.ndarray) -> float:
+def kendall_tau(x: np.ndarray, y: np.ndarray) -> float:
     """Kendall's tau-b (ties allowed); nan when either side is constant (no ranking)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant input: nan, reported as "-"
@@ -110,9 +110,9 @@ def fidelity(
     r, acr, clean = (np.asarray(v, dtype=float) for v in (reward, truth_acr, truth_clean))
     out: dict[str, Any] = {}
     for name, stat, truth in (
-        ("kendall_tau_acr", _tau, acr),
+        ("kendall_tau_acr", kendall_tau, acr),
         ("spearman_acr", _rho, acr),
-        ("kendall_tau_clean", _tau, clean),
+        ("kendall_tau_clean", kendall_tau, clean),
         ("spearman_clean", _rho, clean),
         ("regret_acr", regret, acr),
     ):
@@ -128,7 +128,7 @@ def tau_gap(
     """Paired bootstrap 95% interval of tau(reward, truth) - tau(best, truth) over the same resampled pools: a row
     whose interval includes 0 is tied with ``best`` (the pool cannot tell them apart)."""
     arrays = tuple(np.asarray(v, dtype=float) for v in (reward, best, truth))
-    return bootstrap(lambda r, b, t: _tau(r, t) - _tau(b, t), arrays, rounds, seed)
+    return bootstrap(lambda r, b, t: kendall_tau(r, t) - kendall_tau(b, t), arrays, rounds, seed)
 
 
 BACKWARD_FACTOR = 3  # a training sample costs about a forward pass and a backward pass of twice its cost

@@ -21,15 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import kendalltau
 
+from bench_fidelity import kendall_tau
 from certquant.pipeline.config import config_from_dict
 from certquant.pipeline.run import Pipeline, budget_dir
 from certquant.quant import Policy
 from certquant.search.job import validation_indices
-from certquant.utils.io import atomic_write_json, atomic_write_text
+from common import RESULTS, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
 REWARDS = ("arq", "haq")
 
 
@@ -73,19 +72,16 @@ def rescore_run(run: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _tau(x: list[float], y: list[float]) -> float | None:
-    """Kendall tau (tau-b), None when either side is all ties (no ranking to compare)."""
-    tau = float(kendalltau(x, y)[0])
-    return None if np.isnan(tau) else tau
-
-
 def rank_agreement(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (seed, budget): Kendall tau between each reward and the certified ACR over the methods' chosen policies."""
     out = []
     for key in sorted({(r["seed"], r["budget"]) for r in rows}):
         group = [r for r in rows if (r["seed"], r["budget"]) == key]
         truth = [r["certified_acr"] for r in group]
-        taus = {f"tau_{reward}": _tau([r[f"{reward}_reward"] for r in group], truth) for reward in REWARDS}
+        taus = {}
+        for reward in REWARDS:
+            tau = kendall_tau(np.array([r[f"{reward}_reward"] for r in group]), np.array(truth))
+            taus[f"tau_{reward}"] = None if np.isnan(tau) else tau  # all ties: no ranking to compare
         out.append({"seed": key[0], "budget": key[1], **taus})
     return out
 
@@ -126,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--work", required=True, help="a search matrix's work folder (bench_search.py --seeds)")
     parser.add_argument("--seeds", type=int, nargs="*", default=None, help="default: every finished seed")
     parser.add_argument("--name", required=True, help="results stem under --results")
-    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args(argv)
     runs = [
         path.parent
@@ -138,9 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = [row for run in runs for row in rescore_run(run)]
     command = "python benchmarks/rescore_choices.py " + " ".join(argv if argv is not None else sys.argv[1:])
     data = {"command": command, "rows": rows, "agreement": rank_agreement(rows)}
-    out = Path(args.results)
-    atomic_write_json(out / f"{args.name}.json", data)
-    atomic_write_text(out / f"{args.name}.md", markdown(data))
+    write_results(args.name, data, markdown(data), Path(args.results))
     print(markdown(data))
     return data
 
