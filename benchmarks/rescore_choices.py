@@ -7,6 +7,13 @@ reward ranks the methods' chosen policies unlike their certificates, the choice 
 reward); if it ranks them alike, the search itself found the worse policy. Per (seed, budget): each chosen policy's
 rewards, its activation and weight bits, its certified ACR, and Kendall tau between each reward and the certified ACR.
 
+It also answers a what-if without new runs: a *uniform fallback* in every searched method's final selection (uniform
+bits under the budget as one more candidate, kept when the method's own reward scores it above the method's choice on
+the same fresh images). The fallback's outcome needs no new fine-tune: every method's model is calibrated and
+fine-tuned with the same seeds, so a method that falls back certifies exactly what the uniform method certified in
+that seed. The matrix with the fallback is summarized like the matrix itself (means over seeds, ARQ minus each
+baseline paired over test images, interval over seeds).
+
     python benchmarks/rescore_choices.py --work benchmarks/state/search-matrix-resnet20 --name rescore-resnet20
 
 Writes ``benchmarks/results/<name>.{json,md}``.
@@ -22,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
+import search_matrix
 from bench_fidelity import kendall_tau
+from bench_search import image_radii
 from certquant.pipeline.config import config_from_dict
 from certquant.pipeline.run import Pipeline, budget_dir
 from certquant.quant import Policy
@@ -61,6 +70,7 @@ def rescore_run(run: Path) -> list[dict[str, Any]]:
                 "seed": s.seed,
                 "budget": row["budget"],
                 "method": row["method"],
+                "selection_reward": s.reward_of(row["method"]),  # what its search and final selection ranked by
                 "certified_acr": row["acr"],
                 "w_bits": list(policy.w_bits),
                 "a_bits": list(policy.a_bits),
@@ -84,6 +94,46 @@ def rank_agreement(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             taus[f"tau_{reward}"] = None if np.isnan(tau) else tau  # all ties: no ranking to compare
         out.append({"seed": key[0], "budget": key[1], **taus})
     return out
+
+
+def falls_back(rows: list[dict[str, Any]]) -> dict[tuple[int, float, str], bool]:
+    """Per (seed, budget, searched method): whether the uniform fallback replaces the method's choice, i.e. its own
+    reward scores the uniform policy strictly above its chosen one on the final selection's fresh images."""
+    uniform = {(r["seed"], r["budget"]): r for r in rows if r["method"] == "uniform"}
+    out = {}
+    for r in rows:
+        key = (r["seed"], r["budget"])
+        if r["method"] != "uniform" and key in uniform:
+            reward = f"{r['selection_reward']}_reward"
+            out[(*key, r["method"])] = uniform[key][reward] > r[reward]
+    return out
+
+
+def with_fallback(records: list[dict[str, Any]], fallback: dict[tuple[int, float, str], bool]) -> list[dict[str, Any]]:
+    """The matrix's records (``search_matrix.collect_runs``) as they would be with the uniform fallback: a method that
+    falls back takes the uniform run's certificates and BitOPs of the same seed and budget (its search time stays)."""
+    uniform = {(r["seed"], r["budget"]): r for r in records if r["method"] == "uniform"}
+    taken = ("acr", "clean_accuracy", "cert_acc_0.25", "cert_acc_0.5", "bitops_fraction", "radii")
+    out = []
+    for r in records:
+        if fallback.get((r["seed"], r["budget"], r["method"])):
+            r = {**r, **{k: uniform[r["seed"], r["budget"]][k] for k in taken}}
+        out.append(r)
+    return out
+
+
+def fallback_summary(work: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The matrix in ``work`` with the uniform fallback, summarized like ``search_matrix.summarize`` (same seeds as
+    ``rows``), and which (seed, budget, method) fell back."""
+    seeds = {r["seed"] for r in rows}
+    records = [r for r in search_matrix.collect_runs(work, image_radii) if r["seed"] in seeds]
+    fallback = falls_back(rows)
+    summary = search_matrix.summarize(with_fallback(records, fallback))
+    return {
+        "fell_back": [{"seed": k[0], "budget": k[1], "method": k[2]} for k, v in sorted(fallback.items()) if v],
+        "rows": summary["rows"],
+        "differences": summary["differences"],
+    }
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -114,6 +164,20 @@ def markdown(data: dict[str, Any]) -> str:
     for a in data["agreement"]:
         taus = ["-" if a[f"tau_{reward}"] is None else f"{a[f'tau_{reward}']:+.2f}" for reward in REWARDS]
         lines.append(f"| {a['seed']} | {a['budget']:g} | " + " | ".join(taus) + " |")
+    f = data["fallback"]
+    fell = ", ".join(f"{x['method']} (seed {x['seed']}, {x['budget']:g})" for x in f["fell_back"]) or "none"
+    lines += [
+        "",
+        "## What-if: a uniform fallback in every searched method's final selection",
+        "",
+        "Uniform bits join each final selection as one more candidate, scored with the method's own reward on the "
+        "same fresh images; a method that falls back certifies what uniform certified in that seed (same seeds, "
+        f"same fine-tune). Fell back: {fell}.",
+        "",
+        search_matrix.results_table(f),
+        "",
+        search_matrix.differences_table(f),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -133,7 +197,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"no finished run under {args.work}/seed-*/: run the search matrix first")
     rows = [row for run in runs for row in rescore_run(run)]
     command = "python benchmarks/rescore_choices.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    data = {"command": command, "rows": rows, "agreement": rank_agreement(rows)}
+    data = {
+        "command": command,
+        "rows": rows,
+        "agreement": rank_agreement(rows),
+        "fallback": fallback_summary(Path(args.work), rows),
+    }
     write_results(args.name, data, markdown(data), Path(args.results))
     print(markdown(data))
     return data

@@ -244,21 +244,9 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-def markdown(data: dict[str, Any], plot: str | None = None) -> str:
-    p = data.get("provenance") or {}
-    c, s, f = p.get("certify", {}), p.get("search", {}), p.get("finetune", {})
-    seeds = sorted({pt["seed"] for pt in data["points"]})
-    head = (
-        f"{p.get('arch', '?')} on {p.get('dataset', '?')}, sigma = {p.get('sigma', '?')}; search seeds "
-        f"{seeds} (search, calibration and fine-tune seeded alike for every method); CERTIFY n0 = {c.get('n0')}, "
-        f"n = {c.get('n')}, alpha = {c.get('alpha')} on {index_count(p.get('test_indices', []))} test images. Search: "
-        f"{s.get('episodes')} episodes on {s.get('search_images')} validation images, n_p = {s.get('n_p')} "
-        f"({s.get('estimator')}), pin first/last: {s.get('pin_first_last')}, final top-k {s.get('final_top_k')}; "
-        f"fine-tune {f.get('epochs')} epoch(s) on {f.get('images')} noisy images. Intervals: Student-t 95% over "
-        "seeds."
-    )
-    fp = data.get("fp32_acr")
-    table = markdown_table(
+def results_table(data: dict[str, Any]) -> str:
+    """Per (budget, method): the seeds, each metric's mean [95% interval over seeds], the search's cost."""
+    return markdown_table(
         ["budget", "method", "seeds", "ACR", "clean acc", "cert acc r=0.25", "cert acc r=0.5", "BitOPs %", "search s"],
         [
             [
@@ -275,7 +263,11 @@ def markdown(data: dict[str, Any], plot: str | None = None) -> str:
             for r in data["rows"]
         ],
     )
-    diffs = markdown_table(
+
+
+def differences_table(data: dict[str, Any]) -> str:
+    """ARQ minus each baseline per budget: mean paired dACR, its interval over seeds, each seed's, the verdict."""
+    return markdown_table(
         ["budget", "ARQ minus", "seeds", "mean dACR", "95% CI over seeds", "per seed", "verdict"],
         [
             [
@@ -290,6 +282,23 @@ def markdown(data: dict[str, Any], plot: str | None = None) -> str:
             for d in data["differences"]
         ],
     )
+
+
+def markdown(data: dict[str, Any], plot: str | None = None) -> str:
+    p = data.get("provenance") or {}
+    c, s, f = p.get("certify", {}), p.get("search", {}), p.get("finetune", {})
+    seeds = sorted({pt["seed"] for pt in data["points"]})
+    head = (
+        f"{p.get('arch', '?')} on {p.get('dataset', '?')}, sigma = {p.get('sigma', '?')}; search seeds "
+        f"{seeds} (search, calibration and fine-tune seeded alike for every method); CERTIFY n0 = {c.get('n0')}, "
+        f"n = {c.get('n')}, alpha = {c.get('alpha')} on {index_count(p.get('test_indices', []))} test images. Search: "
+        f"{s.get('episodes')} episodes on {s.get('search_images')} validation images, n_p = {s.get('n_p')} "
+        f"({s.get('estimator')}), pin first/last: {s.get('pin_first_last')}, final top-k {s.get('final_top_k')}; "
+        f"fine-tune {f.get('epochs')} epoch(s) on {f.get('images')} noisy images. Intervals: Student-t 95% over "
+        "seeds."
+    )
+    fp = data.get("fp32_acr")
+    table, diffs = results_table(data), differences_table(data)
     parts = ("episodes", "FP32 reference", "final selection", "total")
     times = markdown_table(
         [
