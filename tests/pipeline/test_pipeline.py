@@ -197,6 +197,27 @@ def test_final_selection_rescores_the_top_policies_on_fresh_images(checkpoint, t
         tiny_config(checkpoint, final_top_k=0)
 
 
+def test_uniform_fallback_joins_the_final_selection_even_with_top_1(checkpoint, tmp_path):
+    """search.final_uniform_fallback: uniform bits under the budget are one more candidate of the final selection."""
+    from certquant.pipeline.run import Pipeline
+
+    out = tmp_path / "run"
+    cfg = tiny_config(checkpoint, methods=["arq", "uniform"], final_images=5, final_uniform_fallback=True)
+    results = run_pipeline(cfg, out, progress=False)
+    selection = json.loads((out / "budget-0.015625" / "arq" / "search" / "final_selection.json").read_text())
+    uniform = json.loads((out / "budget-0.015625" / "uniform" / "search" / "best_policy.json").read_text())
+    fallback = selection["candidates"][-1]
+    assert selection["k"] == 1 and selection["fallback"] is True and fallback["episode"] is None
+    assert fallback["w_bits"] == [layer["w_bits"] for layer in uniform["layers"]]
+    best = max(selection["candidates"], key=lambda c: c["final_reward"])
+    model, _ = load_checkpoint(out / "budget-0.015625" / "arq" / "model.pt")
+    assert quantized_policy(model).w_bits == best["w_bits"] and len(results["rows"]) == 3
+    # the setting joins the run's identity only when on: runs made before it existed resume unchanged
+    assert "final_uniform_fallback" in Pipeline(cfg, out, resume=True).identity()["config"]["search"]
+    plain = Pipeline(tiny_config(checkpoint), tmp_path / "plain", progress=False)
+    assert "final_uniform_fallback" not in plain.identity()["config"]["search"]
+
+
 def test_final_selection_can_score_each_candidate_after_fine_tuning(checkpoint, tmp_path):
     """search.final_finetune_steps: the same search, its top k scored after noisy fine-tuning steps (recorded)."""
     runs = {}

@@ -62,3 +62,37 @@ def test_reselect_keeps_the_best_on_fresh_images_and_reads_it_back(tmp_path):
 def test_reselect_without_history_is_a_clear_error(tmp_path):
     with pytest.raises(CertquantError, match="no search history"):
         reselect(tmp_path, NAMES, lambda p: {"reward": 0.0}, 2)
+
+
+def _history(tmp_path):
+    for entry in HISTORY:
+        append_jsonl(tmp_path / "history.jsonl", entry)
+
+
+def test_a_fallback_joins_the_candidates_and_wins_only_when_strictly_better(tmp_path):
+    _history(tmp_path)
+    uniform = Policy.from_lists(NAMES, [3, 3], [3, 3])  # the search's worst (episode 4), not in its top 2
+    fresh = {(8, 2): -0.2, (2, 8): -0.3, (3, 3): -0.1}
+    chosen = reselect(tmp_path, NAMES, lambda p: {"reward": fresh[tuple(p.w_bits)]}, 2, fallback=uniform)
+    saved = json.loads((tmp_path / SELECTION_FILE).read_text())
+    assert chosen == uniform and saved["fallback"] is True and saved["chosen_episode"] is None
+    assert [c["episode"] for c in saved["candidates"]] == [1, 3, None]
+    with pytest.raises(CertquantError, match="with a fallback, not the top 2 after 0 without one"):
+        reselect(tmp_path, NAMES, lambda p: {"reward": 0.0}, 2)  # resumed without it: refused, not reused
+
+    tied = tmp_path / "tied"  # a tie keeps the searched policy
+    _history(tied)
+    fresh[(3, 3)] = -0.2
+    assert reselect(tied, NAMES, lambda p: {"reward": fresh[tuple(p.w_bits)]}, 2, fallback=uniform).w_bits == [8, 2]
+
+
+def test_a_fallback_already_among_the_top_k_is_scored_once(tmp_path):
+    _history(tmp_path)
+    scored = []
+
+    def evaluator(policy: Policy):
+        scored.append(tuple(policy.w_bits))
+        return {"reward": 0.0}
+
+    reselect(tmp_path, NAMES, evaluator, 3, fallback=Policy.from_lists(NAMES, [4, 4], [4, 4]))
+    assert sorted(scored) == [(2, 8), (4, 4), (8, 2)]

@@ -53,10 +53,11 @@ def search_cmd(
         folder = out / stage_folder(budget, method) / "search"
         typer.echo(f"\n{method} at budget {budget:g}:")
         typer.echo(format_cost_table(pipeline.search_layers(), policy))
-        if cfg.search.final_top_k > 1 and method != "uniform":
+        if cfg.search.has_final_selection(method):
             policy.save(folder / FINAL_POLICY_FILE)
+            fallback = " and uniform bits" if cfg.search.final_uniform_fallback else ""
             typer.echo(
-                f"final selection (top {cfg.search.final_top_k} on {cfg.search.final_images} fresh images): "
+                f"final selection (top {cfg.search.final_top_k}{fallback} on {cfg.search.final_images} fresh images): "
                 f"{folder / FINAL_POLICY_FILE}"
             )
         typer.echo(f"best policy of the search: {folder / BEST_FILE} (use: certquant quantize --policy)")

@@ -48,6 +48,10 @@ from certquant.train import resolve_device
 from certquant.utils.errors import CertquantError
 from certquant.utils.run_folder import RunFolder
 
+# Settings added after runs were committed (benchmarks/state/): at these defaults they behave as before the setting
+# existed, so they stay out of the identity and those runs resume; any other value is part of it.
+LATER_SETTINGS: dict[tuple[str, str], Any] = {("search", "final_uniform_fallback"): False}
+
 
 def budget_dir(out: Path, budget: float) -> Path:
     """The folder of one budget's stages inside the run folder ``out``."""
@@ -121,8 +125,12 @@ class Pipeline:
         return quantizable_layers(self.model, input_shape(self.info))
 
     def identity(self) -> dict[str, Any]:
-        """What must match on resume: the config without its engine (either engine resumes the other's run)."""
+        """What must match on resume: the config without its engine (either engine resumes the other's run) and
+        without the settings added since runs were committed, while they hold their defaults (those runs resume)."""
         config = {k: v for k, v in self.cfg.to_dict().items() if k != "engine"}
+        for (section, key), default in LATER_SETTINGS.items():
+            if config[section].get(key) == default:
+                del config[section][key]
         return {
             "format": "certquant-run",
             "version": 2,
@@ -171,7 +179,8 @@ class Pipeline:
         return exported_classifier(checkpoint, onnx_path, self.cfg.export.opset, self.cfg.export.integer_kernels)
 
     def search(self, budget: float, method: str) -> Policy:
-        """The search's best policy or, with ``search.final_top_k`` > 1, the best of its top k on fresh images."""
+        """The search's best policy or, with a final selection (``search.final_top_k`` > 1 or the uniform fallback), the
+        best of its candidates on fresh images."""
         s = self.cfg.search
         search_dir = self.out / stage_folder(budget, method) / "search"
         if not (search_dir / SUMMARY_FILE).exists():  # a finished search is read back, not rebuilt
@@ -182,13 +191,13 @@ class Pipeline:
                 f"{len(evaluator.indices)} images"
             )
             search.run(progress=self.progress, reference=evaluator.reference())
-        if s.final_top_k == 1 or method == "uniform":
+        if not s.has_final_selection(method):
             return Policy.load(search_dir / BEST_FILE)
         _say(
-            f"final selection {method} at budget {budget:g}: top {s.final_top_k} re-scored on {s.final_images} "
-            "fresh images"
+            f"final selection {method} at budget {budget:g}: top {s.final_top_k}"
+            f"{' and uniform bits' if s.final_uniform_fallback else ''} re-scored on {s.final_images} fresh images"
         )
-        return self.job.final_selection(search_dir, method)
+        return self.job.final_selection(search_dir, method, budget)
 
     def _score_acr(self, budget: float, method: str, search_dir: Path) -> None:
         """ARQ's search-set ACR of every policy a search with another reward evaluated (the report's BitOPs-vs-ACR

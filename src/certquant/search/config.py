@@ -45,6 +45,10 @@ class SearchSettings(EvalConfig):
     final_top_k: int = 1
     """Re-score the k best distinct policies of each search on final_images fresh validation images and keep the
     best there (the winner's curse of a noisy reward); 1: the search's best."""
+    final_uniform_fallback: bool = False
+    """The final selection also scores uniform bits under the budget (the uniform method's policy) and keeps them when
+    they score strictly higher than every searched policy (then even with final_top_k 1). Off: measured as a what-if
+    on the search matrices (README), not yet chosen as a default."""
     final_images: int = 200
     """Fresh held-out validation images of the final selection (the seeded draw right after the search set's)."""
     final_finetune_steps: int | None = None
@@ -91,6 +95,10 @@ class SearchSettings(EvalConfig):
             pin_bits=self.pin_bits,
             tie_weight_activation=self.tie,
         )
+
+    def has_final_selection(self, method: str) -> bool:
+        """Whether ``method``'s chosen policy goes through the final selection (uniform has a single candidate)."""
+        return method != "uniform" and (self.final_top_k > 1 or self.final_uniform_fallback)
 
     def selection_finetune_steps(self) -> int:
         """Fine-tuning steps of each policy the final selection re-scores."""

@@ -14,8 +14,9 @@ from torch import nn
 from certquant.data import load_dataset, train_val_split
 from certquant.quant import Policy
 from certquant.search.config import SearchSettings
+from certquant.search.env import BitWidthEnv
 from certquant.search.evaluators import PolicyEvaluator
-from certquant.search.runner import Search, SearchConfig
+from certquant.search.runner import Search, SearchConfig, uniform_policy
 from certquant.search.selection import reselect, score_history
 from certquant.smoothing.config import CertifyConfig
 from certquant.utils.errors import CertquantError
@@ -94,17 +95,24 @@ class SearchJob:
         }
         return Search(evaluator.layers, evaluator, config, out, arch=info["arch"], extra=extra), evaluator
 
-    def final_selection(self, search_dir: str | Path, method: str) -> Policy:
-        """``selection.reselect`` of the finished search in ``search_dir``: its top ``final_top_k`` policies
-        re-scored with the search's scoring on ``final_images`` fresh held-out validation images, the ones the seeded
-        draw gives right after the search set's (so never the same), each after ``selection_finetune_steps()`` noisy
-        fine-tuning steps on other training images."""
+    def final_selection(self, search_dir: str | Path, method: str, budget: float) -> Policy:
+        """``selection.reselect`` of the finished search in ``search_dir``: its top ``final_top_k`` policies (and,
+        with ``final_uniform_fallback``, uniform bits under ``budget``) re-scored with the search's scoring on
+        ``final_images`` fresh held-out validation images, the ones the seeded draw gives right after the search
+        set's (so never the same), each after ``selection_finetune_steps()`` noisy fine-tuning steps on other
+        training images."""
         s = self.settings
         indices = validation_indices(self.info, s.final_images, s.seed, offset=s.search_images)
         steps = s.selection_finetune_steps()
         evaluator = self.evaluator(method, indices, finetune_pool=True, finetune_steps=steps)
+        arch = self.info["arch"]
+        fallback = (
+            uniform_policy(BitWidthEnv(evaluator.layers, s.env(budget), arch=arch))
+            if s.final_uniform_fallback
+            else None
+        )
         return reselect(
-            search_dir, evaluator.layers, evaluator, s.final_top_k, arch=self.info["arch"], finetune_steps=steps
+            search_dir, evaluator.layers, evaluator, s.final_top_k, arch=arch, finetune_steps=steps, fallback=fallback
         )
 
     def score_policies(self, search_dir: str | Path, progress: bool = False) -> list[dict]:

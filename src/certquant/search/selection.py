@@ -5,6 +5,12 @@ upward (the winner's curse). Measured on ResNet-20 (Fashion-MNIST, sigma 0.25, 1
 best ARQ policy's reward beat uniform W4A4's on the search set (-0.0009 vs -0.0055) and lost on 200 fresh images
 (-0.0035 vs -0.0010), and after fine-tuning it certified 0.011 ACR below uniform. Re-scoring the k best distinct
 policies on images the search never saw removes that bias from the final choice; k = 1 is the search's own choice.
+
+A *fallback* policy from outside the search (the pipeline's ``search.final_uniform_fallback``: uniform bits under the
+budget) can join the candidates, scored alike and kept only when strictly better than every searched one: the final
+choice then never scores below that baseline on the fresh images by the method's own reward. Measured on ResNet-20
+seed 0 at the W4A4 budget: ARQ's top five all ran 12-14 of 20 layers on 2-bit activations and scored -0.0040 to
+-0.0051 on the fresh images, uniform W4A4 -0.0012 (``benchmarks/results/rescore-resnet20.md``).
 """
 
 from __future__ import annotations
@@ -47,31 +53,38 @@ def reselect(
     k: int,
     arch: str | None = None,
     finetune_steps: int = 0,
+    fallback: Policy | None = None,
 ) -> Policy:
     """Re-score the top-``k`` policies of the finished search in ``search_dir`` with ``evaluator`` (built on fresh
-    images; ``finetune_steps``: the fine-tuning steps it gives each policy, recorded) and return the best; writes
-    ``final_selection.json`` there (read back instead of re-scoring on resume)."""
+    images; ``finetune_steps``: the fine-tuning steps it gives each policy, recorded), and ``fallback`` after them
+    unless it is one of them, and return the best (ties: the earlier); writes ``final_selection.json`` there (read
+    back instead of re-scoring on resume)."""
     path = Path(search_dir) / SELECTION_FILE
     if path.exists():
         saved = _read(path)
-        was = (saved.get("k"), saved.get("finetune_steps", finetune_steps))
-        if was != (k, finetune_steps):
+        was = (saved.get("k"), saved.get("finetune_steps", finetune_steps), saved.get("fallback", False))
+        if was != (k, finetune_steps, fallback is not None):
+            with_or_not = ["without", "with"]
             raise CertquantError(
-                f"{path} holds a final selection of the top {was[0]} after {was[1]} fine-tuning step(s), not the top "
-                f"{k} after {finetune_steps}: delete it to redo the selection with the new settings"
+                f"{path} holds a final selection of the top {was[0]} after {was[1]} fine-tuning step(s) "
+                f"{with_or_not[was[2]]} a fallback, not the top {k} after {finetune_steps} "
+                f"{with_or_not[fallback is not None]} one: delete it to redo the selection with the new settings"
             )
         return Policy.from_dict(saved["policy"])
     history = list(read_jsonl(Path(search_dir) / "history.jsonl"))
     if not history:
         raise CertquantError(f"{search_dir} holds no search history: run the search before the final selection")
+    lines = top_policies(history, k)
+    if fallback is not None and (fallback.w_bits, fallback.a_bits) not in [(x["w_bits"], x["a_bits"]) for x in lines]:
+        lines.append({"episode": None, "w_bits": fallback.w_bits, "a_bits": fallback.a_bits, "reward": None})
     candidates = []
-    for line in top_policies(history, k):
+    for line in lines:
         policy = Policy.from_lists(layers, line["w_bits"], line["a_bits"], arch=arch)
         started = time.perf_counter()
         terms = evaluator(policy)
         candidates.append(
             {
-                "episode": line["episode"],
+                "episode": line["episode"],  # None: the fallback, which the search did not propose
                 "w_bits": line["w_bits"],
                 "a_bits": line["a_bits"],
                 "search_reward": line["reward"],
@@ -87,6 +100,7 @@ def reselect(
         {
             "k": k,
             "finetune_steps": finetune_steps,
+            "fallback": fallback is not None,
             "chosen_episode": chosen["episode"],
             "candidates": candidates,
             "policy": policy.to_dict(),
