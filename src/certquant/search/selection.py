@@ -9,7 +9,7 @@ policies on images the search never saw removes that bias from the final choice;
 A *fallback* policy from outside the search (the pipeline's ``search.final_uniform_fallback``: uniform bits under the
 budget) can join the candidates, scored alike and kept only when strictly better than every searched one: the final
 choice then never scores below that baseline on the fresh images by the method's own reward. Measured on ResNet-20
-seed 0 at the W4A4 budget: ARQ's top five all ran 12-14 of 20 layers on 2-bit activations and scored -0.0040 to
+seed 0 at the W4A4 budget: ARQ's top five all ran 11-14 of 20 layers on 2-bit activations and scored -0.0040 to
 -0.0051 on the fresh images, uniform W4A4 -0.0012 (``benchmarks/results/rescore-resnet20.md``).
 """
 
