@@ -72,7 +72,7 @@ def kendall_tau(x: np.ndarray, y: np.ndarray) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _rho(x: np.ndarray, y: np.ndarray) -> float:
+def spearman_rho(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman's rho; nan when either side is constant."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -111,9 +111,9 @@ def fidelity(
     out: dict[str, Any] = {}
     for name, stat, truth in (
         ("kendall_tau_acr", kendall_tau, acr),
-        ("spearman_acr", _rho, acr),
+        ("spearman_acr", spearman_rho, acr),
         ("kendall_tau_clean", kendall_tau, clean),
-        ("spearman_clean", _rho, clean),
+        ("spearman_clean", spearman_rho, clean),
         ("regret_acr", regret, acr),
     ):
         value = stat(r, truth)

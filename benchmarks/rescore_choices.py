@@ -32,13 +32,19 @@ import numpy as np
 import search_matrix
 from bench_fidelity import kendall_tau
 from bench_search import image_radii
-from certquant.pipeline.config import config_from_dict
+from certquant.pipeline.config import RunConfig, config_from_dict
 from certquant.pipeline.run import Pipeline, budget_dir
 from certquant.quant import Policy
-from certquant.search.job import validation_indices
+from certquant.search.job import SearchJob, validation_indices
 from common import RESULTS, write_results
 
 REWARDS = ("arq", "haq")
+
+
+def open_run(run: Path) -> tuple[RunConfig, SearchJob]:
+    """The config of the finished run folder ``run`` and its ``SearchJob`` (the pipeline's evaluators, as it built them)."""
+    cfg = config_from_dict(json.loads((run / "run.json").read_text())["identity"]["config"])
+    return cfg, Pipeline(cfg, run, resume=True).job
 
 
 def chosen_policy(search_dir: Path) -> Policy:
@@ -52,10 +58,8 @@ def chosen_policy(search_dir: Path) -> Policy:
 def rescore_run(run: Path) -> list[dict[str, Any]]:
     """Every method's chosen policy of the finished run folder ``run``, scored with each reward in ``REWARDS`` on the
     final selection's fresh images (the pipeline's own evaluators, no fine-tuning steps)."""
-    identity = json.loads((run / "run.json").read_text())["identity"]
+    cfg, job = open_run(run)
     results = json.loads((run / "results.json").read_text())
-    cfg = config_from_dict(identity["config"])
-    job = Pipeline(cfg, run, resume=True).job
     s = cfg.search
     indices = validation_indices(job.info, s.final_images, s.seed, offset=s.search_images)
     evaluators = {reward: job.evaluator(reward, indices, finetune_steps=0) for reward in REWARDS}
