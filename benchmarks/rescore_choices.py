@@ -47,6 +47,11 @@ def open_run(run: Path) -> tuple[RunConfig, SearchJob]:
     return cfg, Pipeline(cfg, run, resume=True).job
 
 
+def two_bit_layers(a_bits: list[int]) -> int:
+    """Layers whose activations are quantized to 2 bits or fewer (where ResNet-20's ARQ searches converged)."""
+    return sum(a <= 2 for a in a_bits)
+
+
 def chosen_policy(search_dir: Path) -> Policy:
     """The policy the pipeline fine-tuned: the final selection's choice, else the search's best (uniform)."""
     selection = search_dir / "final_selection.json"
@@ -156,7 +161,7 @@ def markdown(data: dict[str, Any]) -> str:
     for r in data["rows"]:
         lines.append(
             f"| {r['seed']} | {r['budget']:g} | {r['method']} | {r['arq_reward']:+.4f} | {r['arq_acr_term']:.4f} | "
-            f"{r['arq_clean_term']:.3f} | {r['haq_reward']:+.4f} | {sum(a <= 2 for a in r['a_bits'])} / "
+            f"{r['arq_clean_term']:.3f} | {r['haq_reward']:+.4f} | {two_bit_layers(r['a_bits'])} / "
             f"{len(r['a_bits'])} | {np.mean(r['a_bits']):.2f} | {np.mean(r['w_bits']):.2f} | "
             f"{r['certified_acr']:.4f} |"
         )

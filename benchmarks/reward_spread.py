@@ -34,12 +34,7 @@ from certquant.search.runner import uniform_policy
 from certquant.search.selection import top_policies
 from certquant.utils import read_jsonl
 from common import RESULTS, write_results
-from rescore_choices import open_run
-
-
-def two_bit_layers(a_bits: list[int]) -> int:
-    """Layers whose activations are quantized to 2 bits or fewer."""
-    return sum(a <= 2 for a in a_bits)
+from rescore_choices import open_run, two_bit_layers
 
 
 def measure(run: Path, budget: float, method: str, count: int, sets: int) -> list[dict[str, Any]]:
