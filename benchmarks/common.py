@@ -29,6 +29,11 @@ def write_results(name: str, data: Any, markdown: str, results: Path | None = No
     atomic_write_text(folder / f"{name}.md", markdown)
 
 
+def heading(title: str, command: str) -> list[str]:
+    """The first lines of a results markdown file: its title and the command that made it."""
+    return [f"# {title}", "", f"`{command}`", ""]
+
+
 def save_figure(fig: Any, path: Path) -> Path:
     """Save a matplotlib figure to ``path`` atomically (a temporary file, then a rename) and close it."""
     import matplotlib.pyplot as plt

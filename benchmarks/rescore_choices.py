@@ -36,7 +36,7 @@ from certquant.pipeline.config import RunConfig, config_from_dict
 from certquant.pipeline.run import Pipeline, budget_dir
 from certquant.quant import Policy
 from certquant.search.job import SearchJob, validation_indices
-from common import RESULTS, write_results
+from common import RESULTS, heading, write_results
 
 REWARDS = ("arq", "haq")
 
@@ -147,10 +147,7 @@ def fallback_summary(work: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def markdown(data: dict[str, Any]) -> str:
     lines = [
-        "# The methods' chosen policies, re-scored on the final selection's fresh images",
-        "",
-        f"`{data['command']}`",
-        "",
+        *heading("The methods' chosen policies, re-scored on the final selection's fresh images", data["command"]),
         "Rewards before fine-tuning (ARQ's: 0.1 x [dACR + dclean] against FP32; HAQ's: 0.1 x d noisy top-1); "
         "certified ACR after fine-tuning, on the test subset. a_bits <= 2: layers with 2-bit activations.",
         "",

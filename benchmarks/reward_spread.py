@@ -33,7 +33,7 @@ from certquant.search.job import validation_indices
 from certquant.search.runner import uniform_policy
 from certquant.search.selection import top_policies
 from certquant.utils import read_jsonl
-from common import RESULTS, write_results
+from common import RESULTS, heading, write_results
 from rescore_choices import open_run, two_bit_layers
 
 
@@ -80,10 +80,7 @@ def measure(run: Path, budget: float, method: str, count: int, sets: int) -> lis
 
 def markdown(data: dict[str, Any]) -> str:
     lines = [
-        "# A reward's spread over image sets, per policy",
-        "",
-        f"`{data['command']}`",
-        "",
+        *heading("A reward's spread over image sets, per policy", data["command"]),
         f"{data['method']}'s reward on {data['sets']} disjoint sets of {data['images_per_set']} fresh validation images; "
         "episode '-': uniform bits under the budget.",
         "",
