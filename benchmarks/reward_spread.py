@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 
 from bench_fidelity import spearman_rho
+from certquant.pipeline.config import RunConfig
 from certquant.pipeline.run import budget_dir
 from certquant.quant import Policy
 from certquant.search import BitWidthEnv
-from certquant.search.job import validation_indices
+from certquant.search.job import SearchJob, validation_indices
 from certquant.search.runner import uniform_policy
 from certquant.search.selection import top_policies
 from certquant.utils import read_jsonl
@@ -37,10 +38,11 @@ from common import RESULTS, heading, write_results
 from rescore_choices import open_run, two_bit_layers
 
 
-def measure(run: Path, budget: float, method: str, count: int, sets: int) -> list[dict[str, Any]]:
-    """Each sampled policy of ``method``'s search at ``budget`` in the finished run ``run`` (and uniform bits), scored
-    with the method's reward on ``sets`` disjoint fresh image sets."""
-    cfg, job = open_run(run)
+def measure(
+    run: Path, cfg: RunConfig, job: SearchJob, budget: float, method: str, count: int, sets: int
+) -> list[dict[str, Any]]:
+    """The best ``count`` policies of ``method``'s search at ``budget`` in the finished run ``run`` (its config and job:
+    ``open_run``) and uniform bits, scored with the method's reward on ``sets`` disjoint fresh image sets."""
     s = cfg.search
     history = list(read_jsonl(budget_dir(run, budget) / method / "search" / "history.jsonl"))
     first = s.search_images + s.final_images  # the search set's and the final selection's images come first
@@ -58,6 +60,7 @@ def measure(run: Path, budget: float, method: str, count: int, sets: int) -> lis
     for episode, w_bits, a_bits, search_reward in candidates:
         policy = Policy.from_lists(layers, w_bits, a_bits, arch=job.info["arch"])
         rewards = [evaluate(policy)["reward"] for evaluate in evaluators]
+        mean = statistics.fmean(rewards)
         rows.append(
             {
                 "episode": episode,  # None: uniform bits
@@ -66,10 +69,10 @@ def measure(run: Path, budget: float, method: str, count: int, sets: int) -> lis
                 "a_bits": list(a_bits),
                 "search_reward": search_reward,
                 "rewards": rewards,
-                "mean": statistics.fmean(rewards),
+                "mean": mean,
                 "sd": statistics.stdev(rewards),
                 # how far the search set flattered it: the winner's curse, per policy
-                "optimism": None if search_reward is None else search_reward - statistics.fmean(rewards),
+                "optimism": None if search_reward is None else search_reward - mean,
             }
         )
         print(
@@ -117,8 +120,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"no {args.method} search at budget {args.budget:g} under {run}: give a finished run folder")
     if args.sets < 2 or args.policies < 2:
         raise SystemExit("--sets and --policies must be >= 2 (a spread needs two values)")
-    rows = measure(run, args.budget, args.method, args.policies, args.sets)
-    cfg, _ = open_run(run)
+    cfg, job = open_run(run)
+    rows = measure(run, cfg, job, args.budget, args.method, args.policies, args.sets)
     count = np.array([r["two_bit_layers"] for r in rows])
     searched = [r for r in rows if r["optimism"] is not None]
     data = {
