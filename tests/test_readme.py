@@ -224,6 +224,22 @@ SCALE_CPU = (
     "load avg",
 )
 
+# The search matrix's three tables (benchmarks/search_matrix.py): the small CNN's first, then ResNet-20's.
+MATRIX_RESULTS = ("budget", "method", "ACR [95% over seeds]", "clean acc", "cert acc r=0.5", "BitOPs %", "search s")
+MATRIX_DIFFERENCES = ("budget", "ARQ minus", "seeds", "mean dACR", "95% CI over seeds", "per seed", "verdict")
+MATRIX_TIMES = (
+    "budget",
+    "ARQ episodes s",
+    "ARQ FP32 reference s",
+    "ARQ final selection s",
+    "ARQ total s",
+    "HAQ episodes s",
+    "HAQ total s",
+    "ARQ / HAQ (total)",
+    "per seed",
+    "95% CI over seeds",
+)
+
 SOURCES: dict[tuple[tuple[str, ...], int], Callable[[Table], None] | None] = {
     (
         (
@@ -304,29 +320,12 @@ SOURCES: dict[tuple[tuple[str, ...], int], Callable[[Table], None] | None] = {
         0,
     ): _digest_of("fidelity-small-cnn-fmnist-s0.25-0.0125.md", keys=1),
     (SCALE_CPU, 0): _rows_in("scale-quiet.md"),
-    (
-        ("budget", "method", "ACR [95% over seeds]", "clean acc", "cert acc r=0.5", "BitOPs %", "search s"),
-        0,
-    ): _digest_of("search-matrix-small-cnn.md"),
-    (
-        ("budget", "ARQ minus", "seeds", "mean dACR", "95% CI over seeds", "per seed", "verdict"),
-        0,
-    ): _rows_in("search-matrix-small-cnn.md"),
-    (
-        (
-            "budget",
-            "ARQ episodes s",
-            "ARQ FP32 reference s",
-            "ARQ final selection s",
-            "ARQ total s",
-            "HAQ episodes s",
-            "HAQ total s",
-            "ARQ / HAQ (total)",
-            "per seed",
-            "95% CI over seeds",
-        ),
-        0,
-    ): _digest_of("search-matrix-small-cnn.md", keys=1),
+    (MATRIX_RESULTS, 0): _digest_of("search-matrix-small-cnn.md"),
+    (MATRIX_DIFFERENCES, 0): _rows_in("search-matrix-small-cnn.md"),
+    (MATRIX_TIMES, 0): _digest_of("search-matrix-small-cnn.md", keys=1),
+    (MATRIX_RESULTS, 1): _digest_of("search-matrix-resnet20.md"),
+    (MATRIX_DIFFERENCES, 1): _rows_in("search-matrix-resnet20.md"),
+    (MATRIX_TIMES, 1): _digest_of("search-matrix-resnet20.md", keys=1),
 }
 
 

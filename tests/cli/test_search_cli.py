@@ -204,7 +204,15 @@ def test_candidates_can_be_fine_tuned(checkpoint, tmp_path):
 
 def test_final_selection_writes_a_loadable_final_policy(checkpoint, tmp_path):
     out = tmp_path / "final"
-    result = _invoke("search", checkpoint, out, "search.episodes=4", "search.final_top_k=2", "search.final_images=5")
+    result = _invoke(
+        "search",
+        checkpoint,
+        out,
+        "search.episodes=4",
+        "search.final_top_k=2",
+        "search.final_images=5",
+        "search.final_uniform_fallback=false",
+    )
     assert result.exit_code == 0, result.output
     folder = out / "budget-0.03" / "arq" / "search"
     selection = json.loads((folder / "final_selection.json").read_text())

@@ -42,6 +42,7 @@ def config(checkpoint: str, export, runtime: str = "torch"):
                 "episodes": 1,
                 "agent": {"warmup_episodes": 1},
                 "search_images": 3,
+                "final_images": 3,
                 "n_p": 40,
             },
             "finetune": {"epochs": 1, "images": 128, "batch": 64},

@@ -49,6 +49,7 @@ def config(tmp_path_factory):
                 "episodes": 3,
                 "agent": {"warmup_episodes": 2},
                 "search_images": 3,
+                "final_images": 3,
                 "n_p": 40,
             },
             "finetune": {"epochs": 1, "images": 128, "batch": 64},

@@ -51,6 +51,7 @@ def config_file(tmp_path_factory) -> Path:
             "methods": ["arq", "uniform"],
             "episodes": 4,
             "search_images": 3,
+            "final_images": 3,
             "n_p": 40,
             "agent": {"warmup_episodes": 2},
         },

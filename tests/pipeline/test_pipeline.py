@@ -59,6 +59,7 @@ def tiny_config(checkpoint: str, **search):
                 "episodes": 3,
                 "agent": {"warmup_episodes": 2},
                 "search_images": 3,
+                "final_images": 5,  # the final selection (uniform fallback, on by default) on few images
                 "n_p": 40,
                 **search,
             },
@@ -184,7 +185,8 @@ def test_default_config_file_equals_built_in_defaults():
 
 def test_final_selection_rescores_the_top_policies_on_fresh_images(checkpoint, tmp_path):
     out = tmp_path / "run"
-    results = run_pipeline(tiny_config(checkpoint, final_top_k=2, final_images=5), out, progress=False)
+    cfg = tiny_config(checkpoint, final_top_k=2, final_uniform_fallback=False)
+    results = run_pipeline(cfg, out, progress=False)
     selection = json.loads((out / "budget-0.015625" / "arq" / "search" / "final_selection.json").read_text())
     assert selection["k"] == 2 and len(selection["candidates"]) == 2
     assert not (out / "budget-0.015625" / "uniform" / "search" / "final_selection.json").exists()
@@ -198,11 +200,12 @@ def test_final_selection_rescores_the_top_policies_on_fresh_images(checkpoint, t
 
 
 def test_uniform_fallback_joins_the_final_selection_even_with_top_1(checkpoint, tmp_path):
-    """search.final_uniform_fallback: uniform bits under the budget are one more candidate of the final selection."""
+    """search.final_uniform_fallback (on by default): uniform bits under the budget are one more candidate of the
+    final selection."""
     from certquant.pipeline.run import Pipeline
 
     out = tmp_path / "run"
-    cfg = tiny_config(checkpoint, methods=["arq", "uniform"], final_images=5, final_uniform_fallback=True)
+    cfg = tiny_config(checkpoint, methods=["arq", "uniform"])
     results = run_pipeline(cfg, out, progress=False)
     selection = json.loads((out / "budget-0.015625" / "arq" / "search" / "final_selection.json").read_text())
     uniform = json.loads((out / "budget-0.015625" / "uniform" / "search" / "best_policy.json").read_text())
@@ -212,9 +215,9 @@ def test_uniform_fallback_joins_the_final_selection_even_with_top_1(checkpoint, 
     best = max(selection["candidates"], key=lambda c: c["final_reward"])
     model, _ = load_checkpoint(out / "budget-0.015625" / "arq" / "model.pt")
     assert quantized_policy(model).w_bits == best["w_bits"] and len(results["rows"]) == 3
-    # the setting joins the run's identity only when on: runs made before it existed resume unchanged
+    # the setting joins the run's identity only when on: runs made before it existed (off) resume unchanged
     assert "final_uniform_fallback" in Pipeline(cfg, out, resume=True).identity()["config"]["search"]
-    plain = Pipeline(tiny_config(checkpoint), tmp_path / "plain", progress=False)
+    plain = Pipeline(tiny_config(checkpoint, final_uniform_fallback=False), tmp_path / "plain", progress=False)
     assert "final_uniform_fallback" not in plain.identity()["config"]["search"]
 
 

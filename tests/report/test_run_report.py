@@ -55,6 +55,7 @@ def run(tmp_path_factory) -> Path:
                 "episodes": 3,
                 "agent": {"warmup_episodes": 2},
                 "search_images": 3,
+                "final_images": 3,
                 "n_p": 40,
             },
             "finetune": {"epochs": 1, "images": 128, "batch": 64},
@@ -80,7 +81,10 @@ def test_results_hold_hashes_every_policy_layers_and_meaning(run):
                 (run / "budget-0.015625" / name.split("@")[0] / "search" / "history.jsonl").read_text().splitlines(),
             )
         }
-        assert len(series[name]) == len(distinct) and sum(p["chosen"] for p in series[name]) == 1
+        row = next(r for r in results["rows"] if r["name"] == name)
+        # the deployed policy is marked, unless it is the uniform fallback, which the search never proposed
+        marked = 0 if (row["final_selection"] or {}).get("uniform_fallback") else 1
+        assert len(series[name]) == len(distinct) and sum(p["chosen"] for p in series[name]) == marked
     assert all(p["acr_from"] == "ARQ's estimator after the search" for p in series["haq@0.015625"])
     assert [layer["name"] for layer in results["layers"]] == LAYERS
     assert [layer["label"] for layer in results["layers"]] == ["conv1", "conv2", "fc1", "fc2"]
@@ -92,7 +96,17 @@ def test_results_hold_hashes_every_policy_layers_and_meaning(run):
         assert "against FP32" in comparison["sentence"] and "paired 95% CI" in comparison["sentence"]
     assert results["provenance"]["test_indices"] == {"count": 4, "ranges": [[0, 200, 50]]}
     assert results["provenance"]["machine"]["torch_threads"] >= 1
-    summary = (run / "report.md").read_text().split("\n\n")[1]
+    # the default final selection (uniform fallback) is told per searched row: which policy it deploys and why
+    report = (run / "report.md").read_text()
+    for row in results["rows"][1:]:
+        choice = row["final_selection"]
+        if row["method"] == "uniform":
+            assert choice is None
+            continue
+        assert choice is not None and choice["candidates"] >= 2
+        said = "deploys uniform bits" if choice["uniform_fallback"] else f"deploys episode {choice['episode']}'s"
+        assert f"- {row['name']}: " in report and said in report.split(f"- {row['name']}: ")[1].split("\n")[0]
+    summary = report.split("\n\n")[1]
     assert "n0 = 10, n = 100, alpha = 0.001 on 4 test images (0 to 150 in steps of 50)" in summary
 
 

@@ -69,6 +69,7 @@ def _row(
         "reference_seconds": (search.get("reference") or {}).get("seconds") if search else None,
         "selection_seconds": sum(c["seconds"] for c in selection["candidates"]) if selection else None,
         "search_episodes": search.get("episodes") if search else None,
+        "final_selection": _final_choice(selection),
         "finetune_seconds": (finetune or {}).get("seconds"),
         "certify_seconds": summary.get("total_seconds") or summary.get("seconds"),
         "checkpoint_sha256": sha256,
@@ -164,6 +165,43 @@ def _verdict(what: str, diff: float, ci: list[float] | None, unit: str, scale: f
     if ci[1] < -1e-12:
         return text, "below"
     return text, "inside"
+
+
+def _final_choice(selection: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the final selection chose (None without one): the episode (None: the uniform fallback), its reward on the
+    fresh images and the best searched candidate's, so a report can say why a search deployed uniform bits."""
+    if selection is None:
+        return None
+    searched = [c["final_reward"] for c in selection["candidates"] if c["episode"] is not None]
+    chosen = next(c for c in selection["candidates"] if c["episode"] == selection["chosen_episode"])
+    return {
+        "episode": selection["chosen_episode"],
+        "uniform_fallback": selection.get("fallback", False) and selection["chosen_episode"] is None,
+        "candidates": len(selection["candidates"]),
+        "reward": chosen["final_reward"],
+        "best_searched_reward": max(searched),
+    }
+
+
+def selection_sentences(results: dict[str, Any]) -> list[str]:
+    """One sentence per searched row with a final selection: which policy it deploys and why."""
+    sentences = []
+    for row in results["rows"]:
+        choice = row.get("final_selection")
+        if not choice:
+            continue
+        if choice["uniform_fallback"]:
+            sentences.append(
+                f"{row['name']}: uniform bits scored {choice['reward']:+.4f} on the fresh validation images against "
+                f"{choice['best_searched_reward']:+.4f} for the search's best, so it deploys uniform bits "
+                "(search.final_uniform_fallback)."
+            )
+        else:
+            sentences.append(
+                f"{row['name']}: deploys episode {choice['episode']}'s policy, the best of {choice['candidates']} "
+                f"candidates on the fresh validation images (reward {choice['reward']:+.4f})."
+            )
+    return sentences
 
 
 def compare_to_fp32(row: dict[str, Any], run: CertifyRun, fp32: CertifyRun) -> dict[str, Any]:
@@ -330,6 +368,7 @@ def _exported_table(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]
 
 
 EXPORTED_TITLE = "Exported ONNX models, certified as onnxruntime runs them"
+SELECTION_TITLE = "Which policy each search deploys (final selection on fresh validation images)"
 
 
 def _quantized_weight_count(payload: dict[str, Any]) -> int:
@@ -546,6 +585,9 @@ def _markdown_report(results: dict[str, Any], plots: dict[str, Path]) -> str:
     if results["comparisons"]:
         lines += ["## What the numbers mean against FP32", ""] + [f"- {c['sentence']}" for c in results["comparisons"]]
         lines.append("")
+    chosen = selection_sentences(results)
+    if chosen:
+        lines += [f"## {SELECTION_TITLE}", ""] + [f"- {sentence}" for sentence in chosen] + [""]
     for key, title in _sections(results):
         if key in plots:
             lines += [f"## {title}", "", f"![{title}]({plots[key].name})", ""]
@@ -606,6 +648,13 @@ def _html_report(results: dict[str, Any], plots: dict[str, Path], svgs: dict[str
         parts.append(
             "<h2>What the numbers mean against FP32</h2><ul class='meaning'>"
             + "".join(f"<li>{html.escape(c['sentence'])}</li>" for c in results["comparisons"])
+            + "</ul>"
+        )
+    chosen = selection_sentences(results)
+    if chosen:
+        parts.append(
+            f"<h2>{SELECTION_TITLE}</h2><ul class='selection'>"
+            + "".join(f"<li>{html.escape(sentence)}</li>" for sentence in chosen)
             + "</ul>"
         )
     for key, title in _sections(results):

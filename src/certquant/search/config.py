@@ -45,10 +45,10 @@ class SearchSettings(EvalConfig):
     final_top_k: int = 1
     """Re-score the k best distinct policies of each search on final_images fresh validation images and keep the
     best there (the winner's curse of a noisy reward); 1: the search's best."""
-    final_uniform_fallback: bool = False
+    final_uniform_fallback: bool = True
     """The final selection also scores uniform bits under the budget (the uniform method's policy) and keeps them when
-    they score strictly higher than every searched policy (then even with final_top_k 1). Off: measured as a what-if
-    on the search matrices (README), not yet chosen as a default."""
+    they score strictly higher than every searched policy (then even with final_top_k 1): a search never deploys a
+    policy its own reward ranks below uniform bits on fresh images. On since ResNet-20's search matrix (README)."""
     final_images: int = 200
     """Fresh held-out validation images of the final selection (the seeded draw right after the search set's)."""
     final_finetune_steps: int | None = None
