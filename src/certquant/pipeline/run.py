@@ -48,8 +48,9 @@ from certquant.train import resolve_device
 from certquant.utils.errors import CertquantError
 from certquant.utils.run_folder import RunFolder
 
-# Settings added after runs were committed (benchmarks/state/): at these defaults they behave as before the setting
-# existed, so they stay out of the identity and those runs resume; any other value is part of it.
+# Settings added after runs were committed (benchmarks/state/): at these values they behave as before the setting
+# existed (whatever the default is now), so they stay out of the identity and those runs resume; any other value is
+# part of it.
 LATER_SETTINGS: dict[tuple[str, str], Any] = {("search", "final_uniform_fallback"): False}
 
 
@@ -126,10 +127,11 @@ class Pipeline:
 
     def identity(self) -> dict[str, Any]:
         """What must match on resume: the config without its engine (either engine resumes the other's run) and
-        without the settings added since runs were committed, while they hold their defaults (those runs resume)."""
+        without the settings added since runs were committed, while they hold their former behaviour (those runs
+        resume)."""
         config = {k: v for k, v in self.cfg.to_dict().items() if k != "engine"}
-        for (section, key), default in LATER_SETTINGS.items():
-            if config[section].get(key) == default:
+        for (section, key), former in LATER_SETTINGS.items():
+            if config[section].get(key) == former:
                 del config[section][key]
         return {
             "format": "certquant-run",
