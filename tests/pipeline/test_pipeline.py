@@ -221,6 +221,16 @@ def test_uniform_fallback_joins_the_final_selection_even_with_top_1(checkpoint, 
     assert "final_uniform_fallback" not in plain.identity()["config"]["search"]
 
 
+def test_too_few_validation_images_for_the_final_selection_are_refused_before_any_work(checkpoint, tmp_path):
+    from certquant.pipeline.run import Pipeline
+
+    out = tmp_path / "run"
+    with pytest.raises(CertquantError, match=r"fewer than the 10003 .* lower search.search_images or search.final_"):
+        Pipeline(tiny_config(checkpoint, final_images=10000), out, progress=False)
+    assert not out.exists()
+    Pipeline(tiny_config(checkpoint, final_images=10000, final_uniform_fallback=False), out, progress=False)  # top 1
+
+
 def test_final_selection_can_score_each_candidate_after_fine_tuning(checkpoint, tmp_path):
     """search.final_finetune_steps: the same search, its top k scored after noisy fine-tuning steps (recorded)."""
     runs = {}

@@ -118,8 +118,9 @@ class Pipeline:
 
             for module in ("onnx", "onnxruntime"):
                 require(module)
-        self.folder = RunFolder(self.out, "run", self.identity())
         self.job = SearchJob(self.model, self.info, self.sigma, cfg.search, cfg.certify, self.device)
+        self.job.check_validation_images(cfg.search.methods)  # too few held-out images fail here, not after a search
+        self.folder = RunFolder(self.out, "run", self.identity())
 
     def search_layers(self) -> list[LayerInfo]:
         """The checkpoint's quantizable layers, in forward order."""

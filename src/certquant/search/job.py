@@ -36,8 +36,9 @@ def validation_indices(info: dict[str, Any], count: int, seed: int, offset: int 
     indices = sorted(int(i) for i in pool[offset : offset + count])
     if len(indices) < count:
         raise CertquantError(
-            f"only {len(indices)} held-out validation images are left for {count} search images: "
-            "lower search.search_images or search.final_images"
+            f"the checkpoint has {len(pool)} held-out validation images, fewer than the {offset + count} the search "
+            "needs (search.search_images, then search.final_images fresh ones for the final selection): lower "
+            "search.search_images or search.final_images"
         )
     return indices
 
@@ -53,6 +54,13 @@ class SearchJob:
     settings: SearchSettings
     certify_config: CertifyConfig
     device: torch.device
+
+    def check_validation_images(self, methods: list[str]) -> None:
+        """Refuse up front a checkpoint with fewer held-out validation images than the search set and, when one of
+        ``methods`` has a final selection, its fresh images need (else it would fail only after the search)."""
+        s = self.settings
+        final = s.final_images if any(s.has_final_selection(method) for method in methods) else 0
+        validation_indices(self.info, s.search_images + final, s.seed)
 
     def evaluator(
         self, method: str, indices: list[int], finetune_pool: bool = False, finetune_steps: int | None = None
