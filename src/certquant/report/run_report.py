@@ -176,7 +176,7 @@ def _final_choice(selection: dict[str, Any] | None) -> dict[str, Any] | None:
     chosen = next(c for c in selection["candidates"] if c["episode"] == selection["chosen_episode"])
     return {
         "episode": selection["chosen_episode"],
-        "uniform_fallback": selection.get("fallback", False) and selection["chosen_episode"] is None,
+        "uniform_fallback": selection["chosen_episode"] is None,  # only the fallback has no episode
         "candidates": len(selection["candidates"]),
         "reward": chosen["final_reward"],
         "best_searched_reward": max(searched),
@@ -368,6 +368,7 @@ def _exported_table(results: dict[str, Any]) -> tuple[list[str], list[list[Any]]
 
 
 EXPORTED_TITLE = "Exported ONNX models, certified as onnxruntime runs them"
+MEANING_TITLE = "What the numbers mean against FP32"
 SELECTION_TITLE = "Which policy each search deploys (final selection on fresh validation images)"
 
 
@@ -583,7 +584,7 @@ def _markdown_report(results: dict[str, Any], plots: dict[str, Path]) -> str:
     headers, rows = _table_rows(results)
     lines = ["# certquant report", "", _summary_line(results), "", markdown_table(headers, rows), ""]
     if results["comparisons"]:
-        lines += ["## What the numbers mean against FP32", ""] + [f"- {c['sentence']}" for c in results["comparisons"]]
+        lines += [f"## {MEANING_TITLE}", ""] + [f"- {c['sentence']}" for c in results["comparisons"]]
         lines.append("")
     chosen = selection_sentences(results)
     if chosen:
@@ -624,6 +625,11 @@ def _html_table(headers: list[str], rows: list[list[Any]], css: str = "") -> str
     return f"<table{klass}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _html_list(title: str, css: str, items: list[str]) -> str:
+    """A titled bullet list of sentences (escaped), as the markdown report's '## title' and '- item' lines."""
+    return f"<h2>{title}</h2><ul class='{css}'>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"
+
+
 def _inline_svg(path: Path) -> str:
     """An SVG file's <svg> element, scaled to the page width, for inlining (the page stays self-contained)."""
     text = path.read_text(encoding="utf-8")
@@ -645,18 +651,10 @@ def _html_report(results: dict[str, Any], plots: dict[str, Path], svgs: dict[str
         _html_table(headers, rows),
     ]
     if results["comparisons"]:
-        parts.append(
-            "<h2>What the numbers mean against FP32</h2><ul class='meaning'>"
-            + "".join(f"<li>{html.escape(c['sentence'])}</li>" for c in results["comparisons"])
-            + "</ul>"
-        )
+        parts.append(_html_list(MEANING_TITLE, "meaning", [c["sentence"] for c in results["comparisons"]]))
     chosen = selection_sentences(results)
     if chosen:
-        parts.append(
-            f"<h2>{SELECTION_TITLE}</h2><ul class='selection'>"
-            + "".join(f"<li>{html.escape(sentence)}</li>" for sentence in chosen)
-            + "</ul>"
-        )
+        parts.append(_html_list(SELECTION_TITLE, "selection", chosen))
     for key, title in _sections(results):
         if key in svgs:
             parts.append(f"<h2>{title}</h2><figure id='{key}'>{_inline_svg(svgs[key])}</figure>")
